@@ -1,0 +1,82 @@
+"""Events a backend reports beside the console stream.
+
+A backend process appends one JSON object per line to its events file; the runner tails it
+while it matches milestones. Times are host CLOCK_MONOTONIC (time.monotonic()), which is
+shared by every process on the host, so a child's timestamps compare with the runner's.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+# Event types
+VM_START = "vm-start"            # first KVM_RUN / QEMU started; data: {host: {...}}
+GAP = "gap"                      # data: GapRecord.to_dict()
+TRIPLE_FAULT = "triple-fault"    # data: {rip, flight_recorder}
+RESET = "reset"                  # guest asked for a reset (8042 0xFE, port 0xCF9, QEMU reset)
+SHUTDOWN = "shutdown"            # guest powered off
+HOST_EMULATION_FAILURE = "host-emulation-failure"  # data: {insn, bytes, registers, suberror}
+BOOT_TIMER = "boot-timer"        # data: {value}
+POST_CODE = "post-code"          # data: {value}
+EXIT_COUNTS = "exit-counts"      # periodic snapshot: {counts: {reason: n}, user_time_s: float}
+BACKEND_ERROR = "backend-error"  # infrastructure failure inside the backend: {message}
+VM_EXIT = "vm-exit"              # the VM stopped; data: {reason, code}
+
+
+@dataclass
+class VmEvent:
+    type: str
+    t: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), default=str)
+
+
+class EventWriter:
+    """Appends events, one line each, flushed at once (a killed VM keeps what it reported)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def emit(self, event: VmEvent) -> None:
+        os.write(self._fd, (event.to_json() + "\n").encode())
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class EventReader:
+    """Tails an events file; `poll()` returns the complete lines appended since the last call."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._offset = 0
+        self._partial = b""
+
+    def poll(self) -> list[VmEvent]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        return list(_parse(lines))
+
+
+def _parse(lines: list[bytes]) -> Iterator[VmEvent]:
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            yield VmEvent(obj["type"], float(obj["t"]), obj.get("data", {}))
+        except (ValueError, KeyError):
+            continue  # a torn line from a killed writer is not an event

@@ -1,0 +1,80 @@
+"""The one record type for an emulation gap, shared by every backend and the ledger.
+
+A backend emits a GapRecord each time a guest touches something the hypervisor does not
+provide (or provides only by a rescue). The ledger (harness.gaps.ledger) deduplicates them
+per cell by `key_tuple()`, counts repeats, and assigns the boot phase from milestone times.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Kinds, named after what the guest did. Add new kinds here, never ad hoc strings elsewhere.
+MSR_READ = "msr-read"
+MSR_WRITE = "msr-write"
+MTRR_PROBE = "mtrr-probe"            # MTRRcap / MTRR range / PAT / MTRRdefType access
+TSC_MSR = "tsc-msr"                  # MSR 0x10 read or written
+IO_PORT = "io-port"                  # port access nothing claimed
+REP_STRING_IO = "rep-string-io"      # REP INS/OUTS (recorded so the count/size path is visible)
+MMIO = "mmio"                        # MMIO access nothing claimed
+PCI_CONFIG = "pci-config"            # config-space access to an absent device/function
+I8042_WAIT = "i8042-wait"            # guest polling the 8042 status register
+HOST_EMULATION_FAILURE = "host-emulation-failure"
+RESCUED_INSTRUCTION = "rescued-instruction"
+MASKED_CPUID = "masked-cpuid"        # a CPUID feature the profile hid from the guest
+TRIPLE_FAULT = "triple-fault"
+FAIL_ENTRY = "fail-entry"
+QEMU_UNIMPLEMENTED = "qemu-unimplemented"
+QEMU_GUEST_ERROR = "qemu-guest-error"
+UNKNOWN_EXIT = "unknown-exit"
+
+KINDS = (MSR_READ, MSR_WRITE, MTRR_PROBE, TSC_MSR, IO_PORT, REP_STRING_IO, MMIO, PCI_CONFIG, I8042_WAIT,
+         HOST_EMULATION_FAILURE, RESCUED_INSTRUCTION, MASKED_CPUID, TRIPLE_FAULT, FAIL_ENTRY,
+         QEMU_UNIMPLEMENTED, QEMU_GUEST_ERROR, UNKNOWN_EXIT)
+
+# What happened to the guest after the gap.
+FATE_CONTINUED = "continued"   # the guest went on (value answered, write ignored, rescue applied)
+FATE_GP_INJECTED = "gp-injected"
+FATE_STOPPED = "stopped"       # the VM could not go on
+
+
+@dataclass
+class GapRecord:
+    kind: str                     # one of KINDS
+    key: str                      # MSR index "0x10", port "0x3fa", address "0xfed00000", mnemonic "xrstor"
+    first_rip: int | None = None
+    values: list[int] = field(default_factory=list)  # first few values written/read (bounded)
+    count: int = 1
+    policy: str = ""              # gap policy applied: gp | zero | emulate | "" (not applicable)
+    fate: str = FATE_CONTINUED
+    access: str = ""              # "read" | "write" | "" ; size in bytes for ports/MMIO in detail
+    detail: dict[str, Any] = field(default_factory=dict)  # kind-specific: size, decoded insn, registers...
+    first_t: float | None = None  # host CLOCK_MONOTONIC when first seen (time.monotonic())
+    phase: str | None = None      # last milestone before first_t; filled by the ledger
+    vcpu: int | None = None
+
+    MAX_VALUES = 8
+
+    def key_tuple(self) -> tuple[str, str, str]:
+        return (self.kind, self.key, self.access)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GapRecord":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    def merge(self, other: "GapRecord") -> None:
+        """Fold a repeat of the same gap into this record."""
+        self.count += other.count
+        for v in other.values:
+            if len(self.values) >= self.MAX_VALUES:
+                break
+            if v not in self.values:
+                self.values.append(v)
+        if other.fate == FATE_STOPPED:
+            self.fate = FATE_STOPPED
+        if other.first_t is not None and (self.first_t is None or other.first_t < self.first_t):
+            self.first_t, self.first_rip = other.first_t, other.first_rip
