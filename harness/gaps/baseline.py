@@ -1,0 +1,162 @@
+"""Gap baselines: which gaps a guest is known to hit, and what changed against them.
+
+A baseline is a list of {kind, key} entries (optionally `access`: read | write). It comes from
+two places, merged: the guest file's `expected_gaps`, and `baselines/<guest>.yaml` written by
+`harness gaps accept RUN`. A gap matching no entry is *new*; an entry matching no gap is
+*fixed* (the guest no longer needs it, or the hypervisor now provides it); the rest is *known*.
+
+Keys compare case-insensitively, numbers by value ("0x10" == "0x010"), and an entry key may be
+a shell glob ("0x2*") for families of MSRs.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from harness.errors import ConfigError
+from harness.gaps.ledger import as_record
+from harness.gaps.record import KINDS, GapRecord
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BASELINE_VERSION = 1
+_HEX = re.compile(r"^(0x)?[0-9a-f]+$")
+
+
+@dataclass
+class GapDiff:
+    new: list[dict[str, Any]] = field(default_factory=list)     # gaps with no baseline entry
+    fixed: list[dict[str, Any]] = field(default_factory=list)   # baseline entries no gap matched
+    known: list[dict[str, Any]] = field(default_factory=list)   # gaps the baseline expects
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"new": list(self.new), "fixed": list(self.fixed), "known": list(self.known)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "GapDiff":
+        data = data or {}
+        return cls(list(data.get("new", [])), list(data.get("fixed", [])), list(data.get("known", [])))
+
+
+def _norm_key(key: Any) -> str:
+    text = str(key).strip().lower()
+    if _HEX.match(text) and text.startswith("0x"):
+        return hex(int(text, 16))
+    return text
+
+
+def _key_matches(pattern: Any, key: Any) -> bool:
+    p, k = _norm_key(pattern), _norm_key(key)
+    if any(c in p for c in "*?["):
+        return fnmatch.fnmatchcase(k, p) or fnmatch.fnmatchcase(str(key).strip().lower(), p)
+    return p == k
+
+
+def entry_matches(entry: dict[str, Any], gap: GapRecord) -> bool:
+    if entry.get("kind") != gap.kind or not _key_matches(entry.get("key", ""), gap.key):
+        return False
+    access = entry.get("access") or ""
+    return not access or access == gap.access
+
+
+def compare(gaps: list[dict[str, Any] | GapRecord], expected: list[dict[str, Any]]) -> GapDiff:
+    """Split `gaps` into new / known against `expected`, and list the expected entries not seen."""
+    diff = GapDiff()
+    used = [False] * len(expected)
+    for g in gaps:
+        rec = as_record(g)
+        hits = [i for i, e in enumerate(expected) if entry_matches(e, rec)]
+        for i in hits:
+            used[i] = True
+        (diff.known if hits else diff.new).append(rec.to_dict())
+    diff.fixed = [dict(e) for e, u in zip(expected, used) if not u]
+    return diff
+
+
+def baseline_entry(gap: GapRecord | dict[str, Any]) -> dict[str, str]:
+    rec = as_record(gap)
+    entry = {"kind": rec.kind, "key": rec.key}
+    if rec.access:
+        entry["access"] = rec.access
+    return entry
+
+
+def _dedup_entries(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for e in entries:
+        ident = (str(e.get("kind", "")), _norm_key(e.get("key", "")), str(e.get("access") or ""))
+        if ident not in seen:
+            seen.add(ident)
+            out.append(dict(e))
+    return out
+
+
+def baseline_path(guest: str, root: Path | None = None) -> Path:
+    return (root or REPO_ROOT) / "baselines" / f"{guest}.yaml"
+
+
+def read_baseline_file(path: Path) -> list[dict[str, Any]]:
+    """The entries of one baseline file (missing file = empty baseline)."""
+    if not path.exists():
+        return []
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"baseline {path} cannot be read: {e}".splitlines()[0],
+                          f"fix the YAML or re-create it with `harness gaps accept RUN --out {path}`")
+    entries = (data or {}).get("gaps", []) if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ConfigError(f"baseline {path}: `gaps` is not a list", "write `gaps: [{kind: K, key: K}, ...]`")
+    out = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or "kind" not in e or "key" not in e:
+            raise ConfigError(f"baseline {path}: gaps[{i}] needs `kind` and `key`", "write {kind: K, key: K}")
+        if e["kind"] not in KINDS:
+            raise ConfigError(f"baseline {path}: gaps[{i}].kind {e['kind']!r} is not a gap kind",
+                              f"use one of {', '.join(KINDS)}")
+        out.append({k: str(v) for k, v in e.items() if k in ("kind", "key", "access")})
+    return out
+
+
+def _guest_expected_gaps(guest: str, root: Path) -> list[dict[str, Any]]:
+    path = root / "guests" / f"{guest}.yaml"
+    if not path.exists():
+        return []
+    try:
+        from harness.runner.guestfile import load_guest
+    except ImportError:  # the guest-file loader is optional for reading baselines
+        data = yaml.safe_load(path.read_text()) or {}
+        return list(data.get("expected_gaps") or []) if isinstance(data, dict) else []
+    return list(load_guest(path).expected_gaps)
+
+
+def load_baseline(guest: str, root: Path | None = None, path: Path | None = None) -> list[dict[str, Any]]:
+    """The known gaps of `guest`: its guest file's expected_gaps plus its accepted baseline file."""
+    root = root or REPO_ROOT
+    entries = _guest_expected_gaps(guest, root) + read_baseline_file(path or baseline_path(guest, root))
+    return _dedup_entries(entries)
+
+
+def write_baseline(path: Path, guest: str, gaps: Iterable[GapRecord | dict[str, Any]], source: str) -> Path:
+    """Write the accepted gaps of one guest (sorted, deduplicated) as YAML."""
+    entries = sorted(_dedup_entries(baseline_entry(g) for g in gaps),
+                     key=lambda e: (e["kind"], _norm_key(e["key"]), e.get("access", "")))
+    doc = {
+        "version": BASELINE_VERSION,
+        "guest": guest,
+        "accepted_from": source,
+        "accepted_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "gaps": entries,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("# Known emulation gaps; written by `harness gaps accept`, edit freely.\n"
+                   + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
+    tmp.replace(path)
+    return path
