@@ -150,7 +150,7 @@ class Backend(ABC):
         """Boot the guest; return at once with the session running."""
 
 
-BACKEND_NAMES = ("builtin", "qemu-tcg", "qemu-kvm")
+BACKEND_NAMES = ("builtin", "qemu-tcg", "qemu-kvm", "replay")
 
 
 def get_backend(name: str) -> Backend:
@@ -161,5 +161,8 @@ def get_backend(name: str) -> Backend:
     if name in ("qemu-tcg", "qemu-kvm"):
         from harness.backends.qemu import QemuBackend
         return QemuBackend(accel=name.split("-", 1)[1])
+    if name == "replay":
+        from harness.backends.replay import ReplayBackend
+        return ReplayBackend()
     from harness.errors import ConfigError
     raise ConfigError(f"unknown backend {name!r}", f"use one of {', '.join(BACKEND_NAMES)}")

@@ -1,0 +1,35 @@
+"""`harness` command line: one subcommand a module, errors as one line and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from harness.errors import HarnessError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="Boot guest operating systems, match their "
+                                     "consoles against boot milestones, and record emulation gaps.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from harness.cli import assets_cmd, boot_cmd, gaps_cmd, report_cmd, run_cmd
+    for module in (run_cmd, boot_cmd, assets_cmd, gaps_cmd, report_cmd):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HarnessError as e:
+        print(e.one_line(), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Run one cell: resolve assets -> start the backend -> watch the console -> build the result.
+
+This is the whole data flow of a cell in one place:
+  Cell --resolve--> BootRequest --backend.start--> BackendSession
+       --ConsoleStream + EventReader--> ConsoleWatcher --> WatchOutcome
+       --session.stop--> SessionSummary --ledger/profile--> CellResult --atomic write--> cells/<slug>.json
+Only infrastructure errors (`error`) are retried, up to the cell's retry count.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.backends import events as ev
+from harness.backends.base import BootRequest, SessionSummary, get_backend
+from harness.console.patterns import banner_pattern, failure_patterns
+from harness.console.stream import ConsoleStream
+from harness.console.watcher import ConsoleWatcher, WatchConfig, WatchOutcome
+from harness.errors import HarnessError
+from harness.gaps.record import GapRecord
+from harness.runner.matrix import Cell
+from harness.runner.result import (ERROR, FAIL, PASS, CellResult, Failure, cell_slug, write_json_atomic,
+                                   write_result)
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class RunOptions:
+    run_dir: Path
+    offline: bool = True
+    echo: Callable[[bytes], None] | None = None     # live console (harness boot)
+    repeat_index: int = 0
+    progress: Progress | None = None
+    keep_workdir: bool = True
+    extra_events: list[Any] = field(default_factory=list)
+
+
+def run_cell(cell: Cell, options: RunOptions) -> CellResult:
+    """Boot one cell, retrying infrastructure errors; write and return its result."""
+    attempts = 0
+    while True:
+        attempts += 1
+        result = _attempt(cell, options, attempts)
+        if result.outcome != ERROR or attempts > cell.retries:
+            break
+        _progress(options, cell, {"retrying": attempts, "reason": result.reason})
+    result.attempts = attempts
+    write_result(options.run_dir, result)
+    _progress(options, cell, {"done": True, "outcome": result.outcome})
+    return result
+
+
+def workdir_of(run_dir: Path, cell_id: str, repeat_index: int = 0) -> Path:
+    suffix = f"-r{repeat_index}" if repeat_index else ""
+    return run_dir / "cells" / (cell_slug(cell_id) + suffix)
+
+
+def _attempt(cell: Cell, options: RunOptions, attempt: int) -> CellResult:
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    wall_start = time.monotonic()
+    result_id = cell.id if not options.repeat_index else f"{cell.id}#r{options.repeat_index}"
+    workdir = workdir_of(options.run_dir, cell.id, options.repeat_index)
+    if workdir.exists():
+        shutil.rmtree(workdir)           # a retried or resumed cell starts clean
+    workdir.mkdir(parents=True)
+    result = CellResult(cell_id=result_id, guest=cell.guest.name, backend=cell.backend, params=cell.params(),
+                        outcome=ERROR, started_at=started, repeat_index=options.repeat_index,
+                        expected_milestones=[m.name for m in cell.guest.milestones],
+                        console_log=str((workdir / "console.log").relative_to(options.run_dir)))
+    try:
+        request, provenance = _boot_request(cell, workdir, options)
+        result.provenance = provenance
+        backend = get_backend(cell.backend)
+        backend.check(request)
+    except HarnessError as e:
+        result.reason = e.problem + (f" — {e.fix}" if e.fix else "")
+        result.failure = Failure("infrastructure", result.reason)
+        result.duration_s = round(time.monotonic() - wall_start, 3)
+        return result
+    session = backend.start(request)
+    watch, summary, stream = _watch(cell, session, request, options)
+    result.duration_s = round(time.monotonic() - wall_start, 3)
+    _fill(result, cell, watch, summary, session.start_time, stream, request)
+    return result
+
+
+def _boot_request(cell: Cell, workdir: Path, options: RunOptions) -> tuple[BootRequest, dict[str, Any]]:
+    from harness.assets.sources import resolve
+    guest = cell.guest
+    paths: dict[str, Path | None] = {}
+    provenance: dict[str, Any] = {}
+    for key in ("kernel", "initrd", "disk", "firmware"):
+        source = getattr(guest, key)
+        if source is None:
+            paths[key] = None
+            continue
+        asset = resolve(source, guest=guest.name, offline=options.offline)
+        paths[key] = asset.path
+        provenance[key] = {"path": str(asset.path), "sha256": asset.sha256, **asset.provenance}
+    cmdline = " ".join(x for x in (guest.cmdline, cell.cmdline_append) if x)
+    options_ = dict(guest.qemu)
+    if paths["firmware"]:
+        options_["firmware"] = str(paths["firmware"])
+    request = BootRequest(cell_id=cell.id, guest=guest.name, family=guest.family, arch=guest.arch,
+                          boot=guest.boot, kernel=paths["kernel"], initrd=paths["initrd"], disk=paths["disk"],
+                          cmdline=cmdline, memory_mib=cell.memory, vcpus=cell.vcpus, cpu_profile=cell.cpu_profile,
+                          gap_policy=cell.gap_policy, workdir=workdir, options=options_)
+    return request, provenance
+
+
+def _watch(cell: Cell, session: Any, request: BootRequest,
+           options: RunOptions) -> tuple[WatchOutcome, SessionSummary, ConsoleStream]:
+    stream = ConsoleStream(session.console_fd, request.workdir / "console.log", session.start_time, options.echo)
+    guest = cell.guest
+    config = WatchConfig(milestones=guest.milestones,
+                         failures=failure_patterns(guest.family) + [(f.name, f.pattern) for f in guest.failures],
+                         dialogs=guest.dialogs, keepalive=guest.keepalive,
+                         hang_timeout=cell.hang_timeout or guest.hang_timeout,
+                         banner=guest.banner or banner_pattern(guest.family), timeout_scale=cell.timeout_scale)
+    reader = ev.EventReader(request.events_path)
+    watcher = ConsoleWatcher(session, stream, reader, config,
+                             progress=lambda info: _progress(options, cell, info))
+    try:
+        watch = watcher.run()
+    except Exception as e:  # a bug in matching must not lose the cell: record it as infrastructure
+        watch = WatchOutcome(ERROR, f"console watcher crashed: {type(e).__name__}: {e}", watcher.hits,
+                             failure=Failure("harness-bug", repr(e)))
+    stream.detach()
+    summary = session.stop()
+    stream.close()
+    watch.events.extend(reader.poll())   # what arrived while stopping (final counts, late gaps)
+    return watch, summary, stream
+
+
+def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionSummary, start_time: float,
+          stream: ConsoleStream, request: BootRequest) -> None:
+    from harness.gaps.baseline import compare, load_baseline
+    from harness.gaps.ledger import build_ledger
+    from harness.report.profile import phases_from_snapshots
+
+    result.outcome, result.reason = watch.outcome, watch.reason
+    result.milestones, result.failure, result.near_miss = watch.milestones, watch.failure, watch.near_miss
+    events = watch.events
+    gaps = [GapRecord.from_dict(e.data) for e in events if e.type == ev.GAP]
+    gaps += [GapRecord.from_dict(g) for g in summary.extra.get("gaps_final", [])]
+    ledger = build_ledger(gaps, watch.milestones, start_time)
+    result.gaps = [g.to_dict() for g in ledger]
+    expected = cell.guest.expected_gaps + load_baseline(cell.guest.name)
+    diff = compare(ledger, expected)
+    result.gap_diff = diff.to_dict()
+    snapshots = [e for e in events if e.type == ev.EXIT_COUNTS]
+    result.phases = phases_from_snapshots(watch.milestones, snapshots, start_time)
+    result.exit_counts = summary.exit_counts or (snapshots[-1].data.get("counts", {}) if snapshots else {})
+    result.boot_timer = [{"t": round(e.t - start_time, 6), **e.data} for e in events if e.type == ev.BOOT_TIMER]
+    result.post_codes = [{"t": round(e.t - start_time, 6), **e.data} for e in events if e.type == ev.POST_CODE]
+    result.flight_recorder = summary.flight_recorder if result.outcome != PASS else []
+    host = dict(summary.host)
+    for e in events:
+        if e.type == ev.VM_START:
+            host = {**e.data.get("host", {}), **host}
+    result.host = host
+    result.command = summary.command
+    if result.outcome == PASS and cell.fail_on_new_gaps and diff.new:
+        keys = ", ".join(f"{g['kind']} {g['key']}" if isinstance(g, dict) else f"{g.kind} {g.key}" for g in diff.new)
+        result.outcome, result.reason = FAIL, f"new emulation gaps not in the baseline: {keys}"
+        result.failure = Failure("new-gap", result.reason)
+    if result.outcome == ERROR and summary.stderr_tail:
+        result.reason += f"; backend stderr: {summary.stderr_tail.strip().splitlines()[-1][:300]}"
+    write_json_atomic(request.workdir / "result-meta.json", {"console_bytes": stream.raw_bytes})
+
+
+def _progress(options: RunOptions, cell: Cell, info: dict) -> None:
+    """Per-cell progress file for live tables (written atomically; xdist workers share the run dir)."""
+    data = {"cell": cell.id, "backend": cell.backend, "t": time.time(), **info}
+    if options.progress:
+        options.progress(data)
+    path = options.run_dir / "progress" / f"{cell_slug(cell.id)}.json"
+    try:
+        previous = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        previous = {}
+    write_json_atomic(path, {**previous, **data})

@@ -1,0 +1,235 @@
+"""matrix.yaml x guests/*.yaml -> cells.
+
+A cell is one boot: guest x backend x CPU profile x gap policy x vCPUs x memory. Expansion is
+deterministic (sorted), so every pytest-xdist worker and every CI shard sees the same list.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError
+from harness.runner import yamlfile as y
+from harness.runner.guestfile import BACKENDS, GuestSpec
+
+TIERS = ("quick", "nightly")
+GAP_POLICIES = ("gp", "zero", "emulate")
+CPU_PROFILES = ("default", "minimal", "pvm-safe")
+OUTCOME_EXPECTATIONS = ("pass", "fail", "gap", "timeout")
+MATRIX_KEYS = ("version", "timeout_scale", "retries", "fail_on_new_gaps", "entries", "exclude", "include",
+               "overrides", "hang_timeout")
+ENTRY_KEYS = ("guests", "backends", "cpu_profiles", "gap_policies", "vcpus", "memory", "tier")
+CELL_AXES = ("guest", "backend", "cpu_profile", "gap_policy", "vcpus", "memory", "tier")
+OVERRIDE_SET_KEYS = ("timeout_scale", "expect", "retries", "fail_on_new_gaps", "cmdline_append", "hang_timeout")
+
+
+@dataclass
+class Cell:
+    guest: GuestSpec
+    backend: str
+    cpu_profile: str
+    gap_policy: str
+    vcpus: int
+    memory: int
+    tier: str
+    timeout_scale: float = 1.0
+    retries: int = 1
+    fail_on_new_gaps: bool = False
+    expect: str = "pass"            # the outcome this cell is expected to have (e.g. gap on a host with holes)
+    cmdline_append: str = ""
+    hang_timeout: float | None = None
+
+    @property
+    def id(self) -> str:
+        return (f"{self.guest.name}@{self.backend}/{self.cpu_profile}/{self.gap_policy}"
+                f"/{self.vcpus}c/{self.memory}M")
+
+    def axes(self) -> dict[str, Any]:
+        return {"guest": self.guest.name, "backend": self.backend, "cpu_profile": self.cpu_profile,
+                "gap_policy": self.gap_policy, "vcpus": self.vcpus, "memory": self.memory, "tier": self.tier}
+
+    def params(self) -> dict[str, Any]:
+        return {"cpu_profile": self.cpu_profile, "gap_policy": self.gap_policy, "vcpus": self.vcpus,
+                "memory_mib": self.memory, "tier": self.tier, "timeout_scale": self.timeout_scale,
+                "expect": self.expect, "family": self.guest.family, "arch": self.guest.arch,
+                "boot": self.guest.boot}
+
+
+@dataclass
+class Matrix:
+    path: Path
+    timeout_scale: float = 1.0
+    retries: int = 1
+    fail_on_new_gaps: bool = False
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    include: list[dict[str, Any]] = field(default_factory=list)
+    overrides: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+
+    def cells(self, guests: dict[str, GuestSpec], tier: str = "quick") -> list[Cell]:
+        """Expanded, filtered and ordered cells of `tier` (nightly includes quick)."""
+        wanted_tiers = {"quick"} if tier == "quick" else set(TIERS)
+        cells: dict[str, Cell] = {}
+        for entry in self.entries + self.include:
+            for cell in self._expand(entry, guests):
+                if cell.tier in wanted_tiers and not self._excluded(cell):
+                    cells.setdefault(cell.id, cell)
+        for cell in cells.values():
+            self._apply_overrides(cell)
+        return [cells[k] for k in sorted(cells)]
+
+    def _expand(self, entry: dict[str, Any], guests: dict[str, GuestSpec]) -> list[Cell]:
+        out = []
+        names = entry["guests"]
+        for name in sorted(guests):
+            if not any(fnmatch.fnmatchcase(name, pat) for pat in names):
+                continue
+            guest = guests[name]
+            for backend in entry.get("backends") or ["builtin"]:
+                if backend not in guest.backends:
+                    continue
+                for profile in entry.get("cpu_profiles") or ["default"]:
+                    for policy in entry.get("gap_policies") or ["emulate"]:
+                        for vcpus in entry.get("vcpus") or [guest.vcpus]:
+                            for memory in entry.get("memory") or [guest.memory]:
+                                out.append(Cell(guest, backend, profile, policy, int(vcpus), int(memory),
+                                                entry.get("tier", "quick"), self.timeout_scale, self.retries,
+                                                self.fail_on_new_gaps))
+        return out
+
+    def _excluded(self, cell: Cell) -> bool:
+        return any(_matches(rule, cell) for rule in self.exclude)
+
+    def _apply_overrides(self, cell: Cell) -> None:
+        for match, settings in self.overrides:
+            if _matches(match, cell):
+                for key, value in settings.items():
+                    setattr(cell, key, value)
+        # A slow host multiplies every timeout on top of the matrix and overrides.
+        cell.timeout_scale *= env_timeout_scale()
+
+
+def env_timeout_scale() -> float:
+    value = os.environ.get("HARNESS_TIMEOUT_SCALE", "1")
+    try:
+        scale = float(value)
+    except ValueError:
+        raise ConfigError(f"HARNESS_TIMEOUT_SCALE={value!r} is not a number", "set it to e.g. 2") from None
+    if scale <= 0:
+        raise ConfigError(f"HARNESS_TIMEOUT_SCALE={value!r} must be positive", "set it to e.g. 2")
+    return scale
+
+
+def _matches(rule: dict[str, Any], cell: Cell) -> bool:
+    axes = cell.axes()
+    return all(fnmatch.fnmatchcase(str(axes[k]), str(v)) for k, v in rule.items())
+
+
+def shard_of(cell_id: str, count: int) -> int:
+    """Stable shard index (0-based) of a cell: the same on every machine and Python version."""
+    digest = hashlib.sha256(cell_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def select_shard(cells: list[Cell], shard: str | None) -> list[Cell]:
+    """`shard` is "K/N" (1-based K): the cells whose stable hash falls in shard K of N."""
+    if not shard:
+        return cells
+    k, n = parse_shard(shard)
+    return [c for c in cells if shard_of(c.id, n) == k - 1]
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        k_s, n_s = shard.split("/")
+        k, n = int(k_s), int(n_s)
+    except ValueError:
+        raise ConfigError(f"bad shard {shard!r}", "write --shard K/N, e.g. --shard 1/4") from None
+    if not (1 <= k <= n):
+        raise ConfigError(f"bad shard {shard!r}: K must be between 1 and N", "write --shard K/N with 1 <= K <= N")
+    return k, n
+
+
+# -- loading ---------------------------------------------------------------------------------
+def load_matrix(path: Path, guests: dict[str, GuestSpec]) -> Matrix:
+    data = y.load_yaml(path)
+    if not isinstance(data, y.YMap):
+        raise ConfigError(f"{path}:1: the matrix must be a mapping", "see docs/guest-files.md")
+    what = "matrix"
+    y.check_keys(data, MATRIX_KEYS, what, required=("entries",))
+    if y.get_typed(data, "version", int, 1, what) != 1:
+        raise y.fail(data, "version", "unsupported matrix version", "use version: 1")
+    matrix = Matrix(path=path,
+                    timeout_scale=float(y.get_typed(data, "timeout_scale", (int, float), 1.0, what)),
+                    retries=y.get_typed(data, "retries", int, 1, what),
+                    fail_on_new_gaps=y.get_typed(data, "fail_on_new_gaps", bool, False, what))
+    if matrix.timeout_scale <= 0:
+        raise y.fail(data, "timeout_scale", "timeout_scale must be positive", "e.g. timeout_scale: 2")
+    matrix.entries = [_entry(e, lst, i, guests, "entries") for lst, i, e in _items(data, "entries")]
+    matrix.include = [_include(e, lst, i, guests) for lst, i, e in _items(data, "include")]
+    matrix.exclude = [_rule(e, f"matrix.exclude[{i}]") for _, i, e in _items(data, "exclude")]
+    for _, i, o in _items(data, "overrides"):
+        w = f"matrix.overrides[{i}]"
+        y.check_keys(o, ("match", "set"), w, required=("match", "set"))
+        settings = y.require_map(o["set"], o, "set", f"{w}.set")
+        y.check_keys(settings, OVERRIDE_SET_KEYS, f"{w}.set")
+        if "expect" in settings and settings["expect"] not in OUTCOME_EXPECTATIONS:
+            raise y.fail(settings, "expect", f"{w}.set.expect is {settings['expect']!r}",
+                         f"allowed: {', '.join(OUTCOME_EXPECTATIONS)}")
+        matrix.overrides.append((_rule(y.require_map(o["match"], o, "match", f"{w}.match"), f"{w}.match"),
+                                 dict(settings)))
+    return matrix
+
+
+def _items(data: y.YMap, key: str) -> list[tuple[Any, int, y.YMap]]:
+    items = data.get(key) or []
+    if not isinstance(items, list):
+        raise y.fail(data, key, f"matrix.{key} must be a list", "write a YAML list of mappings")
+    return [(items, i, y.require_map(e, items, i, f"matrix.{key}[{i}]")) for i, e in enumerate(items)]
+
+
+def _entry(e: y.YMap, lst: Any, i: int, guests: dict[str, GuestSpec], section: str) -> dict[str, Any]:
+    w = f"matrix.{section}[{i}]"
+    y.check_keys(e, ENTRY_KEYS, w, required=("guests",))
+    out: dict[str, Any] = {"guests": y.get_str_list(e, "guests", [], w)}
+    for pat in out["guests"]:
+        if not any(fnmatch.fnmatchcase(g, pat) for g in guests):
+            raise y.fail(e, "guests", f"{w}: no guest file matches {pat!r}",
+                         f"known guests: {', '.join(sorted(guests)) or 'none (guests/ is empty)'}")
+    for key, allowed in (("backends", BACKENDS), ("cpu_profiles", CPU_PROFILES), ("gap_policies", GAP_POLICIES)):
+        values = y.get_str_list(e, key, [], w)
+        for v in values:
+            if v not in allowed:
+                raise y.fail(e, key, f"{w}.{key}: unknown value {v!r}", f"allowed: {', '.join(allowed)}")
+        out[key] = values
+    for key in ("vcpus", "memory"):
+        values = y.get_str_list(e, key, [], w)
+        for v in values:
+            if not v.isdigit() or int(v) <= 0:
+                raise y.fail(e, key, f"{w}.{key}: {v!r} is not a positive integer", "give positive integers")
+        out[key] = [int(v) for v in values]
+    out["tier"] = y.get_choice(e, "tier", TIERS, "quick", w)
+    return out
+
+
+def _include(e: y.YMap, lst: Any, i: int, guests: dict[str, GuestSpec]) -> dict[str, Any]:
+    w = f"matrix.include[{i}]"
+    y.check_keys(e, ("guest", "backend", "cpu_profile", "gap_policy", "vcpus", "memory", "tier"), w,
+                 required=("guest", "backend"))
+    as_entry = y.YMap({"guests": [e["guest"]], "backends": [e["backend"]]})
+    as_entry.path, as_entry.line, as_entry.key_lines = e.path, e.line, e.key_lines
+    for src, dst in (("cpu_profile", "cpu_profiles"), ("gap_policy", "gap_policies"), ("vcpus", "vcpus"),
+                     ("memory", "memory"), ("tier", "tier")):
+        if src in e:
+            as_entry[dst] = e[src] if dst == "tier" else [e[src]]
+            as_entry.key_lines[dst] = e.key_lines[src]
+    return _entry(as_entry, lst, i, guests, "include")
+
+
+def _rule(e: y.YMap, what: str) -> dict[str, Any]:
+    y.check_keys(e, CELL_AXES, what)
+    return {k: v for k, v in e.items()}

@@ -1,0 +1,213 @@
+"""pytest plugin: matrix.yaml becomes one pytest item per cell.
+
+    pytest -p harness.runner.plugin matrix.yaml -n auto --harness-tier quick --junitxml out.xml
+
+Cells are collected in a deterministic order (pytest-xdist needs every worker to agree), each
+item boots its cell and writes its result file at once, so `-n`, `-k`, `--junitxml` and a
+killed run all behave as with ordinary tests. `harness run` wraps this with a live table.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.runner.execute import RunOptions, run_cell
+from harness.runner.guestfile import load_guests
+from harness.runner.matrix import Cell, load_matrix, select_shard
+from harness.runner.result import PASS, CellResult, cell_slug, write_json_atomic
+
+RUN_DIR_ENV = "HARNESS_RUN_DIR"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "boot matrix (harness)")
+    group.addoption("--harness-run-dir", default=None, help="run directory for results (default: new under reports/)")
+    group.addoption("--harness-tier", default="quick", choices=("quick", "nightly"), help="matrix tier")
+    group.addoption("--harness-shard", default=None, help="K/N: run only shard K of N (stable hash of the cell id)")
+    group.addoption("--harness-guests", default=None, help="guest directory (default: guests/ beside the matrix)")
+    group.addoption("--harness-resume", action="store_true", help="skip cells that passed in --harness-run-dir")
+    group.addoption("--harness-repeat", type=int, default=1, help="boot every cell N times (boot-time statistics)")
+    group.addoption("--harness-online", action="store_true", help="allow asset downloads during the run")
+
+
+def new_run_dir(base: Path) -> Path:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        candidate = base / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+    raise HarnessError(f"cannot create a run directory under {base}", "clean up reports/")
+
+
+def host_summary() -> dict[str, Any]:
+    return {"hostname": socket.gethostname(), "kernel": platform.release(), "machine": platform.machine(),
+            "python": sys.version.split()[0], "cpus": os.cpu_count()}
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _is_worker(config):
+        config._harness_run_dir = Path(config.workerinput["harness_run_dir"])  # type: ignore[attr-defined]
+        return
+    run_dir = config.getoption("harness_run_dir") or os.environ.get(RUN_DIR_ENV)
+    run_dir = Path(run_dir) if run_dir else new_run_dir(Path("reports"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config._harness_run_dir = run_dir  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: every worker writes into the controller's run directory."""
+    node.workerinput["harness_run_dir"] = str(node.config._harness_run_dir)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml") and file_path.name.endswith("matrix.yaml"):
+        return MatrixFile.from_parent(parent, path=file_path)
+    return None
+
+
+class MatrixFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        config = self.config
+        guests_dir = Path(config.getoption("harness_guests") or self.path.parent / "guests")
+        try:
+            guests = load_guests(guests_dir)
+            matrix = load_matrix(self.path, guests)
+            cells = select_shard(matrix.cells(guests, config.getoption("harness_tier")),
+                                 config.getoption("harness_shard"))
+        except HarnessError as e:
+            raise MatrixError(e.one_line()) from None
+        if not _is_worker(config):
+            _write_run_json(config, self.path, len(cells))
+        repeat = max(1, config.getoption("harness_repeat"))
+        for cell in cells:
+            for r in range(repeat):
+                name = cell.id if repeat == 1 else f"{cell.id}#r{r}"
+                yield CellItem.from_parent(self, name=name, cell=cell, repeat_index=r)
+
+
+class MatrixError(Exception):
+    pass
+
+
+def _write_run_json(config: pytest.Config, matrix_path: Path, cell_count: int) -> None:
+    run_dir: Path = config._harness_run_dir  # type: ignore[attr-defined]
+    path = run_dir / "run.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    write_json_atomic(path, {**previous,
+                             "schema_version": 1,
+                             "run_id": run_dir.name,
+                             "matrix": str(matrix_path),
+                             "tier": config.getoption("harness_tier"),
+                             "shard": config.getoption("harness_shard"),
+                             "repeat": config.getoption("harness_repeat"),
+                             "cells_selected": cell_count,
+                             "started_at": previous.get("started_at") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                             "resumed": bool(config.getoption("harness_resume")) or bool(previous),
+                             "host": host_summary(),
+                             "argv": sys.argv})
+
+
+class CellItem(pytest.Item):
+    def __init__(self, *, cell: Cell, repeat_index: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cell = cell
+        self.repeat_index = repeat_index
+        self.result: CellResult | None = None
+        for marker in (cell.backend, cell.tier, cell.guest.family):
+            self.add_marker(marker.replace("-", "_"))
+
+    def runtest(self) -> None:
+        run_dir: Path = self.config._harness_run_dir  # type: ignore[attr-defined]
+        if self.config.getoption("harness_resume") and _passed_before(run_dir, self.cell, self.repeat_index):
+            pytest.skip("passed in the run being resumed")
+        options = RunOptions(run_dir=run_dir, offline=not self.config.getoption("harness_online"),
+                             repeat_index=self.repeat_index)
+        self.result = run_cell(self.cell, options)
+        outcome = self.result.outcome
+        if outcome == PASS:
+            return
+        if outcome == self.cell.expect:
+            pytest.xfail(f"expected {outcome}: {self.result.reason}")
+        raise CellFailed(self.result)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, CellFailed):
+            return format_failure(excinfo.value.result, self.config._harness_run_dir)  # type: ignore[attr-defined]
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.cell.guest.path, 0, f"cell {self.name}"
+
+
+class CellFailed(Exception):
+    def __init__(self, result: CellResult) -> None:
+        super().__init__(result.reason)
+        self.result = result
+
+
+def _passed_before(run_dir: Path, cell: Cell, repeat_index: int) -> bool:
+    cell_id = cell.id if not repeat_index else f"{cell.id}#r{repeat_index}"
+    path = run_dir / "cells" / f"{cell_slug(cell_id)}.json"
+    try:
+        return json.loads(path.read_text()).get("outcome") == PASS
+    except (OSError, ValueError):
+        return False
+
+
+def format_failure(result: CellResult, run_dir: Path) -> str:
+    lines = [f"{result.outcome.upper()}: {result.reason}"]
+    if result.milestones:
+        lines.append("milestones: " + ", ".join(f"{m.name} @{m.t:.2f}s" for m in result.milestones))
+    if result.failure:
+        lines.append(f"failure: {result.failure.kind}: {result.failure.message}")
+    if result.near_miss:
+        nm = result.near_miss
+        lines.append(f"near miss: waiting for {nm.waiting_for!r} /{nm.pattern}/ after {nm.last_milestone or 'start'}")
+        if nm.closest_line:
+            lines.append(f"  closest line ({nm.closest_ratio:.0%}): {nm.closest_line}")
+        lines.extend("  | " + l for l in nm.last_lines[-10:])
+    stopped = [g for g in result.gaps if g.get("fate") == "stopped"]
+    for g in stopped:
+        lines.append(f"gap: {g['kind']} {g['key']} at rip {g.get('first_rip')} ({g.get('detail', {}).get('insn', '')})")
+    if result.console_log:
+        lines.append(f"console: {run_dir / result.console_log}")
+    return "\n".join(lines)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if _is_worker(config) or not hasattr(config, "_harness_run_dir"):
+        return
+    run_dir: Path = config._harness_run_dir  # type: ignore[attr-defined]
+    if not (run_dir / "run.json").exists():
+        return
+    data = json.loads((run_dir / "run.json").read_text())
+    data["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(run_dir / "run.json", data)
+    try:
+        from harness.report import write_reports
+        write_reports(run_dir)
+    except Exception as e:  # a report bug must not hide the cells' results
+        sys.stderr.write(f"harness: writing reports failed: {type(e).__name__}: {e}\n")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    run_dir = getattr(config, "_harness_run_dir", None)
+    return f"harness run directory: {run_dir}" if run_dir else None
