@@ -1,0 +1,180 @@
+"""A whole built-in VM: KVM VM + CPUID + MSR policy + vCPU threads + coalesced serial replay.
+
+`Machine` is what the builtin_vm child (and the tests) drive: give it guest RAM, the I/O
+and MMIO buses, an entry state; `start()`, then `wait()` for the first vCPU that stops the
+VM (halt, shutdown, triple fault, emulation failure, ...) or `stop()` it from outside.
+"""
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from harness import layout
+from harness.backends import events as ev
+from harness.errors import ConfigError
+from harness.gaps import record as gaps
+from harness.gaps.record import GapRecord
+from harness.kvm import cpuid, msr
+from harness.kvm.flight import FlightRecorder
+from harness.kvm.gapsink import GapSink
+from harness.kvm.runloop import RunConfig, StopInfo, VcpuLoop, install_kick_handler
+from harness.kvm.system import KVM_PATH
+from harness.kvm.vm import Vm
+from harness.memory import GuestRam
+
+DRAIN_PERIOD_S = 0.02      # coalesced serial output is replayed at least this often
+
+
+@dataclass
+class MachineConfig:
+    vcpus: int = 1
+    cpu_profile: str = "default"
+    gap_policy: str = "emulate"
+    irqchip: bool = True
+    pit: bool = True
+    coalesce_serial: bool = True       # COM1 THR writes go through the coalesced PIO ring
+    rescue: bool = True
+    kvm_path: str = KVM_PATH
+
+
+class Machine:
+    def __init__(self, ram: GuestRam, io_bus: Any, mmio_bus: Any, config: MachineConfig | None = None,
+                 emit: Callable[[ev.VmEvent], None] | None = None) -> None:
+        self.config = cfg = config or MachineConfig()
+        cpuid.check_profile(cfg.cpu_profile)
+        msr.check_policy(cfg.gap_policy)
+        if cfg.vcpus < 1 or (cfg.vcpus > 1 and not cfg.irqchip):
+            raise ConfigError(f"{cfg.vcpus} vCPUs without an in-kernel irqchip",
+                              "use 1..N vCPUs; more than one needs the irqchip (APs wait for INIT/SIPI)")
+        self.emit = emit or (lambda event: None)
+        self.ram = ram
+        self.io_bus, self.mmio_bus = io_bus, mmio_bus
+        self.vm = Vm(ram, kvm_path=cfg.kvm_path, irqchip=cfg.irqchip, pit=cfg.pit)
+        max_vcpus = self.vm.caps.get("MAX_VCPUS") or self.vm.caps.get("NR_VCPUS") or 1
+        if cfg.vcpus > max_vcpus:
+            self.vm.close()
+            raise ConfigError(f"{cfg.vcpus} vCPUs asked, this KVM allows {max_vcpus}", f"use at most {max_vcpus}")
+        self.gaps = GapSink(self._on_new_gap)
+        self.recorder = FlightRecorder()
+        self.msr_policy = msr.MsrPolicy(cfg.gap_policy)
+        self.msr_status = msr.install(self.vm)
+        self.coalesced_serial = cfg.coalesce_serial and self.vm.coalesce(layout.COM1_PORT, 1, pio=True)
+        self.cpuid_entries, self.masked = self._cpuid_table()
+        self.run_cfg = RunConfig(io_bus=io_bus, mmio_bus=mmio_bus, msr=self.msr_policy, gaps=self.gaps,
+                                 recorder=self.recorder, emit=self.emit, rescue=cfg.rescue)
+        self.loops: list[VcpuLoop] = []
+        for i in range(cfg.vcpus):
+            vcpu = self.vm.create_vcpu()
+            entries, _ = cpuid.apply_profile(self.cpuid_entries, cfg.cpu_profile, vcpu_index=i)
+            vcpu.set_cpuid(entries)
+            self.loops.append(VcpuLoop(self.vm, vcpu, self.run_cfg))
+        self._threads: list[threading.Thread] = []
+        self._done = threading.Event()
+        self._stop_info: StopInfo | None = None
+        self._lock = threading.Lock()
+        self.started_at: float | None = None
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _cpuid_table(self) -> tuple[list[dict[str, int]], list[str]]:
+        base = cpuid.supported(self.vm.kvm_fd)
+        _, masked = cpuid.apply_profile(base, self.config.cpu_profile)
+        return base, masked
+
+    def _on_new_gap(self, gap: GapRecord) -> None:
+        self.emit(ev.VmEvent(ev.GAP, time.monotonic(), gap.to_dict()))
+
+    def set_entry(self, entry: Any) -> None:
+        """Boot CPU state from a loader's EntryState; APs stay in wait-for-SIPI."""
+        self.loops[0].vcpu.set_entry(entry)
+
+    @property
+    def set_irq(self) -> Callable[[int, int], None]:
+        return self.vm.set_irq
+
+    # -- run ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        install_kick_handler()
+        for gap in self.masked:
+            self.gaps.record(GapRecord(kind=gaps.MASKED_CPUID, key=gap, policy=self.config.cpu_profile,
+                                       detail={"profile": self.config.cpu_profile}))
+        self.started_at = time.monotonic()
+        for loop in self.loops:
+            t = threading.Thread(target=self._vcpu_thread, args=(loop,), name=f"vcpu{loop.vcpu.index}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        if self.coalesced_serial:
+            threading.Thread(target=self._drainer, name="serial-drain", daemon=True).start()
+
+    def _vcpu_thread(self, loop: VcpuLoop) -> None:
+        info = loop.run()
+        with self._lock:
+            if self._stop_info is None:
+                self._stop_info = info  # the first vCPU to stop names the reason
+        # The first vCPU that stops ends the VM: the others are kicked out of KVM_RUN.
+        for other in self.loops:
+            if other is not loop and other.stopped_by is None:
+                other.request_stop()
+        if all(lp.stopped_by is not None for lp in self.loops):
+            self.drain()
+            self._done.set()
+
+    def _drainer(self) -> None:
+        while not self._done.wait(DRAIN_PERIOD_S):
+            self.drain()
+
+    def drain(self) -> None:
+        self.vm.drain_ring(self.io_bus.write, self.mmio_bus.write)
+
+    def wait(self, timeout: float | None = None) -> StopInfo | None:
+        """The StopInfo of the vCPU that ended the run, or None if still running after `timeout`."""
+        if not self._done.wait(timeout):
+            return None
+        return self._stop_info
+
+    def stop(self, timeout: float = 5.0) -> StopInfo | None:
+        for loop in self.loops:
+            loop.request_stop()
+        deadline = time.monotonic() + timeout
+        while not self._done.is_set() and time.monotonic() < deadline:
+            for loop in self.loops:  # repeat the kick: a signal can land just before KVM_RUN
+                if loop.stopped_by is None:
+                    loop.request_stop()
+            self._done.wait(0.05)
+        return self._stop_info
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads) and not self._done.is_set()
+
+    # -- results ------------------------------------------------------------------------------------
+    def exit_counts(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for loop in self.loops:
+            for name, n in loop.exit_counts().items():
+                total[name] = total.get(name, 0) + n
+        return total
+
+    @staticmethod
+    def user_time_s() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_utime
+
+    def summary(self) -> dict[str, Any]:
+        info = self._stop_info
+        return {"stop": {"reason": info.reason, "vcpu": info.vcpu, "detail": info.detail} if info else None,
+                "exit_counts": self.exit_counts(), "flight_recorder": self.recorder.dump(),
+                "gaps": [g.to_dict() for g in self.gaps.records()],
+                "masked_cpuid": list(self.masked), "cpu_profile": self.config.cpu_profile,
+                "gap_policy": self.config.gap_policy, "msr_routing": dict(self.msr_status),
+                "coalesced_serial": self.coalesced_serial, "user_time_s": self.user_time_s()}
+
+    def close(self) -> None:
+        if self.running:
+            self.stop()
+        for t in self._threads:
+            t.join(1.0)
+        if any(t.is_alive() for t in self._threads):
+            return  # a vCPU thread still inside KVM_RUN: leave the fds to process exit rather than pull them
+        self.vm.close()

@@ -1,0 +1,101 @@
+"""Raw flat-binary boot for tiny guests (tests, benchmarks, fixtures): boot method "raw".
+
+The image is copied to GUEST_LOAD and entered in 16-bit real mode with CS=DS=SS=0 (or in
+flat 32-bit protected mode with a GDT at layout.GDT_ADDR). The state is an EntryState as the
+loaders (harness.boot.entry) produce it; when that module is not importable a structurally
+identical local one is used, since Vcpu.set_entry only reads attributes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import layout
+from harness.errors import KernelImageError
+from harness.memory import GuestRam
+
+GUEST_LOAD = 0x10000          # 64 KiB: above the IVT/BDA, below BOOT_STACK... real-mode reachable via CS=0x1000
+RAW_MAX = 0x80000             # must stay below the EBDA
+REAL_STACK = 0xFFF0           # SS=0, SP: top of the first 64 KiB segment
+
+try:  # the loaders' types when they exist
+    from harness.boot.entry import EntryState, Segment  # type: ignore
+except ImportError:  # pragma: no cover - depends on the loaders engineer's progress
+    @dataclass
+    class Segment:  # type: ignore[no-redef]
+        base: int
+        limit: int
+        selector: int
+        type: int
+        present: int
+        dpl: int
+        db: int
+        s: int
+        l: int
+        g: int
+        avl: int = 0
+        unusable: int = 0
+
+    @dataclass
+    class EntryState:  # type: ignore[no-redef]
+        mode: str
+        rip: int
+        gprs: dict[str, int] = field(default_factory=dict)
+        cr0: int = 0
+        cr3: int = 0
+        cr4: int = 0
+        efer: int = 0
+        gdt_base: int = 0
+        gdt_limit: int = 0xFFFF
+        idt_base: int = 0
+        idt_limit: int = 0xFFFF
+        segments: dict[str, Any] = field(default_factory=dict)
+
+
+def _seg(selector: int, base: int, limit: int, type_: int, db: int = 0, g: int = 0, s: int = 1) -> Any:
+    return Segment(base=base, limit=limit, selector=selector, type=type_, present=1, dpl=0, db=db, s=s, l=0, g=g)
+
+
+def real_mode_entry(rip: int = GUEST_LOAD) -> Any:
+    """16-bit real mode, all segments based at 0, `rip` linear (< 64 KiB + base 0 -> use CS base)."""
+    cs_base = rip & ~0xFFFF
+    segs = {name: _seg(0, 0, 0xFFFF, 0x3) for name in ("ds", "es", "fs", "gs", "ss")}
+    segs["cs"] = _seg(cs_base >> 4, cs_base, 0xFFFF, 0xB)
+    segs["tr"] = _seg(0, 0, 0xFFFF, 0xB, s=0)
+    segs["ldt"] = _seg(0, 0, 0xFFFF, 0x2, s=0)
+    return EntryState(mode="real16", rip=rip - cs_base, gprs={"rsp": REAL_STACK, "rflags": 0x2}, cr0=0x10, cr3=0,
+                      cr4=0, efer=0, gdt_base=0, gdt_limit=0xFFFF, idt_base=0, idt_limit=0x3FF, segments=segs)
+
+
+def protected_entry(ram: GuestRam, rip: int = GUEST_LOAD) -> Any:
+    """Flat 32-bit protected mode, paging off; writes a 3-entry GDT at layout.GDT_ADDR."""
+    gdt = [0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF]  # null, code 0x08, data 0x10: 4 GiB flat
+    ram.write(layout.GDT_ADDR, b"".join(d.to_bytes(8, "little") for d in gdt))
+    segs = {name: _seg(0x10, 0, 0xFFFFFFFF, 0x3, db=1, g=1) for name in ("ds", "es", "fs", "gs", "ss")}
+    segs["cs"] = _seg(0x08, 0, 0xFFFFFFFF, 0xB, db=1, g=1)
+    segs["tr"] = _seg(0, 0, 0xFFFF, 0xB, s=0)
+    segs["ldt"] = _seg(0, 0, 0xFFFF, 0x2, s=0)
+    return EntryState(mode="protected32", rip=rip, gprs={"rsp": layout.BOOT_STACK_TOP, "rflags": 0x2}, cr0=0x11,
+                      cr3=0, cr4=0, efer=0, gdt_base=layout.GDT_ADDR, gdt_limit=len(gdt) * 8 - 1, idt_base=0,
+                      idt_limit=0, segments=segs)
+
+
+def load_raw(ram: GuestRam, image: Path | bytes, mode: str = "real16") -> tuple[Any, dict[str, Any]]:
+    """Copy a flat image to GUEST_LOAD; return (EntryState, info) like a loader's BootPlan."""
+    data = image if isinstance(image, bytes) else _read(image)
+    if not data:
+        raise KernelImageError("raw guest image is empty", "give a flat binary to load at 0x10000")
+    if len(data) > RAW_MAX:
+        raise KernelImageError(f"raw guest image is {len(data)} bytes, more than {RAW_MAX}",
+                               "raw boot is for tiny guests; use a real boot method for kernels")
+    ram.write(GUEST_LOAD, data)
+    entry = protected_entry(ram) if mode == "protected32" else real_mode_entry()
+    return entry, {"method": "raw", "mode": entry.mode, "load_addr": hex(GUEST_LOAD), "size": len(data)}
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise KernelImageError(f"cannot read raw guest image {path}: {exc.strerror}", "check the path") from None

@@ -1,0 +1,72 @@
+"""Tiny test guests, assembled with GNU as at test time, and a fake device bus.
+
+Guests are raw flat binaries loaded at GUEST_LOAD and entered in real mode (or 32-bit
+protected mode through the flat GDT that `protected_entry` writes).
+"""
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.kvm.rawboot import GUEST_LOAD, real_mode_entry  # noqa: F401  (re-exported for tests)
+
+HAVE_AS = shutil.which("as") is not None and shutil.which("objcopy") is not None
+
+
+@functools.lru_cache(maxsize=None)
+def assemble(source: str, bits: int = 16, origin: int = GUEST_LOAD) -> bytes:
+    """Flat binary of `source` (GNU as, Intel syntax), linked at `origin`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        head = f".intel_syntax noprefix\n.code{bits}\n.org 0\n"
+        (d / "g.s").write_text(head + source + "\n")
+        subprocess.run(["as", "--32", "-o", str(d / "g.o"), str(d / "g.s")], check=True, capture_output=True)
+        subprocess.run(["ld", "-m", "elf_i386", "-Ttext", hex(origin), "--oformat", "binary", "-e", "0",
+                        "-o", str(d / "g.bin"), str(d / "g.o")], check=True, capture_output=True)
+        return (d / "g.bin").read_bytes()
+
+
+@dataclass
+class FakeDevice:
+    """Remembers writes, answers reads with a fixed value."""
+    answer: int = 0x5A
+    writes: list[tuple[int, int, int]] = field(default_factory=list)
+    reads: list[tuple[int, int]] = field(default_factory=list)
+
+    def read(self, offset: int, size: int) -> int:
+        self.reads.append((offset, size))
+        return self.answer
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.writes.append((offset, size, value))
+
+
+class FakeBus:
+    """The harness.devices.bus.Bus interface, minimal: (base, length) -> device."""
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int, object]] = []
+
+    def register(self, base: int, length: int, device: object, name: str = "") -> None:
+        self.ranges.append((base, length, device))
+
+    def find(self, addr: int):
+        for base, length, dev in self.ranges:
+            if base <= addr < base + length:
+                return base, dev
+        return None
+
+    def read(self, addr: int, size: int) -> int | None:
+        hit = self.find(addr)
+        return None if hit is None else hit[1].read(addr - hit[0], size)
+
+    def write(self, addr: int, size: int, value: int) -> bool:
+        hit = self.find(addr)
+        if hit is None:
+            return False
+        hit[1].write(addr - hit[0], size, value)
+        return True
