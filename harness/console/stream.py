@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from harness.console.clean import ConsoleCleaner
 
 class ConsoleStream:
     def __init__(self, source_fd: int, log_path: Path, start_time: float,
-                 echo: Callable[[bytes], None] | None = None) -> None:
+                 echo: Callable[[bytes], None] | None = None, banner: str | None = None) -> None:
         self.start_time = start_time
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +46,11 @@ class ConsoleStream:
         self._lock = threading.Lock()
         self._tail = bytearray()    # last clean bytes, for near-miss reports
         self._detached = False      # set when nobody reads the clean pipe any more
+        # Boot banners are counted on complete lines, apart from pexpect's consuming matches,
+        # so a banner that is also a milestone still counts (two banners = a reboot loop).
+        self._banner = re.compile(banner.encode()) if banner else None
+        self._line = bytearray()
+        self.banners: list[tuple[float, int, str]] = []   # (t, raw offset, line) of each banner seen
         self._thread = threading.Thread(target=self._pump, name="console-pump", daemon=True)
         self._thread.start()
 
@@ -89,6 +95,8 @@ class ConsoleStream:
             self._raw_ends.append(self.raw_bytes)
             self._tail.extend(clean)
             del self._tail[:-16384]
+            if self._banner is not None:
+                self._scan_banners(clean)
         view = memoryview(clean)
         while view and not self._detached:
             try:
@@ -96,6 +104,15 @@ class ConsoleStream:
             except BlockingIOError:
                 return
             view = view[written:]
+
+    def _scan_banners(self, clean: bytes) -> None:
+        self._line.extend(clean)
+        *complete, rest = bytes(self._line).split(b"\n")
+        for line in complete:
+            if self._banner.search(line):  # type: ignore[union-attr]
+                self.banners.append((self._times[-1] - self.start_time, self.raw_bytes,
+                                     line.decode(errors="replace").strip()[:300]))
+        self._line = bytearray(rest[-4096:])
 
     # -- queries ----------------------------------------------------------------------------
     def locate(self, clean_offset: int) -> tuple[float, int]:

@@ -5,7 +5,7 @@ tails the backend's events (triple fault, reset, host emulation failure, ...), w
 silence (a hang) and for the current milestone's deadline. The first decisive thing wins:
 - every milestone matched                      -> pass
 - a failure pattern, triple fault, reset,
-  power-off or the boot banner seen twice      -> fail
+  power-off or the boot banner seen twice      -> fail (banners are counted by ConsoleStream)
 - the backend stopped on an emulation gap      -> gap
 - a milestone's deadline or the hang window    -> timeout (with a near-miss report)
 - the backend died / reported an infra error   -> error
@@ -55,7 +55,7 @@ class WatchOutcome:
 
 @dataclass
 class _Pattern:
-    role: str          # milestone | failure | dialog | keepalive | banner
+    role: str          # milestone | failure | dialog | keepalive
     regex: re.Pattern[bytes]
     name: str = ""
     dialog: Dialog | None = None
@@ -75,7 +75,6 @@ class ConsoleWatcher:
         self.seen_events: list[ev.VmEvent] = []
         self.gap_count = 0
         self._consumed = 0              # clean bytes consumed by matches so far
-        self._banners = 0
         self._dialog_sends: dict[int, int] = {}
         self._fixed = self._compile_fixed()
 
@@ -85,8 +84,6 @@ class ConsoleWatcher:
         fixed = [_Pattern("failure", _re(rx), kind) for kind, rx in c.failures]
         fixed += [_Pattern("dialog", _re(d.pattern), d.pattern, d) for d in c.dialogs]
         fixed += [_Pattern("keepalive", _re(rx), rx) for rx in c.keepalive]
-        if c.banner:
-            fixed.append(_Pattern("banner", _re(c.banner), "banner"))
         return fixed
 
     def _patterns(self, index: int) -> list[_Pattern]:
@@ -105,7 +102,7 @@ class ConsoleWatcher:
         patterns = self._patterns(0)
         last_progress = 0.0
         while True:
-            decided = self._check_events()
+            decided = self._check_events() or self._reboot_loop()
             if decided:
                 return decided
             try:
@@ -131,8 +128,6 @@ class ConsoleWatcher:
             if pattern.role == "milestone":
                 previous = self.hits[-1].t if self.hits else 0.0
                 self.hits.append(MilestoneHit(pattern.name, round(t, 6), round(t - previous, 6), raw_offset, line))
-                if self._is_banner(self.child.after) and self._banner_seen_again(t, raw_offset):
-                    return self._reboot_loop(t, raw_offset, line)
                 index += 1
                 self._report_progress(index)
                 if index == len(milestones):
@@ -142,8 +137,9 @@ class ConsoleWatcher:
                 deadline = phase_start + milestones[index].timeout * self.config.timeout_scale
             elif pattern.role == "failure":
                 # Let the backend's events (e.g. a triple fault right after the panic text) arrive too.
+                message = _text(self.child.after + self._rest_of_failure())
                 self._check_events()
-                failure = Failure(pattern.name, _text(self.child.after).strip()[:500], round(t, 6), raw_offset)
+                failure = Failure(pattern.name, message.strip()[:2000], round(t, 6), raw_offset)
                 return WatchOutcome(FAIL, f"{pattern.name}: {failure.message.splitlines()[0][:200]}", self.hits,
                                     failure=failure, events=self.seen_events)
             elif pattern.role == "dialog":
@@ -152,12 +148,23 @@ class ConsoleWatcher:
                 self.session.send(_unescape(pattern.dialog.send).encode())
             elif pattern.role == "keepalive":
                 deadline = time.monotonic() + milestones[index].timeout * self.config.timeout_scale
-            elif pattern.role == "banner":
-                if self._banner_seen_again(t, raw_offset):
-                    return self._reboot_loop(t, raw_offset, line)
             patterns = self._patterns(index)
 
     # -- helpers ------------------------------------------------------------------------------
+    def _rest_of_failure(self, line_wait: float = 1.0, context_wait: float = 0.3, max_lines: int = 8) -> bytes:
+        """The rest of the failure's line (a pattern can match a partial read) and a few lines of context."""
+        tail = b""
+        deadline = time.monotonic() + line_wait
+        for n in range(max_lines + 1):
+            wait = max(0.0, deadline - time.monotonic()) if n == 0 else context_wait
+            try:
+                self.child.expect(b"\n", timeout=wait)
+            except (pexpect.TIMEOUT, pexpect.EOF):
+                break
+            self._advance()
+            tail += self.child.before + b"\n"
+        return tail
+
     def _advance(self) -> int:
         self._consumed += len(self.child.before) + len(self.child.after)
         return self._consumed
@@ -166,15 +173,12 @@ class ConsoleWatcher:
         before = self.child.before.rsplit(b"\n", 1)[-1]
         return _text(before + self.child.after).strip()[:300]
 
-    def _is_banner(self, text: bytes) -> bool:
-        return bool(self.config.banner) and re.search(self.config.banner.encode(), text) is not None
-
-    def _banner_seen_again(self, t: float, raw_offset: int) -> bool:
-        self._banners += 1
-        return self._banners >= 2
-
-    def _reboot_loop(self, t: float, raw_offset: int, line: str) -> WatchOutcome:
-        failure = Failure("reboot-loop", f"boot banner seen {self._banners} times: {line}", round(t, 6), raw_offset)
+    def _reboot_loop(self) -> WatchOutcome | None:
+        banners = self.stream.banners
+        if len(banners) < 2:
+            return None
+        t, raw_offset, line = banners[1]
+        failure = Failure("reboot-loop", f"boot banner seen {len(banners)} times: {line}", round(t, 6), raw_offset)
         return WatchOutcome(FAIL, "reboot loop: the boot banner appeared again", self.hits, failure=failure,
                             events=self.seen_events)
 

@@ -116,13 +116,15 @@ def _boot_request(cell: Cell, workdir: Path, options: RunOptions) -> tuple[BootR
 
 def _watch(cell: Cell, session: Any, request: BootRequest,
            options: RunOptions) -> tuple[WatchOutcome, SessionSummary, ConsoleStream]:
-    stream = ConsoleStream(session.console_fd, request.workdir / "console.log", session.start_time, options.echo)
     guest = cell.guest
+    banner = guest.banner or banner_pattern(guest.family)
+    stream = ConsoleStream(session.console_fd, request.workdir / "console.log", session.start_time, options.echo,
+                           banner=banner)
     config = WatchConfig(milestones=guest.milestones,
                          failures=failure_patterns(guest.family) + [(f.name, f.pattern) for f in guest.failures],
                          dialogs=guest.dialogs, keepalive=guest.keepalive,
                          hang_timeout=cell.hang_timeout or guest.hang_timeout,
-                         banner=guest.banner or banner_pattern(guest.family), timeout_scale=cell.timeout_scale)
+                         banner=banner, timeout_scale=cell.timeout_scale)
     reader = ev.EventReader(request.events_path)
     watcher = ConsoleWatcher(session, stream, reader, config,
                              progress=lambda info: _progress(options, cell, info))

@@ -1,0 +1,33 @@
+from harness.console.clean import ConsoleCleaner
+
+
+def clean_all(data: bytes, size: int) -> bytes:
+    c = ConsoleCleaner()
+    out = b"".join(c.feed(data[i:i + size]) for i in range(0, len(data), size))
+    return out + c.flush()
+
+
+def test_interleaved_printk_line_is_removed_from_a_prompt_at_every_split():
+    raw = b"\r\nguest log[    2.345678] random: crng init done\r\nin: "
+    for size in range(1, len(raw) + 1):
+        assert clean_all(raw, size) == b"\nguest login: ", size
+
+
+def test_printk_line_at_line_start_is_kept():
+    raw = b"[    0.912345] Run /init as init process\r\n"
+    assert clean_all(raw, 3) == b"[    0.912345] Run /init as init process\n"
+
+
+def test_ansi_escapes_stripped_even_when_split():
+    raw = b"\x1b[1;32mStarting\x1b[0m \x1b]0;title\x07busybox \x1b(Blogin:\x1b[K "
+    for size in range(1, 8):
+        assert clean_all(raw, size) == b"Starting busybox login: "
+
+
+def test_brackets_that_are_not_printk_pass_through():
+    raw = b"x [ OK ] Started\n[  OK  ] at start\nfoo [bar] baz\n"
+    assert clean_all(raw, 2) == raw
+
+
+def test_held_prefix_is_flushed_at_end_of_stream():
+    assert clean_all(b"prompt [", 100) == b"prompt ["
