@@ -18,15 +18,18 @@ HAVE_AS = shutil.which("as") is not None and shutil.which("objcopy") is not None
 
 
 @functools.lru_cache(maxsize=None)
-def assemble(source: str, bits: int = 16, origin: int = GUEST_LOAD) -> bytes:
-    """Flat binary of `source` (GNU as, Intel syntax), linked at `origin`."""
+def assemble(source: str, bits: int = 16, origin: int | None = None) -> bytes:
+    """Flat binary of `source` (GNU as, Intel syntax), linked at `origin`: 0 for real mode (CS base is
+    GUEST_LOAD, so labels are CS offsets), GUEST_LOAD for flat 32-bit code."""
+    if origin is None:
+        origin = 0 if bits == 16 else GUEST_LOAD
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         head = f".intel_syntax noprefix\n.code{bits}\n.org 0\n"
         (d / "g.s").write_text(head + source + "\n")
-        subprocess.run(["as", "--32", "-o", str(d / "g.o"), str(d / "g.s")], check=True, capture_output=True)
-        subprocess.run(["ld", "-m", "elf_i386", "-Ttext", hex(origin), "--oformat", "binary", "-e", "0",
-                        "-o", str(d / "g.bin"), str(d / "g.o")], check=True, capture_output=True)
+        _run(["as", "--32", "-o", str(d / "g.o"), str(d / "g.s")])
+        _run(["ld", "-m", "elf_i386", "-Ttext", hex(origin), "--oformat", "binary", "-e", "0",
+                        "-o", str(d / "g.bin"), str(d / "g.o")])
         return (d / "g.bin").read_bytes()
 
 
@@ -70,3 +73,9 @@ class FakeBus:
             return False
         hit[1].write(addr - hit[0], size, value)
         return True
+
+
+def _run(argv: list[str]) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{argv[0]} failed: {proc.stderr.strip()}")

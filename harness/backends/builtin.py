@@ -1,0 +1,90 @@
+"""The built-in backend: our own Python VMM on /dev/kvm, run as a child process.
+
+check() refuses what cannot work here (no usable /dev/kvm, not x86_64, a boot method we have
+no loader for) with a one-line BackendUnavailable; start() writes the spec JSON into the
+cell's workdir and spawns `python -m harness.backends.builtin_vm spec.json`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from harness.backends.base import Backend, BootRequest, ProcessSession, SessionSummary
+from harness.errors import BackendUnavailable, KvmUnavailable
+
+SPEC_NAME = "builtin-spec.json"
+ARCHES = ("x86_64",)
+
+
+def supported_boot_methods() -> set[str]:
+    """Boot methods the child can load: raw always; the loaders' methods when harness.boot has them."""
+    methods = {"raw"}
+    try:
+        from harness import boot
+        methods |= set(getattr(boot, "METHODS", ()) or ())
+        if hasattr(boot, "load") and not getattr(boot, "METHODS", None):
+            methods |= {"bzimage", "pvh", "multiboot", "netbsd", "openbsd", "freebsd"}
+    except ImportError:
+        pass
+    return methods
+
+
+class BuiltinSession(ProcessSession):
+    def stop(self) -> SessionSummary:
+        code = self.terminate()
+        summary = read_summary(self.request.summary_path, code)
+        summary.command = summary.command or list(self.argv)
+        summary.stderr_tail = self.stderr_tail()
+        return summary
+
+
+def read_summary(path: Path, exit_code: int | None) -> SessionSummary:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return SessionSummary(exit_code=exit_code, extra={"summary_missing": True,
+                                                          "note": f"the VMM child wrote no {path.name} "
+                                                                  "(killed before it could, or crashed)"})
+    except (OSError, ValueError) as exc:
+        return SessionSummary(exit_code=exit_code, extra={"summary_missing": True, "note": f"unreadable: {exc}"})
+    return SessionSummary(exit_code=exit_code, exit_counts=data.get("exit_counts", {}),
+                          flight_recorder=data.get("flight_recorder", []), host=data.get("host", {}),
+                          command=data.get("command", []), extra=data.get("extra", {}))
+
+
+class BuiltinBackend(Backend):
+    name = "builtin"
+
+    def __init__(self, kvm_path: str = "/dev/kvm") -> None:
+        self.kvm_path = kvm_path
+
+    def check(self, request: BootRequest) -> None:
+        if request.arch not in ARCHES or platform.machine() != "x86_64":
+            raise BackendUnavailable(f"the built-in VMM runs x86_64 guests on x86_64 hosts, not {request.arch} "
+                                     f"on {platform.machine()}", "use the qemu-tcg backend for this cell")
+        methods = supported_boot_methods()
+        if request.boot not in methods:
+            raise BackendUnavailable(f"the built-in VMM cannot boot {request.boot!r} guests",
+                                     f"use one of {', '.join(sorted(methods))}, or the qemu-tcg backend")
+        from harness.kvm.vm import require_kvm
+        try:
+            require_kvm(self.kvm_path)
+        except KvmUnavailable as exc:
+            raise BackendUnavailable(exc.problem, exc.fix) from None
+
+    def start(self, request: BootRequest) -> BuiltinSession:
+        from harness.backends.builtin_vm import request_to_json
+        request.workdir.mkdir(parents=True, exist_ok=True)
+        spec = request.workdir / SPEC_NAME
+        spec.write_text(request_to_json(request))
+        for stale in (request.summary_path,):
+            stale.unlink(missing_ok=True)
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        argv = [sys.executable, "-m", "harness.backends.builtin_vm", str(spec)]
+        return BuiltinSession(request, argv, env=env)

@@ -1,0 +1,242 @@
+"""The built-in VMM child: `python -m harness.backends.builtin_vm SPEC.json`.
+
+SPEC.json holds a BootRequest (request_to_json). The child builds guest RAM, the x86 devices,
+runs the loader and the vCPUs, and talks to its parent the way every backend does:
+  stdout  the guest console, unbuffered (os.write(1, ...))
+  stdin   bytes for the guest UART's receiver
+  request.events_path   VmEvents (VM_START, GAP per new gap, EXIT_COUNTS every 100 ms, failures...)
+  request.summary_path  SessionSummary fields as JSON, written when the VM stops or on SIGTERM
+A bad kernel or setup problem: one line on stderr, a BACKEND_ERROR event, exit code 2.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from harness import layout
+from harness.backends import events as ev
+from harness.backends.base import BootRequest
+from harness.errors import BackendUnavailable, HarnessError
+
+SNAPSHOT_PERIOD_S = 0.1
+EXIT_OK, EXIT_VM_ERROR, EXIT_SETUP_ERROR = 0, 1, 2
+RAW_BOOT = "raw"              # flat binary entered in real mode (tests, benchmarks, fixtures)
+
+
+# -- spec ---------------------------------------------------------------------------------------
+def request_to_json(request: BootRequest) -> str:
+    data = asdict(request)
+    for key in ("kernel", "initrd", "disk", "workdir"):
+        data[key] = None if data[key] is None else str(data[key])
+    return json.dumps(data, indent=1, default=str)
+
+
+def request_from_json(text: str) -> BootRequest:
+    data = json.loads(text)
+    known = {f.name for f in fields(BootRequest)}
+    data = {k: v for k, v in data.items() if k in known}
+    for key in ("kernel", "initrd", "disk"):
+        if data.get(key) is not None:
+            data[key] = Path(data[key])
+    data["workdir"] = Path(data.get("workdir") or ".")
+    return BootRequest(**data)
+
+
+# -- the child ----------------------------------------------------------------------------------------
+class ChildVm:
+    def __init__(self, request: BootRequest, events: ev.EventWriter) -> None:
+        self.request = request
+        self.events = events
+        self.machine: Any = None
+        self.devices: Any = None
+        self.ram: Any = None
+        self.boot_info: dict[str, Any] = {}
+        self.host: dict[str, Any] = {}
+        self.terminated = threading.Event()
+        self.guest_stop_event: str | None = None
+
+    # events from any thread (vCPUs, device timers): write, and stop the VM on reset / power-off
+    def emit(self, event: ev.VmEvent) -> None:
+        self.events.emit(event)
+        if event.type in (ev.RESET, ev.SHUTDOWN) and self.guest_stop_event is None:
+            self.guest_stop_event = event.type
+            self.terminated.set()
+
+    def build(self) -> None:
+        from harness.kvm.machine import Machine, MachineConfig
+        from harness.kvm.system import host_info
+        from harness.memory import GuestRam
+        req = self.request
+        self.host = host_info()
+        self.ram = GuestRam(req.memory_mib * layout.MiB)
+        self.devices = build_devices(self)
+        opts = req.options or {}
+        cfg = MachineConfig(vcpus=req.vcpus, cpu_profile=req.cpu_profile, gap_policy=req.gap_policy,
+                            coalesce_serial=bool(opts.get("coalesce_serial", True)),
+                            rescue=bool(opts.get("rescue", True)))
+        self.machine = Machine(self.ram, self.devices.io_bus, self.devices.mmio_bus, cfg, emit=self.emit)
+        entry, self.boot_info = load_guest(req, self.ram)
+        self.machine.set_entry(entry)
+
+    def run(self) -> int:
+        m = self.machine
+        self.emit(ev.VmEvent(ev.VM_START, time.monotonic(), {
+            "host": self.host, "boot": self.boot_info, "cpu_profile": m.config.cpu_profile,
+            "masked_cpuid": m.masked, "gap_policy": m.config.gap_policy, "vcpus": m.config.vcpus,
+            "msr_routing": m.msr_status, "coalesced_serial": m.coalesced_serial}))
+        threading.Thread(target=self._stdin_reader, name="stdin", daemon=True).start()
+        m.start()
+        while m.wait(SNAPSHOT_PERIOD_S) is None and not self.terminated.is_set():
+            self._snapshot()
+        info = m.wait(0) if not self.terminated.is_set() else m.stop()
+        self._snapshot()
+        reason = info.reason if info else "stopped"
+        code = EXIT_VM_ERROR if reason == "error" else EXIT_OK
+        self.emit(ev.VmEvent(ev.VM_EXIT, time.monotonic(), {"reason": self.guest_stop_event or reason,
+                                                           "code": code, "detail": info.detail if info else {}}))
+        self.write_summary(code)
+        return code
+
+    def _snapshot(self) -> None:
+        m = self.machine
+        self.events.emit(ev.VmEvent(ev.EXIT_COUNTS, time.monotonic(),
+                                    {"counts": m.exit_counts(), "user_time_s": m.user_time_s()}))
+
+    def _stdin_reader(self) -> None:
+        while True:
+            try:
+                data = os.read(0, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            self.devices.uart.feed(data)
+
+    def write_summary(self, code: int | None, error: str | None = None) -> None:
+        m = self.machine
+        ms = m.summary() if m is not None else {}
+        extra = {"gaps": ms.get("gaps", []), "masked_cpuid": ms.get("masked_cpuid", []),
+                 "boot": self.boot_info, "stop": ms.get("stop"), "cpu_profile": self.request.cpu_profile,
+                 "gap_policy": self.request.gap_policy, "msr_routing": ms.get("msr_routing"),
+                 "coalesced_serial": ms.get("coalesced_serial"), "user_time_s": ms.get("user_time_s"),
+                 "guest_stop_event": self.guest_stop_event}
+        if error:
+            extra["error"] = error
+        summary = {"exit_code": code, "exit_counts": ms.get("exit_counts", {}),
+                   "flight_recorder": ms.get("flight_recorder", []), "host": self.host,
+                   "command": [sys.executable, "-m", "harness.backends.builtin_vm"] + sys.argv[1:],
+                   "stderr_tail": "", "extra": extra}
+        write_json_atomic(self.request.summary_path, summary)
+
+    def close(self) -> None:
+        if self.machine is not None:
+            self.machine.close()
+        if self.devices is not None:
+            self.devices.close()
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = Path(f"{path}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+# -- devices and loaders -------------------------------------------------------------------------------
+class _Devices:
+    """The fallback device set while harness.devices.build_x86_devices is not there: buses + COM1."""
+
+    def __init__(self, io_bus: Any, mmio_bus: Any, uart: Any, closers: list[Any]) -> None:
+        self.io_bus, self.mmio_bus, self.uart, self._closers = io_bus, mmio_bus, uart, closers
+
+    def close(self) -> None:
+        for dev in self._closers:
+            dev.close()
+
+
+def console_write(data: bytes) -> None:
+    try:
+        os.write(1, data)
+    except OSError:
+        pass  # the parent closed the console; the guest keeps running until stopped
+
+
+def build_devices(child: ChildVm) -> Any:
+    from harness.devices.context import DeviceContext
+    ctx = DeviceContext(set_irq=lambda gsi, level: child.machine.set_irq(gsi, level) if child.machine else None,
+                        emit=child.emit,
+                        gap=lambda gap: child.machine.gaps.record(gap) if child.machine else None)
+    try:
+        from harness.devices import build_x86_devices  # type: ignore[attr-defined]
+    except ImportError:
+        build_x86_devices = None
+    if build_x86_devices is not None:
+        return build_x86_devices(ctx, console_write)
+    from harness.devices.bus import Bus
+    from harness.devices.uart16550 import Uart16550
+    io_bus, mmio_bus = Bus("io"), Bus("mmio")
+    uart = Uart16550(ctx, layout.COM1_IRQ, console_write)
+    io_bus.register(layout.COM1_PORT, 8, uart, "com1")
+    return _Devices(io_bus, mmio_bus, uart, [])
+
+
+def load_guest(req: BootRequest, ram: Any) -> tuple[Any, dict[str, Any]]:
+    if req.kernel is None:
+        raise BackendUnavailable(f"cell {req.cell_id}: the built-in backend needs a kernel",
+                                 "give the guest a kernel file")
+    if req.boot == RAW_BOOT:
+        from harness.kvm.rawboot import load_raw
+        return load_raw(ram, req.kernel, mode=str((req.options or {}).get("raw_mode", "real16")))
+    try:
+        from harness.boot import load  # type: ignore[attr-defined]
+    except ImportError:
+        raise BackendUnavailable(f"boot method {req.boot!r} has no loader in this build",
+                                 "use boot: raw, or a backend that supports it (qemu-tcg)") from None
+    plan = load(req.boot, ram, req.kernel, req.initrd, req.cmdline, req.vcpus)
+    return plan.entry, dict(plan.info)
+
+
+# -- main ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m harness.backends.builtin_vm SPEC.json", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    try:
+        request = request_from_json(Path(argv[0]).read_text())
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"error: cannot read spec {argv[0]}: {exc}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    events = ev.EventWriter(request.events_path)
+    child = ChildVm(request, events)
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.terminated.set())
+    try:
+        child.build()
+    except HarnessError as exc:
+        return _setup_failed(child, events, exc.one_line())
+    except OSError as exc:  # a KVM ioctl refused during setup
+        return _setup_failed(child, events, f"error: VM setup failed: {exc} (fix: check host_info / dmesg)")
+    try:
+        return child.run()
+    finally:
+        child.close()
+        events.close()
+
+
+def _setup_failed(child: ChildVm, events: ev.EventWriter, line: str) -> int:
+    print(line, file=sys.stderr, flush=True)
+    events.emit(ev.VmEvent(ev.BACKEND_ERROR, time.monotonic(), {"message": line}))
+    child.write_summary(EXIT_SETUP_ERROR, error=line)
+    child.close()
+    events.close()
+    return EXIT_SETUP_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
