@@ -1,0 +1,45 @@
+"""Reports of a run directory: results.json, junit.xml, summary.md, index.html.
+
+Everything is built from the run directory's files alone (harness.runner.result), so a run
+killed halfway reports the cells that finished. `write_reports` is what the runner calls at the
+end of a run and what `harness report RUN` calls afterwards.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.report.diff import RunDiff, diff_results, diff_runs
+from harness.report.merge import merge_runs
+from harness.report.run import RunData, load_run
+from harness.runner.result import write_json_atomic
+
+__all__ = ["write_reports", "merge_runs", "diff_runs", "RunDiff", "load_run"]
+
+
+def write_reports(run_dir: Path, baseline_dir: Path | None = None) -> dict[str, Path]:
+    """Write results.json, junit.xml, summary.md and index.html into `run_dir`; return their paths."""
+    from harness.report.html import write_html
+    from harness.report.junit import write_junit
+    from harness.report.results import build_results
+    from harness.report.summary import write_summary
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    baseline: RunDiff | None = None
+    if baseline_dir is not None:
+        base = load_run(Path(baseline_dir))
+        baseline = diff_results(base.run_id, base.results, run.run_id, run.results)
+    results = build_results(run, baseline)
+    paths = {
+        "results": run_dir / "results.json",
+        "junit": run_dir / "junit.xml",
+        "summary": run_dir / "summary.md",
+        "html": run_dir / "index.html",
+    }
+    write_json_atomic(paths["results"], results)
+    write_junit(run, paths["junit"])
+    write_summary(run, results, baseline, paths["summary"])
+    write_html(run, results, baseline, paths["html"])
+    for path in paths.values():
+        path.chmod(0o644)  # CI artifact uploaders and web servers run as other users
+    return paths

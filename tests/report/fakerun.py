@@ -113,9 +113,10 @@ def make_cell(run_dir: Path, guest: str = "fixture-pvh", backend: str = "builtin
         if outcome != "pass" else [],
         console_log=str((work / "console.log").relative_to(run_dir)),
         attempts=attempts, repeat_index=repeat_index)
-    path = write_result(run_dir, res)
     if repeat_index:  # the runner names repeat files apart; mimic that
-        path.rename(path.with_name(cell_slug(cell_id_file) + ".json"))
+        write_json_atomic(run_dir / "cells" / f"{cell_slug(cell_id_file)}.json", res.to_dict())
+    else:
+        write_result(run_dir, res)
     return res
 
 

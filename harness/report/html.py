@@ -1,0 +1,480 @@
+"""index.html: one static, self-contained page per run (inline CSS/JS, works from file://).
+
+Sections: the matrix heatmap (guests x backend/cpu profile/gap policy, coloured by outcome),
+the run-wide gap ledger, repeated-run timing statistics, the baseline diff, then one section per
+cell: boot timeline (inline SVG), exits per phase, gap table, flight recorder, near miss, console.
+
+Console text, reasons, gap keys and anything else that came from a guest is escaped with
+html.escape and stripped of control characters (shown as Unicode control pictures), so a guest
+printing `<script>` gets text, never markup. The page's script only reads the DOM it was given.
+"""
+from __future__ import annotations
+
+import html
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from harness.gaps.baseline import GapDiff
+from harness.report.diff import RunDiff
+from harness.report.profile import phases_from_snapshots
+from harness.report.results import cell_ok
+from harness.report.run import CellView, RunData
+from harness.runner.result import OUTCOMES, Phase
+
+CONSOLE_MAX_BYTES = 1024 * 1024
+_ANSI = re.compile(rb"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
+_CTRL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def esc(value: Any) -> str:
+    return html.escape(_CTRL.sub(lambda m: chr(0x2400 + ord(m.group()) if m.group() != "\x7f" else 0x2421),
+                                 str(value)), quote=True)
+
+
+def _hex(v: Any) -> str:
+    return f"{v:#x}" if isinstance(v, int) and not isinstance(v, bool) else ("" if v is None else str(v))
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f} ms" if abs(seconds) < 10 else f"{seconds:.2f} s"
+
+
+def _anchor(view: CellView) -> str:
+    return "c-" + view.slug  # slugs are [A-Za-z0-9._-] only (cell_slug)
+
+
+def _badge(outcome: str, text: str | None = None) -> str:
+    o = outcome if outcome in OUTCOMES else "error"
+    return f'<span class="badge o-{o}">{esc(text or outcome)}</span>'
+
+
+# ---------------------------------------------------------------------------- page parts
+
+def _header(run: RunData, results: dict[str, Any]) -> str:
+    s = results["summary"]
+    badges = " ".join(_badge(o, f"{o} {s['by_outcome'].get(o, 0)}") for o in OUTCOMES if s["by_outcome"].get(o))
+    host = run.run.get("host") or {}
+    meta = [("run", run.run_id), ("cells", s["cells"]), ("guests", s["guests"]),
+            ("generated", results["generated_at"])]
+    for k in ("matrix", "tier", "shard", "started_at"):
+        if run.run.get(k) is not None:
+            meta.append((k, run.run[k]))
+    if isinstance(host, dict):
+        meta += [(f"host {k}", v) for k, v in list(host.items())[:4]]
+    dl = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in meta)
+    skipped = (f'<p class="warn">{len(run.skipped)} unreadable cell files skipped (the run was probably killed '
+               f'while writing): {esc(", ".join(run.skipped))}</p>' if run.skipped else "")
+    return (f'<header><h1>Boot matrix <span class="runid">{esc(run.run_id)}</span></h1>'
+            f'<div class="badges">{badges}</div><dl class="meta">{dl}</dl>{skipped}</header>')
+
+
+def _column(view: CellView) -> tuple[str, str, str]:
+    p = view.result.params if isinstance(view.result.params, dict) else {}
+    return (view.result.backend, str(p.get("cpu_profile", "-")), str(p.get("gap_policy", "-")))
+
+
+def _chip_label(view: CellView) -> str:
+    p = view.result.params if isinstance(view.result.params, dict) else {}
+    parts = []
+    if p.get("vcpus") not in (None, 1):
+        parts.append(f"{p['vcpus']}c")
+    if p.get("memory_mib"):
+        parts.append(f"{p['memory_mib']}M")
+    if view.result.repeat_index:
+        parts.append(f"r{view.result.repeat_index}")
+    return view.result.outcome + (" " + "/".join(parts) if parts else "")
+
+
+def _heatmap(run: RunData) -> str:
+    cols = sorted({_column(c) for c in run.cells})
+    guests = sorted({c.result.guest for c in run.cells})
+    grid: dict[tuple[str, tuple[str, str, str]], list[CellView]] = defaultdict(list)
+    for c in run.cells:
+        grid[(c.result.guest, _column(c))].append(c)
+    head1 = "".join(f"<th>{esc(b)}</th>" for b, _, _ in cols)
+    head2 = "".join(f'<th class="sub">{esc(cp)}<br>{esc(gp)}</th>' for _, cp, gp in cols)
+    rows = []
+    for g in guests:
+        tds = []
+        for col in cols:
+            here = grid.get((g, col), [])
+            chips = "".join(
+                f'<a class="chip o-{esc(c.result.outcome)}{"" if cell_ok(c.result) else " bad"}" '
+                f'href="#{_anchor(c)}" title="{esc(c.key)}: {esc(c.result.reason or c.result.outcome)}">'
+                f'{esc(_chip_label(c) if len(here) > 1 else c.result.outcome)}</a>' for c in here)
+            tds.append(f'<td>{chips or "<span class=none>·</span>"}</td>')
+        rows.append(f'<tr><th class="guest">{esc(g)}</th>{"".join(tds)}</tr>')
+    legend = " ".join(_badge(o) for o in OUTCOMES)
+    return (f'<section id="matrix"><h2>Matrix</h2><p class="legend">{legend} '
+            f'<span class="hint">rows: guests; columns: backend, cpu profile, gap policy; click a cell</span></p>'
+            f'<div class="scroll"><table class="heat"><thead><tr><th rowspan=2>guest</th>{head1}</tr>'
+            f'<tr>{head2}</tr></thead><tbody>{"".join(rows)}</tbody></table></div></section>')
+
+
+def _run_gaps(results: dict[str, Any], keys_to_anchor: dict[str, str]) -> str:
+    gaps = results["gaps"]
+    if not gaps:
+        return '<section id="gaps"><h2>Gap ledger</h2><p>No gaps recorded.</p></section>'
+    rows = []
+    for g in gaps:
+        links = " ".join(f'<a href="#{keys_to_anchor[c]}">{esc(c)}</a>' if c in keys_to_anchor else esc(c)
+                         for c in g["cells"])
+        cells = (f'<details><summary>{len(g["cells"])} cells: {esc(", ".join(g["guests"]))}</summary>'
+                 f'<div class="small">{links}</div></details>')
+        rows.append(f'<tr><td>{esc(g["kind"])}</td><td class="mono">{esc(g["key"])}</td><td>{esc(g["access"])}</td>'
+                    f'<td class="num">{g["count"]}</td><td class="mono">{esc(_hex(g["first_rip"]))}</td>'
+                    f'<td>{esc(", ".join(g["phases"]))}</td><td>{esc(", ".join(g["policies"]))}</td>'
+                    f'<td>{esc(", ".join(g["fates"]))}</td><td class="cells">{cells}</td>'
+                    f'<td class="mono small">{esc(g["id"])}</td></tr>')
+    return ('<section id="gaps"><h2>Gap ledger</h2><p class="hint">Every gap of the run, merged over cells '
+            '(phase = last milestone reached before the gap was first seen).</p><div class="scroll">'
+            '<table class="data"><thead><tr><th>kind</th><th>key</th><th>access</th><th>count</th><th>first RIP</th>'
+            '<th>phases</th><th>policies</th><th>fates</th><th>cells</th><th>id</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div></section>')
+
+
+def _timing(results: dict[str, Any]) -> str:
+    groups = {cid: t for cid, t in results["timing"].items() if t["repeats"] > 1}
+    if not groups:
+        return ""
+    parts = []
+    for cid, t in groups.items():
+        rows = "".join(
+            f'<tr><td>{esc(m["name"])}</td><td class="num">{m["reached"]}/{m["runs"]}</td>'
+            + "".join(f'<td class="num">{_ms(m["at"][k]) if m["at"] else "-"}</td>'
+                      for k in ("median", "min", "max", "mad"))
+            + f'<td class="num">{_ms(m["phase"]["median"]) if m["phase"] else "-"}</td>'
+            f'<td class="num">{_ms(m["phase"]["mad"]) if m["phase"] else "-"}</td></tr>'
+            for m in t["milestones"])
+        parts.append(f'<h3>{esc(cid)} <span class="hint">({t["repeats"]} repeats)</span></h3>'
+                     '<table class="data"><thead><tr><th>milestone</th><th>reached</th><th>median</th><th>min</th>'
+                     '<th>max</th><th>MAD</th><th>phase median</th><th>phase MAD</th></tr></thead>'
+                     f'<tbody>{rows}</tbody></table>')
+    return ('<section id="timing"><h2>Repeated runs</h2><p class="hint">Milestone times since VM start over '
+            f'the repeats of each cell: median, min, max, median absolute deviation.</p>{"".join(parts)}</section>')
+
+
+def _baseline(diff: RunDiff | None, keys_to_anchor: dict[str, str]) -> str:
+    if diff is None:
+        return ""
+    methods = "".join(f"<li>{esc(m)}</li>" for m in diff.methods)
+    rows = []
+    for c in diff.cells:
+        if not c.changed and not c.regression:
+            continue
+        link = (f'<a href="#{keys_to_anchor[c.cell_id]}">{esc(c.cell_id)}</a>' if c.cell_id in keys_to_anchor
+                else esc(c.cell_id))
+        gaps = ", ".join([f"+{g['kind']} {g['key']}" for g in c.gaps_new] + [f"-{g['kind']} {g['key']}"
+                                                                              for g in c.gaps_fixed])
+        why = "; ".join(c.verdict.reasons() + [f"milestone {m} gained" for m in c.milestones_gained]
+                        + [f"phase {m} faster" for m in c.faster])
+        verdict = _badge("fail", "regression") if c.regression else _badge("pass", "changed")
+        rows.append(f"<tr><td>{verdict}</td><td>{link}</td><td>{esc(c.outcome_a)} → {esc(c.outcome_b)}</td>"
+                    f"<td>{esc(why)}</td><td class=mono>{esc(gaps)}</td></tr>")
+    table = ('<table class="data"><thead><tr><th></th><th>cell</th><th>outcome</th><th>timing / milestones</th>'
+             f'<th>gaps (+new / -fixed)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+             if rows else "<p>No cell changed.</p>")
+    only = "".join(f"<li>only in baseline: {esc(c)}</li>" for c in diff.only_in_a) + \
+        "".join(f"<li>only in this run: {esc(c)}</li>" for c in diff.only_in_b)
+    return (f'<section id="baseline"><h2>Against baseline {esc(diff.a)}: {len(diff.regressions)} regressed</h2>'
+            f'<p class="hint">Timing method:</p><ul class="hint">{methods}</ul>{table}'
+            f'{"<ul>" + only + "</ul>" if only else ""}</section>')
+
+
+# ---------------------------------------------------------------------------- per cell
+
+PHASE_COLOURS = ["#4e79a7", "#59a14f", "#9c755f", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#bab0ac"]
+
+
+def _cell_phases(view: CellView) -> list[Phase]:
+    """The cell's phases; recomputed from events.jsonl when the runner did not store them."""
+    r = view.result
+    if r.phases or not r.milestones:
+        return list(r.phases)
+    events = view.events()
+    start = next((e.t for e in events if e.type == "vm-start"), None)
+    return phases_from_snapshots(r.milestones, events, start) if start is not None else []
+
+
+def _timeline(view: CellView) -> str:
+    r = view.result
+    if not r.milestones:
+        return '<p class="hint">No milestone reached.</p>'
+    end = max([m.t for m in r.milestones] + [r.duration_s or 0.0]) or 1.0
+    width, label_w, row_h = 760, 150, 22
+    bar_w = width - label_w - 70
+    rows, prev = [], 0.0
+    for i, m in enumerate(sorted(r.milestones, key=lambda m: m.t)):
+        x = label_w + bar_w * prev / end
+        w = max(2.0, bar_w * (m.t - prev) / end)
+        y = 8 + i * row_h
+        rows.append(f'<a href="#{_anchor(view)}-ms-{i}"><text x="{label_w - 8}" y="{y + 14}" text-anchor="end">'
+                    f'{esc(m.name)}</text><rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h - 6}" rx="3" '
+                    f'fill="{PHASE_COLOURS[i % len(PHASE_COLOURS)]}"><title>{esc(m.name)}: phase '
+                    f'{_ms(m.t - prev)}, at {_ms(m.t)}</title></rect>'
+                    f'<text class="dur" x="{x + w + 4:.1f}" y="{y + 14}">{_ms(m.since_previous)}</text></a>')
+        prev = m.t
+    n = len(r.milestones)
+    if not cell_ok(r) and r.duration_s > prev:
+        y = 8 + n * row_h
+        x, w = label_w + bar_w * prev / end, max(2.0, bar_w * (r.duration_s - prev) / end)
+        waiting = r.near_miss.waiting_for if r.near_miss else r.outcome
+        rows.append(f'<text x="{label_w - 8}" y="{y + 14}" text-anchor="end" class="waiting">{esc(waiting)}?</text>'
+                    f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h - 6}" rx="3" fill="url(#hatch)">'
+                    f'<title>{esc(r.outcome)} after {_ms(r.duration_s - prev)}</title></rect>')
+        n += 1
+    height = 8 + n * row_h + 22
+    ticks = []
+    for k in range(6):
+        t = end * k / 5
+        x = label_w + bar_w * k / 5
+        ticks.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="4" y2="{height - 18}" class="grid"/>'
+                     f'<text x="{x:.1f}" y="{height - 4}" text-anchor="middle" class="tick">{_ms(t)}</text>')
+    return (f'<svg class="timeline" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+            f'role="img" aria-label="boot timeline"><defs><pattern id="hatch" width="6" height="6" '
+            f'patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="3" height="6" fill="#d64545" '
+            f'opacity=".55"/></pattern></defs>{"".join(ticks)}{"".join(rows)}</svg>')
+
+
+def _exit_table(phases: list[Phase]) -> str:
+    if not phases or not any(p.exit_counts for p in phases):
+        return ""
+    totals: dict[str, int] = defaultdict(int)
+    for p in phases:
+        for k, v in p.exit_counts.items():
+            totals[k] += v
+    reasons = sorted(totals, key=lambda k: -totals[k])[:8]
+    biggest = max(sum(p.exit_counts.values()) for p in phases) or 1
+    head = "".join(f"<th>{esc(k)}</th>" for k in reasons)
+    rows = []
+    for p in phases:
+        total = sum(p.exit_counts.values())
+        other = total - sum(p.exit_counts.get(k, 0) for k in reasons)
+        cells = "".join(f'<td class="num">{p.exit_counts.get(k, 0)}</td>' for k in reasons)
+        rows.append(f'<tr><td>{esc(p.name)}</td><td class="num">{_ms(p.end - p.start)}</td>{cells}'
+                    f'<td class="num">{other}</td><td class="num">{total}</td>'
+                    f'<td class="num">{_ms(p.user_time_s)}</td><td class="barcell"><span class="bar" '
+                    f'style="width:{100 * total / biggest:.0f}%"></span></td></tr>')
+    return ('<h4>VM exits per phase <span class="hint">(from 100 ms snapshots: up to 100 ms of exits after a '
+            'milestone count in the phase it ends)</span></h4><table class="data"><thead><tr><th>phase</th>'
+            f'<th>duration</th>{head}<th>other</th><th>total</th><th>VMM time</th><th></th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _gap_table(view: CellView) -> str:
+    r = view.result
+    diff = GapDiff.from_dict(r.gap_diff)
+    status: dict[tuple[str, str, str], str] = {}
+    for name, items in (("known", diff.known), ("new", diff.new)):
+        for g in items:
+            status[(g.get("kind", ""), g.get("key", ""), g.get("access", ""))] = name
+    rows = []
+    for g in r.gaps:
+        st = status.get((g.get("kind", ""), g.get("key", ""), g.get("access", "")), "")
+        rows.append(f'<tr class="st-{esc(st)}"><td>{esc(g.get("kind"))}</td><td class="mono">{esc(g.get("key"))}</td>'
+                    f'<td>{esc(g.get("access", ""))}</td><td class="num">{esc(g.get("count", 1))}</td>'
+                    f'<td class="mono">{esc(_hex(g.get("first_rip")))}</td><td>{esc(g.get("phase") or "")}</td>'
+                    f'<td>{esc(g.get("policy", ""))}</td><td>{esc(g.get("fate", ""))}</td>'
+                    f'<td>{_status_badge(st)}</td></tr>')
+    for e in diff.fixed:
+        rows.append(f'<tr class="st-fixed"><td>{esc(e.get("kind"))}</td><td class="mono">{esc(e.get("key"))}</td>'
+                    f'<td>{esc(e.get("access", ""))}</td><td class="num">0</td><td></td><td></td><td></td><td></td>'
+                    f'<td>{_status_badge("fixed")}</td></tr>')
+    if not rows:
+        return "<h4>Gaps</h4><p class=hint>None.</p>"
+    return ('<h4>Gaps</h4><table class="data"><thead><tr><th>kind</th><th>key</th><th>access</th><th>count</th>'
+            '<th>first RIP</th><th>phase</th><th>policy</th><th>fate</th><th>baseline</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _status_badge(st: str) -> str:
+    return {"new": '<span class="tag new">new</span>', "known": '<span class="tag known">known</span>',
+            "fixed": '<span class="tag fixed">fixed</span>'}.get(st, "")
+
+
+def _flight(view: CellView) -> str:
+    fr = view.result.flight_recorder
+    if not fr:
+        return ""
+    keys: list[str] = []
+    for rec in fr:
+        for k in (rec if isinstance(rec, dict) else {}):
+            if k not in keys and len(keys) < 10:
+                keys.append(k)
+    rows = "".join("<tr>" + "".join(f'<td class="mono">{esc(_hex(rec.get(k)) if isinstance(rec, dict) else "")}</td>'
+                                    for k in keys) + "</tr>" for rec in fr[-64:])
+    return (f'<details class="flight" open><summary>Flight recorder (last {min(len(fr), 64)} of {len(fr)} '
+            f'VM exits)</summary><table class="data"><thead><tr>{"".join(f"<th>{esc(k)}</th>" for k in keys)}'
+            f'</tr></thead><tbody>{rows}</tbody></table></details>')
+
+
+def _near_miss(view: CellView) -> str:
+    nm = view.result.near_miss
+    if nm is None:
+        return ""
+    closest = (f"<p>Closest console line ({nm.closest_ratio:.0%} alike): <code>{esc(nm.closest_line)}</code></p>"
+               if nm.closest_line else "")
+    last = esc("\n".join(nm.last_lines))
+    return (f'<div class="nearmiss"><h4>Near miss</h4><p>Waiting for <b>{esc(nm.waiting_for)}</b> '
+            f'(pattern <code>{esc(nm.pattern)}</code>), last milestone <b>{esc(nm.last_milestone or "none")}</b>.'
+            f'</p>{closest}<pre class="console small">{last}</pre></div>')
+
+
+def _console_text(data: bytes) -> str:
+    data = _ANSI.sub(b"", data).replace(b"\r\n", b"\n").replace(b"\r", b"")
+    return esc(data.decode("utf-8", errors="replace"))
+
+
+def _console(view: CellView) -> str:
+    path = view.console_path
+    if path is None:
+        return '<p class="hint">No console log.</p>'
+    size = path.stat().st_size
+    start = max(0, size - CONSOLE_MAX_BYTES)
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(CONSOLE_MAX_BYTES)
+    marks = sorted(((m.console_offset, i, m.name) for i, m in enumerate(view.result.milestones)), key=lambda x: x[0])
+    parts, pos = [], 0
+    note = (f'<p class="hint">Console is {size} bytes; showing the last {CONSOLE_MAX_BYTES} '
+            f'(<span class="mono">{esc(path)}</span>).</p>' if start else "")
+    for off, i, name in marks:
+        rel = off - start
+        if rel < 0 or rel > len(data):
+            continue
+        if rel > pos:
+            parts.append(_console_text(data[pos:rel]))
+            pos = rel
+        parts.append(f'<span class="ms" id="{_anchor(view)}-ms-{i}">◆ {esc(name)}</span>')
+    parts.append(_console_text(data[pos:]))
+    bad = not cell_ok(view.result)
+    return (f'<details class="consolebox"{" open" if bad else ""}><summary>Console '
+            f'<span class="mono hint">{esc(view.result.console_log)}</span> ({size} bytes)</summary>{note}'
+            f'<pre class="console">{"".join(parts)}</pre></details>')
+
+
+def _cell(view: CellView) -> str:
+    r = view.result
+    params = " ".join(f'<span class="param">{esc(k)}={esc(v)}</span>' for k, v in
+                      (r.params.items() if isinstance(r.params, dict) else []))
+    failure = (f'<p class="failure"><b>{esc(r.failure.kind)}</b>: {esc(r.failure.message)}</p>'
+               if r.failure else "")
+    reason = f'<p class="reason">{esc(r.reason)}</p>' if r.reason else ""
+    cmd = (f'<details><summary>Command</summary><pre class="console small">{esc(" ".join(r.command))}</pre></details>'
+           if r.command else "")
+    milestones = ", ".join(m.name for m in r.milestones)
+    return (f'<section class="cell" id="{_anchor(view)}" data-outcome="{esc(r.outcome)}" data-id="{esc(view.key)}">'
+            f'<h3>{_badge(r.outcome)} {esc(view.key)}'
+            f'{" <span class=tag>expected</span>" if cell_ok(r) and r.outcome != "pass" else ""}</h3>'
+            f'<p class="params">{params} <span class="param">duration={_ms(r.duration_s)}</span> '
+            f'<span class="param">attempts={r.attempts}</span></p>{reason}{failure}'
+            f'<h4>Boot timeline <span class="hint">({len(r.milestones)}/{len(r.expected_milestones) or len(r.milestones)}'
+            f' milestones{": " + esc(milestones) if milestones else ""})</span></h4>{_timeline(view)}'
+            f'{_exit_table(_cell_phases(view))}{_gap_table(view)}{_near_miss(view)}{_flight(view)}'
+            f'{_console(view)}{cmd}<p class="top"><a href="#matrix">↑ matrix</a></p></section>')
+
+
+# ---------------------------------------------------------------------------- page
+
+CSS = """
+:root{--fg:#1d2330;--muted:#667085;--line:#e4e7ec;--bg:#f7f8fa;--card:#fff;
+--pass:#2e9e5b;--gap:#d4a017;--fail:#d64545;--timeout:#e07b39;--error:#7d5ba6}
+*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
+color:var(--fg);background:var(--bg)}main{max-width:1200px;margin:0 auto;padding:0 20px 40px}
+header{background:#1d2330;color:#fff;padding:18px 20px}header h1{margin:0 0 8px;font-size:20px;font-weight:600}
+.runid{font-family:ui-monospace,Menlo,Consolas,monospace;color:#b7c4dd}
+dl.meta{display:flex;flex-wrap:wrap;gap:4px 18px;margin:10px 0 0;font-size:12px}
+dl.meta div{display:flex;gap:6px}dt{color:#98a2b3}dd{margin:0}
+.badges{display:flex;gap:6px;flex-wrap:wrap}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;font-weight:600}
+.o-pass{background:var(--pass)}.o-gap{background:var(--gap)}.o-fail{background:var(--fail)}
+.o-timeout{background:var(--timeout)}.o-error{background:var(--error)}
+section{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:14px 18px;margin:18px 0}
+h2{font-size:17px;margin:0 0 10px}h3{font-size:15px;margin:0 0 6px}h4{font-size:13px;margin:14px 0 6px}
+.hint{color:var(--muted);font-size:12px;font-weight:normal}.warn{color:#ffd27a}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse}table.data{width:100%;font-size:12.5px}
+table.data th,table.data td{border-bottom:1px solid var(--line);padding:3px 8px;text-align:left;vertical-align:top}
+table.data th{background:#f2f4f7;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.heat th,table.heat td{border:1px solid var(--line);padding:4px 6px;text-align:center}
+table.heat th{background:#f2f4f7;font-size:12px}table.heat th.sub{font-weight:normal;color:var(--muted)}
+table.heat th.guest{text-align:left;font-family:ui-monospace,Menlo,Consolas,monospace;font-weight:500}
+.chip{display:inline-block;min-width:56px;margin:1px;padding:3px 6px;border-radius:4px;color:#fff;
+text-decoration:none;font-size:11.5px;font-weight:600}.chip:hover{outline:2px solid #1d2330}
+.chip.bad{box-shadow:inset 0 0 0 2px rgba(0,0,0,.25)}.none{color:#c0c5cf}
+.mono,code{font-family:ui-monospace,Menlo,Consolas,monospace}.small{font-size:11px}
+.params{margin:2px 0 6px}.param{display:inline-block;background:#f2f4f7;border-radius:4px;padding:0 6px;margin:1px;
+font-size:12px;font-family:ui-monospace,Menlo,Consolas,monospace}
+.reason{margin:4px 0;font-weight:500}.failure{color:var(--fail);margin:4px 0}
+svg.timeline{max-width:100%;height:auto;font-size:11.5px}svg.timeline text{fill:#344054}
+svg.timeline text.dur,svg.timeline text.tick{fill:var(--muted);font-size:10.5px}
+svg.timeline line.grid{stroke:#eef0f3}svg.timeline text.waiting{fill:var(--fail)}
+.barcell{width:120px}.bar{display:block;height:9px;background:#4e79a7;border-radius:2px}
+.tag{display:inline-block;font-size:11px;padding:0 6px;border-radius:8px;background:#eef0f3}
+.tag.new{background:#fde2e1;color:#a32020}.tag.known{background:#e8eefc;color:#2f4d9c}
+.tag.fixed{background:#dff4e7;color:#1e6b3f}tr.st-new td{background:#fff6f5}
+pre.console{background:#0f1420;color:#d7dde8;padding:10px;border-radius:6px;overflow:auto;max-height:480px;
+font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;word-break:break-all}
+pre.console.small{max-height:200px}
+.ms{display:inline-block;background:#2e9e5b;color:#fff;border-radius:3px;padding:0 5px;margin:0 4px;font-size:11px}
+.flash{outline:3px solid #edc948}.nearmiss{border-left:3px solid var(--timeout);padding-left:10px}
+details summary{cursor:pointer;font-weight:600;margin:8px 0 4px}.top{text-align:right;margin:6px 0 0;font-size:12px}
+#errors{background:#fde2e1;color:#a32020;white-space:pre-wrap;padding:8px;margin:10px 0;border-radius:6px}
+.filters{display:flex;flex-wrap:wrap;gap:10px;align-items:center;font-size:13px}
+.filters input[type=search]{padding:4px 8px;border:1px solid var(--line);border-radius:6px;min-width:260px}
+"""
+
+JS_HEAD = """
+window.onerror=function(msg,src,line,col){var e=document.getElementById('errors');
+if(e){e.hidden=false;e.textContent+=msg+' (line '+line+')\\n';}};
+"""
+
+JS_BODY = """
+(function(){
+var boxes=document.querySelectorAll('input[data-outcome]');var q=document.getElementById('q');
+function apply(){var on={};boxes.forEach(function(b){on[b.getAttribute('data-outcome')]=b.checked;});
+var text=(q.value||'').toLowerCase();var shown=0;
+document.querySelectorAll('section.cell').forEach(function(s){
+var ok=on[s.getAttribute('data-outcome')]!==false&&s.getAttribute('data-id').toLowerCase().indexOf(text)>=0;
+s.hidden=!ok;if(ok)shown++;});document.getElementById('shown').textContent=shown;}
+boxes.forEach(function(b){b.addEventListener('change',apply);});q.addEventListener('input',apply);
+function reveal(){var id=decodeURIComponent(location.hash.slice(1));if(!id)return;
+var el=document.getElementById(id);if(!el)return;
+for(var p=el;p;p=p.parentElement){if(p.tagName==='DETAILS')p.open=true;if(p.hidden)p.hidden=false;}
+el.scrollIntoView({block:'center'});el.classList.add('flash');
+setTimeout(function(){el.classList.remove('flash');},1500);}
+window.addEventListener('hashchange',reveal);apply();reveal();
+document.body.setAttribute('data-ready','1');
+})();
+"""
+
+
+def _filters(run: RunData) -> str:
+    present = sorted({c.result.outcome for c in run.cells}, key=lambda o: OUTCOMES.index(o) if o in OUTCOMES else 99)
+    boxes = "".join(f'<label><input type="checkbox" data-outcome="{esc(o)}" checked> {_badge(o)}</label>'
+                    for o in present)
+    return (f'<div class="filters"><b>Cells</b> <span class="hint"><span id="shown">{len(run.cells)}</span> shown'
+            f'</span>{boxes}<input type="search" id="q" placeholder="filter by cell id…"></div>')
+
+
+def render_html(run: RunData, results: dict[str, Any], baseline: RunDiff | None) -> str:
+    anchors = {c.key: _anchor(c) for c in run.cells}
+    cells = "".join(_cell(c) for c in run.cells) or "<p>No finished cells.</p>"
+    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            '<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>Boot matrix {esc(run.run_id)}</title><style>{CSS}</style><script>{JS_HEAD}</script></head>"
+            f"<body>{_header(run, results)}<main><div id=errors hidden></div>{_heatmap(run)}"
+            f"{_baseline(baseline, anchors)}{_run_gaps(results, anchors)}{_timing(results)}"
+            f'<section id="cells-head">{_filters(run)}</section>{cells}</main>'
+            f"<script>{JS_BODY}</script></body></html>\n")
+
+
+def write_html(run: RunData, results: dict[str, Any], baseline: RunDiff | None, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(render_html(run, results, baseline), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,85 @@
+"""junit.xml for CI systems: a testsuite per backend, a testcase per cell.
+
+`error` outcomes (infrastructure) become <error>, other unexpected outcomes <failure>, with the
+reason, the failure, the near-miss and the last console lines as text. Console text is guest
+controlled: characters XML 1.0 cannot carry are replaced, so the file always parses.
+"""
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from harness.report.results import cell_new_gaps, cell_ok
+from harness.report.run import CellView, RunData
+from harness.runner.result import ERROR
+
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+LAST_LINES = 20
+
+
+def xml_safe(text: str) -> str:
+    return _XML_BAD.sub("\ufffd", text)
+
+
+def _details(view: CellView) -> str:
+    r = view.result
+    out = [f"cell: {r.cell_id}", f"outcome: {r.outcome}", f"reason: {r.reason}"]
+    if r.failure:
+        out.append(f"failure: {r.failure.kind}: {r.failure.message}")
+    nm = r.near_miss
+    if nm:
+        out.append(f"near miss: waiting for milestone {nm.waiting_for!r} (pattern {nm.pattern!r}), "
+                   f"last milestone {nm.last_milestone!r}")
+        if nm.closest_line:
+            out.append(f"closest console line ({nm.closest_ratio:.0%} alike): {nm.closest_line}")
+    for g in cell_new_gaps(r):
+        out.append(f"new gap: {g.get('kind')} {g.get('key')} x{g.get('count', 1)} phase {g.get('phase')}")
+    lines = (nm.last_lines if nm and nm.last_lines else None) or view.console_tail_lines(LAST_LINES)
+    if lines:
+        out.append("--- last console lines ---")
+        out.extend(lines[-LAST_LINES:])
+    return xml_safe("\n".join(out))
+
+
+def _testcase(parent: ET.Element, view: CellView) -> tuple[int, int]:
+    r = view.result
+    tc = ET.SubElement(parent, "testcase", classname=xml_safe(f"{r.backend}.{r.guest}"), name=xml_safe(view.key),
+                       time=f"{r.duration_s:.3f}")
+    failures = errors = 0
+    if not cell_ok(r):
+        tag = "error" if r.outcome == ERROR else "failure"
+        el = ET.SubElement(tc, tag, message=xml_safe(f"{r.outcome}: {r.reason}"[:500]), type=r.outcome)
+        el.text = _details(view)
+        failures, errors = (0, 1) if tag == "error" else (1, 0)
+    console = view.console_path
+    out = ET.SubElement(tc, "system-out")
+    out.text = xml_safe(f"console: {console if console else '(none)'}\nparams: {r.params}\n")
+    return failures, errors
+
+
+def build_junit(run: RunData) -> ET.ElementTree:
+    root = ET.Element("testsuites", name=xml_safe(f"harness {run.run_id}"))
+    totals = [0, 0, 0, 0.0]
+    by_backend: dict[str, list[CellView]] = {}
+    for c in run.cells:
+        by_backend.setdefault(c.result.backend, []).append(c)
+    for backend, cells in sorted(by_backend.items()):
+        suite = ET.SubElement(root, "testsuite", name=xml_safe(backend))
+        f = e = 0
+        t = 0.0
+        for c in cells:
+            df, de = _testcase(suite, c)
+            f, e, t = f + df, e + de, t + c.result.duration_s
+        suite.attrib.update(tests=str(len(cells)), failures=str(f), errors=str(e), skipped="0", time=f"{t:.3f}")
+        totals = [totals[0] + len(cells), totals[1] + f, totals[2] + e, totals[3] + t]
+    root.attrib.update(tests=str(totals[0]), failures=str(totals[1]), errors=str(totals[2]), time=f"{totals[3]:.3f}")
+    ET.indent(root)
+    return ET.ElementTree(root)
+
+
+def write_junit(run: RunData, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    build_junit(run).write(tmp, encoding="utf-8", xml_declaration=True)
+    tmp.replace(path)
+    return path
