@@ -23,7 +23,7 @@ from harness.errors import ConfigError
 from harness.runner.guestfile import load_guests
 from harness.runner.matrix import Cell, load_matrix, parse_shard, select_shard
 from harness.runner.plugin import new_run_dir
-from harness.runner.result import PASS, load_results
+from harness.runner.result import PASS, CellResult, load_results
 
 OUTCOME_STYLE = {"pass": "green", "fail": "red", "gap": "magenta", "timeout": "yellow", "error": "bold red",
                  "running": "cyan", "pending": "dim"}
@@ -120,10 +120,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     _link_latest(run_dir)
     results = {r.cell_id: r for r in load_results(run_dir)}
     _print_summary(console, run_dir, results, proc.returncode)
-    everything_passed = proc.returncode == 0 and results and all(r.outcome == PASS for r in results.values())
+    everything_passed = proc.returncode == 0 and results and all(as_expected(r) for r in results.values())
     if proc.returncode not in (0, 1):
         console.print(f"[red]pytest exited with {proc.returncode}; see {log_path}[/]")
     return 0 if everything_passed else 1
+
+
+def as_expected(result: CellResult) -> bool:
+    """A cell passes when its outcome is the one the matrix expects (pass, unless overridden)."""
+    return result.outcome == result.params.get("expect", PASS)
 
 
 def _dry_run(args: argparse.Namespace, cells: list[Cell]) -> int:
@@ -233,7 +238,9 @@ def _print_summary(console: Console, run_dir: Path, results: dict, returncode: i
                   + f" ({len(results)} cells)")
     for r in sorted(results.values(), key=lambda r: r.cell_id):
         if r.outcome != PASS:
-            console.print(f"  [{OUTCOME_STYLE.get(r.outcome, '')}]{r.outcome}[/] {r.cell_id}: {r.reason}", highlight=False)
+            note = "expected" if as_expected(r) else "UNEXPECTED"
+            console.print(f"  [{OUTCOME_STYLE.get(r.outcome, '')}]{r.outcome}[/] ({note}) {r.cell_id}: {r.reason}",
+                          highlight=False)
     for name in ("index.html", "results.json", "junit.xml", "summary.md"):
         if (run_dir / name).exists():
             console.print(f"  {name}: {run_dir / name}")
