@@ -142,7 +142,7 @@ def _watch(cell: Cell, session: Any, request: BootRequest,
 
 def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionSummary, start_time: float,
           stream: ConsoleStream, request: BootRequest) -> None:
-    from harness.gaps.baseline import compare, load_baseline
+    from harness.gaps.baseline import baseline_path, compare, read_baseline_file
     from harness.gaps.ledger import build_ledger
     from harness.report.profile import phases_from_snapshots
 
@@ -153,7 +153,9 @@ def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionS
     gaps += [GapRecord.from_dict(g) for g in summary.extra.get("gaps_final", [])]
     ledger = build_ledger(gaps, watch.milestones, start_time)
     result.gaps = [g.to_dict() for g in ledger]
-    expected = cell.guest.expected_gaps + load_baseline(cell.guest.name)
+    # The baseline: the guest file's expected gaps plus an accepted baselines/<guest>.yaml beside guests/.
+    repo_root = cell.guest.path.resolve().parent.parent
+    expected = cell.guest.expected_gaps + read_baseline_file(baseline_path(cell.guest.name, repo_root))
     diff = compare(ledger, expected)
     result.gap_diff = diff.to_dict()
     snapshots = [e for e in events if e.type == ev.EXIT_COUNTS]
