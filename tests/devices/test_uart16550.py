@@ -249,3 +249,63 @@ def test_feed_is_thread_safe(uart: Uart16550) -> None:
             got.append(uart.read(THR, 1))
     t.join()
     assert bytes(got) == b"".join(chunks)
+
+
+def test_freebsd_ns8250_fifo_size_probe(uart: Uart16550, out: list[bytes]) -> None:
+    """sys/dev/uart/uart_dev_ns8250.c ns8250_bus_probe: count loopback bytes until LSR.OE."""
+    assert uart.read(IIR, 1) & 0x30 == 0 and uart.read(MCR, 1) & 0xE0 == 0   # ns8250_probe
+    uart.write(MCR, 1, 0x10 | 0x03)                 # loopback, DTR, RTS
+    uart.write(FCR, 1, 0x01)
+    assert uart.read(IIR, 1) & 0xC0
+    uart.write(FCR, 1, 0x07)
+    count = 0
+    while True:
+        uart.write(THR, 1, 0)
+        count += 1
+        lsr = 0
+        for _ in range(30):                         # accumulate: LSR bits clear on read
+            lsr |= uart.read(LSR, 1)
+            if lsr & 0x40:
+                break
+        if lsr & 0x02 or count >= 130:
+            break
+    assert count - 1 == 16
+    assert out == []                                # loopback bytes never reach the console
+
+
+def test_linux_autoconfig_sequence(uart: Uart16550) -> None:
+    """drivers/tty/serial/8250/8250_port.c autoconfig: IER test, loopback MSR test, FIFO type."""
+    uart.write(IER, 1, 0)
+    assert uart.read(IER, 1) & 0x0F == 0
+    uart.write(IER, 1, 0x0F)
+    assert uart.read(IER, 1) & 0x0F == 0x0F
+    uart.write(IER, 1, 0)
+    uart.write(MCR, 1, 0x10 | 0x0A)                 # LOOP | RTS | OUT2
+    assert uart.read(MSR, 1) & 0xF0 == 0x90         # CTS | DCD
+    uart.write(MCR, 1, 0)
+    uart.write(FCR, 1, 0x01)
+    assert uart.read(IIR, 1) >> 6 == 3              # 16550A
+    uart.write(LCR, 1, 0xBF)
+    assert uart.read(2, 1) != 0                     # no EFR: not a 16650
+    uart.write(LCR, 1, 0x00)
+    uart.write(IER, 1, 0x40)
+    assert uart.read(IER, 1) == 0                   # no UUE bit: not an XScale UART
+    # serial8250_startup's THRE test: enabling THRI must raise an interrupt at once.
+    uart.write(IER, 1, 0x02)
+    lsr, iir = uart.read(LSR, 1), uart.read(IIR, 1)
+    assert lsr & 0x40 and not iir & 0x01
+
+
+def test_bus_hot_path_is_fast(rec) -> None:
+    """A THR write through the bus must stay cheap: it runs on every console byte."""
+    import time
+    bus = Bus("io")
+    uart = Uart16550(rec.context(), IRQ, lambda b: None)
+    bus.register(BASE, 8, uart, "com1")
+    n = 20000
+    start = time.perf_counter()
+    for _ in range(n):
+        bus.write(BASE, 1, 0x41)
+        bus.read(BASE + 5, 1)
+    per_pair = (time.perf_counter() - start) / n
+    assert per_pair < 50e-6, per_pair
