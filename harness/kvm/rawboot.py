@@ -90,8 +90,25 @@ def load_raw(ram: GuestRam, image: Path | bytes, mode: str = "real16") -> tuple[
         raise KernelImageError(f"raw guest image is {len(data)} bytes, more than {RAW_MAX}",
                                "raw boot is for tiny guests; use a real boot method for kernels")
     ram.write(GUEST_LOAD, data)
-    entry = protected_entry(ram) if mode == "protected32" else real_mode_entry()
+    entry = _entry_for(ram, mode)
     return entry, {"method": "raw", "mode": entry.mode, "load_addr": hex(GUEST_LOAD), "size": len(data)}
+
+
+def _entry_for(ram: GuestRam, mode: str) -> Any:
+    if mode == "real16":
+        return real_mode_entry()
+    if mode not in ("protected32", "long64"):
+        raise KernelImageError(f"raw guest mode {mode!r} is unknown", "use real16, protected32 or long64")
+    try:  # the loaders' GDT / page tables, so raw guests see exactly what real kernels see
+        from harness.boot import entry as boot_entry  # type: ignore
+    except ImportError:
+        boot_entry = None
+    if boot_entry is not None:
+        make = boot_entry.protected32_entry if mode == "protected32" else boot_entry.long64_entry
+        return make(ram, GUEST_LOAD, rsp=layout.BOOT_STACK_TOP)
+    if mode == "long64":
+        raise KernelImageError("long64 raw guests need harness.boot.entry", "use real16 or protected32")
+    return protected_entry(ram)
 
 
 def _read(path: Path) -> bytes:

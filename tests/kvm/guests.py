@@ -27,8 +27,8 @@ def assemble(source: str, bits: int = 16, origin: int | None = None) -> bytes:
         d = Path(tmp)
         head = f".intel_syntax noprefix\n.code{bits}\n.org 0\n"
         (d / "g.s").write_text(head + source + "\n")
-        _run(["as", "--32", "-o", str(d / "g.o"), str(d / "g.s")])
-        _run(["ld", "-m", "elf_i386", "-Ttext", hex(origin), "--oformat", "binary", "-e", "0",
+        _run(["as", "--64" if bits == 64 else "--32", "-o", str(d / "g.o"), str(d / "g.s")])
+        _run(["ld", "-m", "elf_x86_64" if bits == 64 else "elf_i386", "-Ttext", hex(origin), "--oformat", "binary", "-e", "0",
                         "-o", str(d / "g.bin"), str(d / "g.o")])
         return (d / "g.bin").read_bytes()
 
