@@ -123,7 +123,7 @@ def _run_gaps(results: dict[str, Any], keys_to_anchor: dict[str, str]) -> str:
     for g in gaps:
         links = " ".join(f'<a href="#{keys_to_anchor[c]}">{esc(c)}</a>' if c in keys_to_anchor else esc(c)
                          for c in g["cells"])
-        cells = (f'<details><summary>{len(g["cells"])} cells: {esc(", ".join(g["guests"]))}</summary>'
+        cells = (f'<details><summary>{len(g["cells"])} cell{"s" if len(g["cells"]) != 1 else ""}: {esc(", ".join(g["guests"]))}</summary>'
                  f'<div class="small">{links}</div></details>')
         rows.append(f'<tr><td>{esc(g["kind"])}</td><td class="mono">{esc(g["key"])}</td><td>{esc(g["access"])}</td>'
                     f'<td class="num">{g["count"]}</td><td class="mono">{esc(_hex(g["first_rip"]))}</td>'
