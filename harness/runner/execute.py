@@ -149,8 +149,11 @@ def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionS
     result.outcome, result.reason = watch.outcome, watch.reason
     result.milestones, result.failure, result.near_miss = watch.milestones, watch.failure, watch.near_miss
     events = watch.events
-    gaps = [GapRecord.from_dict(e.data) for e in events if e.type == ev.GAP]
-    gaps += [GapRecord.from_dict(g) for g in summary.extra.get("gaps_final", [])]
+    # A backend that keeps its own deduplicated ledger reports final counts in its summary; the
+    # per-occurrence events are the fallback (a killed backend writes no summary).
+    final = summary.extra.get("gaps")
+    gaps = [GapRecord.from_dict(g) for g in final] if final else \
+        [GapRecord.from_dict(e.data) for e in events if e.type == ev.GAP]
     ledger = build_ledger(gaps, watch.milestones, start_time)
     result.gaps = [g.to_dict() for g in ledger]
     # The baseline: the guest file's expected gaps plus an accepted baselines/<guest>.yaml beside guests/.
