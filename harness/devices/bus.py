@@ -80,7 +80,7 @@ class Bus:
             return None
         if size > 1 and getattr(hit.device, "access_width", 0) == 1:
             return self._split_read(addr, size)
-        return hit.device.read(addr - hit.base, size)
+        return int(hit.device.read(addr - hit.base, size))
 
     def write(self, addr: int, size: int, value: int) -> bool:
         hit = self._lookup(addr)

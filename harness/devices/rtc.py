@@ -95,7 +95,7 @@ class ClockFields:
 
     def to_datetime(self, tz: timezone | None) -> datetime:
         """Clamp what the guest wrote into a real date (a guest may write nonsense)."""
-        year = max(1, min(9999, self.century * 100 + self.year))
+        year = max(1, min(9998, self.century * 100 + self.year))   # room to run without overflow
         month = max(1, min(12, self.month))
         day = max(1, min(calendar.monthrange(year, month)[1], self.day))
         return datetime(year, month, day, min(self.hour, 23), min(self.minute, 59),
