@@ -44,8 +44,8 @@ def read_file(path: Path, what: str, limit: int) -> bytes:
     if size == 0:
         raise KernelImageError(f"{what} file {path} is empty", "download it again")
     if size > limit:
-        raise KernelImageError(f"{what} file {path} is {_size(size)}, more than the {_size(limit)} "
-                               "of guest memory", "give the guest more memory")
+        raise KernelImageError(f"{what} file {path} is {_size(size)} ({size} bytes), more than the "
+                               f"{_size(limit)} of guest memory", "give the guest more memory")
     try:
         return path.read_bytes()
     except OSError as exc:
