@@ -1,0 +1,224 @@
+"""Recipes: guest assets built reproducibly from Debian packages, by name.
+
+`build_asset(name)` returns the cached, verified asset, building it (and the assets it needs)
+when absent. Each recipe records where every input came from (package, resolved version,
+sha256 of the .deb and of the extracted file) in the cache entry's provenance.
+
+Downloaded .deb files are cached too (as `deb.<package>.<arch>.<version>`), so the kernel is
+fetched once for the kernel, the PVH vmlinux and the module-carrying initramfs.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.assets import initramfs
+from harness.assets.cache import AssetCache, CacheEntry, sha256_file
+from harness.assets.debian import Apt, DebPackage, extract, inspect_deb
+from harness.errors import AssetError
+
+QUICK, NIGHTLY = "quick", "nightly"
+_KERNEL_PKG = r"linux-image-\d+\.\d+\.\d+-\d+-cloud-{arch}(-unsigned)?"
+
+
+@dataclass
+class BuildContext:
+    cache: AssetCache
+    rebuild: bool = False
+
+    def asset(self, name: str) -> CacheEntry:
+        """Another asset this one is made from (built first when missing)."""
+        return build_asset(name, cache=self.cache)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    arch: str                 # x86_64 | aarch64
+    kind: str                 # kernel | initrd | disk
+    tier: str                 # quick | nightly (nightly ones take minutes)
+    build: Callable[[BuildContext, Path], tuple[Path, dict[str, Any]]]
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def _recipe(name: str, description: str, arch: str, kind: str, tier: str = QUICK) -> Callable:
+    def register(fn: Callable[[BuildContext, Path], tuple[Path, dict[str, Any]]]) -> Callable:
+        RECIPES[name] = Recipe(name, description, arch, kind, tier, fn)
+        return fn
+    return register
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise AssetError(f"no asset recipe called {name!r}",
+                         f"use one of: {', '.join(sorted(RECIPES))} (harness assets list)") from None
+
+
+def build_asset(name: str, *, cache: AssetCache | None = None, rebuild: bool = False) -> CacheEntry:
+    recipe = get_recipe(name)
+    cache = cache or AssetCache()
+    ctx = BuildContext(cache, rebuild)
+
+    def builder(work: Path) -> tuple[Path, dict[str, Any]]:
+        path, provenance = recipe.build(ctx, work)
+        provenance = {"recipe": name, "arch": recipe.arch, **provenance,
+                      "source_date_epoch": initramfs.source_date_epoch()}
+        return path, provenance
+
+    return cache.get_or_build(name, builder, rebuild=rebuild)
+
+
+# -- Debian inputs -----------------------------------------------------------------------------
+def fetch_deb(ctx: BuildContext, arch: str, package: str) -> DebPackage:
+    """The .deb of `package` (candidate version), from the cache or downloaded once."""
+    apt = Apt(arch, ctx.cache)
+    apt.ensure_lists()
+    version = apt.show_field(package, "Version")
+    if not version:
+        raise AssetError(f"apt knows no package {package} for {apt.arch}",
+                         "check the package name and /etc/apt/sources.list")
+    name = "deb." + re.sub(r"[^A-Za-z0-9._+-]", "_", f"{package}.{apt.arch}.{version}")
+
+    def download(work: Path) -> tuple[Path, dict[str, Any]]:
+        deb = apt.download(package, work)
+        return deb.path, deb.provenance()
+
+    entry = ctx.cache.get_or_build(name, download)
+    deb = inspect_deb(entry.path)
+    return DebPackage(deb.package, deb.version, deb.arch, entry.path, entry.sha256,
+                      str(entry.provenance.get("deb_file", "")))
+
+
+def kernel_deb(ctx: BuildContext, arch: str) -> tuple[DebPackage, str]:
+    """The concrete cloud kernel package behind linux-image-cloud-<arch>, and the meta name."""
+    deb_arch = {"x86_64": "amd64", "aarch64": "arm64"}[arch]
+    meta = f"linux-image-cloud-{deb_arch}"
+    concrete = Apt(arch, ctx.cache).resolve_meta(meta, _KERNEL_PKG.format(arch=deb_arch))
+    return fetch_deb(ctx, arch, concrete), meta
+
+
+def _one(root: Path, pattern: str, what: str) -> Path:
+    found = sorted(root.glob(pattern))
+    if len(found) != 1:
+        raise AssetError(f"expected one {what} ({pattern}) in the package, found {len(found)}",
+                         "the package layout changed: update harness/assets/recipes.py")
+    return found[0]
+
+
+def _extracted(deb: DebPackage, work: Path) -> Path:
+    return extract(deb, work / f"x-{deb.package}")
+
+
+# -- kernels -------------------------------------------------------------------------------------
+def _kernel(ctx: BuildContext, work: Path, arch: str) -> tuple[Path, dict[str, Any]]:
+    deb, meta = kernel_deb(ctx, arch)
+    tree = _extracted(deb, work)
+    vmlinuz = _one(tree, "boot/vmlinuz-*", "kernel image")
+    out = work / vmlinuz.name
+    vmlinuz.rename(out)
+    release = vmlinuz.name.removeprefix("vmlinuz-")
+    return out, {"meta_package": meta, **deb.provenance(), "kernel_release": release,
+                 "file": f"/boot/{vmlinuz.name}", "file_sha256": sha256_file(out)}
+
+
+@_recipe("debian-cloud-kernel-amd64", "Debian 12 cloud kernel, x86-64 bzImage", "x86_64", "kernel")
+def _kernel_amd64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
+    return _kernel(ctx, work, "x86_64")
+
+
+@_recipe("debian-cloud-kernel-arm64", "Debian 12 cloud kernel, arm64 Image", "aarch64", "kernel")
+def _kernel_arm64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
+    return _kernel(ctx, work, "aarch64")
+
+
+@_recipe("debian-cloud-kernel-amd64-vmlinux", "the ELF inside the amd64 bzImage (PVH entry note)",
+         "x86_64", "kernel")
+def _kernel_amd64_vmlinux(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
+    from harness.assets.vmlinux import extract_vmlinux
+    bz = ctx.asset("debian-cloud-kernel-amd64")
+    out = extract_vmlinux(bz.path, work / "vmlinux")
+    return out, {"from_asset": bz.name, "from_sha256": bz.sha256,
+                 "kernel": {k: bz.provenance.get(k) for k in ("package", "version", "kernel_release")},
+                 "file_sha256": sha256_file(out)}
+
+
+# -- initramfs images ------------------------------------------------------------------------------
+def _busybox(ctx: BuildContext, work: Path, arch: str) -> tuple[Path, dict[str, Any]]:
+    deb = fetch_deb(ctx, arch, "busybox-static")
+    binary = _one(_extracted(deb, work), "bin/busybox", "busybox binary")
+    return binary, {**deb.provenance(), "file": "/bin/busybox", "file_sha256": sha256_file(binary)}
+
+
+def _kernel_modules(ctx: BuildContext, work: Path, arch: str, kernel_asset: str) -> tuple[list[Path], dict]:
+    """Virtio modules from the very package the cached kernel asset came from (ABI must match)."""
+    kernel = ctx.asset(kernel_asset)
+    package = kernel.provenance.get("package")
+    if not package:
+        raise AssetError(f"asset {kernel_asset} has no package in its provenance",
+                         f"rebuild it: harness assets build {kernel_asset} --rebuild")
+    deb = fetch_deb(ctx, arch, package)
+    if deb.version != kernel.provenance.get("version"):
+        raise AssetError(f"{package} is now {deb.version}, the cached kernel is {kernel.provenance.get('version')}",
+                         f"rebuild the kernel: harness assets build {kernel_asset} --rebuild")
+    tree = _extracted(deb, work)
+    mod_root = _one(tree, "lib/modules/*", "module directory")
+    order = initramfs.module_load_order(mod_root)
+    return order, {"modules_from": deb.provenance(), "modules": [p.stem for p in order]}
+
+
+def _initramfs(ctx: BuildContext, work: Path, arch: str, *, kernel_asset: str | None = None,
+               switch_root: str | None = None) -> tuple[Path, dict[str, Any]]:
+    busybox, bb_prov = _busybox(ctx, work, arch)
+    modules: list[Path] = []
+    prov: dict[str, Any] = {"busybox": bb_prov, "console": initramfs.CONSOLE_TTY[arch],
+                            "hostname": initramfs.HOSTNAME}
+    if kernel_asset:
+        modules, mod_prov = _kernel_modules(ctx, work, arch, kernel_asset)
+        prov.update(mod_prov)
+    if switch_root:
+        prov["switch_root"] = switch_root
+    spec = initramfs.InitramfsSpec(arch, busybox, modules, switch_root)
+    out = initramfs.build_initramfs(spec, work / "initramfs.cpio.gz")
+    return out, prov
+
+
+@_recipe("busybox-initramfs-amd64", "busybox userland, getty on ttyS0 -> login:", "x86_64", "initrd")
+def _initramfs_amd64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
+    return _initramfs(ctx, work, "x86_64")
+
+
+@_recipe("busybox-initramfs-arm64", "busybox userland, getty on ttyAMA0 -> login:", "aarch64", "initrd")
+def _initramfs_arm64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
+    return _initramfs(ctx, work, "aarch64")
+
+
+@_recipe("busybox-initramfs-virtio-amd64", "busybox userland + the cloud kernel's virtio modules",
+         "x86_64", "initrd")
+def _initramfs_virtio_amd64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
+    return _initramfs(ctx, work, "x86_64", kernel_asset="debian-cloud-kernel-amd64")
+
+
+@_recipe("busybox-initramfs-virtio-arm64", "busybox userland + the cloud kernel's virtio modules",
+         "aarch64", "initrd")
+def _initramfs_virtio_arm64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
+    return _initramfs(ctx, work, "aarch64", kernel_asset="debian-cloud-kernel-arm64")
+
+
+@_recipe("debian-systemd-initramfs-amd64", "virtio modules, then switch_root to /dev/vda", "x86_64",
+         "initrd", NIGHTLY)
+def _systemd_initramfs_amd64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
+    return _initramfs(ctx, work, "x86_64", kernel_asset="debian-cloud-kernel-amd64", switch_root="/dev/vda")
+
+
+@_recipe("debian-systemd-rootfs-amd64", "debootstrap'd Debian 12 (minbase + systemd), raw ext4 image",
+         "x86_64", "disk", NIGHTLY)
+def _systemd_rootfs_amd64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
+    from harness.assets.rootfs import build_debian_rootfs
+    return build_debian_rootfs(work, arch="x86_64")
