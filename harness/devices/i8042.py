@@ -15,8 +15,9 @@ NetBSD/OpenBSD pckbc):
   0xD4 send a byte to the aux device (none here: it answers 0xFE, "resend", so drivers give up at
   once instead of timing out); 0xF0-0xFF pulse output-port bits low: bit 0 low (0xFE) resets.
 - Keyboard (bytes written to 0x60 with no command pending): 0xFF reset -> 0xFA 0xAA; 0xF2 identify
-  -> 0xFA 0xAB 0x83; 0xEE echo -> 0xEE; 0xED/0xF3/0xF0 take a parameter, each byte acked 0xFA
-  (0xF0 0x00 reports set 2); anything else is acked 0xFA.
+  -> 0xFA 0xAB 0x83 (0x41 while the controller translates); 0xEE echo -> 0xEE; 0xED/0xF3/0xF0
+  take a parameter, each byte acked 0xFA (0xF0 0x00 reports set 2, 0x41 when translated);
+  anything else is acked 0xFA.
 - A byte placed in the output buffer raises IRQ 1 (or 12 for aux) when the command byte enables it;
   the line drops when the byte is read. Reading 0x60 with nothing waiting returns the last byte.
 - Guests poll the status register while they wait for the controller: every POLL_REPORT_EVERY
@@ -207,7 +208,8 @@ class I8042:
         if value == 0xFF:
             self._push(ACK, BAT_OK)
         elif value == 0xF2:
-            self._push(ACK, 0xAB, 0x83)
+            # An MF2 keyboard; the controller's translation turns its 0x83 into 0x41.
+            self._push(ACK, 0xAB, 0x41 if self.command_byte & CB_XLATE else 0x83)
         elif value == ECHO:
             self._push(ECHO)
         elif value in (0xED, 0xF3, 0xF0):

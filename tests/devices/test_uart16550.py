@@ -215,17 +215,19 @@ def test_netbsd_probe_with_stale_input(uart: Uart16550) -> None:
     assert uart.read(IIR, 1) & 0x38 == 0
 
 
-def test_openbsd_comprobe1(uart: Uart16550) -> None:
-    """sys/dev/ic/com.c comprobe1: LCR=0, IIR=0, up to 32 IIR reads, reading data while & 0x38."""
+@pytest.mark.parametrize("lcr", [0x00, 0x03])
+def test_openbsd_comprobe1(uart: Uart16550, lcr: int) -> None:
+    """sys/dev/ic/com.c comprobe1: LCR=0 (older) or LCR_8BITS (newer), IIR=0, then up to 32
+    rounds of checking LCR and IIR & 0x38, reading the data register to clean up."""
     bus = Bus("io")
     bus.register(BASE, 8, uart, "com0")
     uart.write(FCR, 1, 0xC1)
     uart.write(IER, 1, 0x01)
     uart.feed(b"ab")                  # leftovers below trigger 14: a timeout source
-    bus.write(BASE + 3, 1, 0x00)
+    bus.write(BASE + 3, 1, lcr)
     bus.write(BASE + 2, 1, 0x00)
     for i in range(32):
-        if bus.read(BASE + 2, 1) & 0x38:
+        if bus.read(BASE + 3, 1) != lcr or bus.read(BASE + 2, 1) & 0x38:
             bus.read(BASE, 1)
         else:
             break
