@@ -77,7 +77,7 @@ class VcpuLoop:
         self.counts = [0] * 64
         self.stop_requested = False
         self.stopped_by: StopInfo | None = None
-        self._rep_ports: set[int] = set()
+        self._rep_ports: set[tuple[int, int]] = set()
 
     # -- control ----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -170,8 +170,8 @@ class VcpuLoop:
         buf = self.vcpu.run_buffer
         if size not in _ONES or count > MAX_REP_COUNT or off + count * size > len(buf):
             return  # not a shape KVM produces; never index past the page for it
-        if port not in self._rep_ports:
-            self._rep_ports.add(port)
+        if (port, direction) not in self._rep_ports:  # once per port and direction: the count path is seen
+            self._rep_ports.add((port, direction))
             self.cfg.gaps.record(GapRecord(kind=gaps.REP_STRING_IO, key=f"{port:#x}",
                                            first_rip=self.vcpu.current_rip(), access="write" if direction else "read",
                                            vcpu=self.vcpu.index, detail={"size": size, "count": count}))
