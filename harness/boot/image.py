@@ -139,26 +139,30 @@ def parse_elf(data: bytes, name: str = "kernel") -> ElfImage:
     try:
         elf = ELFFile(io.BytesIO(data))
         segments = [_segment(ph) for ph in elf.iter_segments()]
+        _check_bounds(segments, len(data), name)
         notes = list(_notes(elf, data))
         image = ElfImage(data=data, elfclass=elf.elfclass, machine=machine,
                          osabi=_osabi(elf.header["e_ident"]["EI_OSABI"]), entry=elf.header["e_entry"],
                          segments=segments, notes=notes)
-    except (ELFError, ValueError, KeyError, EOFError) as exc:
-        raise KernelImageError(f"{name} is a corrupt ELF file ({exc})", "download it again") from None
-    except Exception as exc:  # construct raises its own StreamError/FieldError on short data
-        if type(exc).__module__.startswith("elftools"):
+    except KernelImageError:
+        raise
+    except Exception as exc:  # pyelftools/construct raise ELFError, StreamError, ValueError...
+        if isinstance(exc, (ELFError, ValueError, KeyError, EOFError)) or type(exc).__module__.startswith("elftools"):
             raise KernelImageError(f"{name} is a truncated or corrupt ELF file ({exc})",
                                    "download it again") from None
         raise
-    for seg in image.loads():
-        if seg.offset + seg.filesz > len(data):
+    return image
+
+
+def _check_bounds(segments: list[ElfSegment], size: int, name: str) -> None:
+    for seg in segments:
+        if seg.filesz and seg.offset + seg.filesz > size:
             raise KernelImageError(f"{name} is truncated: a segment needs bytes up to offset "
-                                   f"{seg.offset + seg.filesz:#x} but the file has {len(data):#x}",
+                                   f"{seg.offset + seg.filesz:#x} but the file has {size:#x}",
                                    "download it again")
-        if seg.filesz > seg.memsz:
+        if seg.type == PT_LOAD and seg.filesz > seg.memsz:
             raise KernelImageError(f"{name} is corrupt: a segment's file size exceeds its memory size",
                                    "download it again")
-    return image
 
 
 def _segment(ph) -> ElfSegment:

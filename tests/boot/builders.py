@@ -58,9 +58,9 @@ msg: .ascii "Linux version 6.9.0-test (builder) #1\\0"
 
 PVH_LDS = """
 ENTRY(_start)
-PHDRS { text PT_LOAD FILEHDR PHDRS; data PT_LOAD; note PT_NOTE; }
+PHDRS { text PT_LOAD; data PT_LOAD; note PT_NOTE; }
 SECTIONS {
-  . = 0x400000 + SIZEOF_HEADERS;
+  . = 0x400000;
   .text : { *(.text) } :text
   .note : { *(.note*) } :text :note
   . = ALIGN(0x1000);

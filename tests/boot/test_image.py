@@ -130,3 +130,26 @@ def test_missing_initrd(tmp_path, mem):
     kernel = write(tmp_path, "bz", fake_bzimage())
     with pytest.raises(KernelImageError, match="initrd file .* does not exist"):
         load("bzimage", mem, kernel, tmp_path / "missing-initrd", "")
+
+
+@needs_binutils
+def test_mutated_elf_headers_never_escape_as_tracebacks(tmp_path, mem):
+    """A hostile kernel file: random header bytes give a load or a HarnessError, nothing else."""
+    import random
+
+    from harness.errors import HarnessError
+    original = pvh_kernel(tmp_path).read_bytes()
+    rng = random.Random(1234)
+    outcomes = {"loaded": 0, "refused": 0}
+    for i in range(150):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(0, 0x140)] = rng.randrange(256)   # ELF header + program headers
+        path = write(tmp_path, f"m{i}", bytes(data))
+        try:
+            load("pvh", mem, path, None, "")
+            outcomes["loaded"] += 1
+        except HarnessError as exc:
+            assert exc.problem and exc.fix
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0
