@@ -14,6 +14,20 @@ from harness.gaps.ledger import as_record, dedup, gap_id
 from harness.runner.result import CellResult, load_results
 
 
+def base_cell_id(result: CellResult) -> str:
+    """The cell id without the runner's repeat suffix ("id#r2" -> "id"): what repeats share."""
+    suffix = f"#r{result.repeat_index}"
+    if result.repeat_index and result.cell_id.endswith(suffix):
+        return result.cell_id[:-len(suffix)]
+    return result.cell_id
+
+
+def result_key(result: CellResult) -> str:
+    """Identity of one result in a run: the cell id plus the repeat, when it is a repeat."""
+    base = base_cell_id(result)
+    return base if result.repeat_index == 0 else f"{base}#r{result.repeat_index}"
+
+
 def require_run(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "cells").is_dir() and not (run_dir / "run.json").exists():
@@ -130,8 +144,7 @@ class GapRunDiff:
 def _cells_by_key(run_dir: Path) -> dict[str, CellResult]:
     out: dict[str, CellResult] = {}
     for c in load_results(require_run(run_dir)):
-        key = c.cell_id if c.repeat_index == 0 else f"{c.cell_id}#r{c.repeat_index}"
-        out[key] = c
+        out[result_key(c)] = c
     return out
 
 

@@ -25,7 +25,7 @@ def _copy_workdir(view: CellView, out_dir: Path) -> None:
     src = view.work_dir
     if not src.is_dir():
         return
-    dst = out_dir / "cells" / view.slug
+    dst = out_dir / view.work_rel
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst, symlinks=True)  # never follow a link out of the shard

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from harness.backends.events import EXIT_COUNTS, VmEvent
+from harness.gaps.runs import base_cell_id
 from harness.report.stats import Spread, mann_whitney_greater, min_attainable_p, spread
 from harness.runner.result import PASS, CellResult, MilestoneHit, Phase
 
@@ -86,10 +87,10 @@ def phases_from_snapshots(milestones: list[MilestoneHit], snapshots: list[VmEven
 # ---------------------------------------------------------------------------- repeated runs
 
 def repeat_groups(results: Iterable[CellResult]) -> dict[str, list[CellResult]]:
-    """Results grouped by cell_id, each group ordered by repeat_index."""
+    """Results grouped by cell id (the runner suffixes repeats "#rN"), each ordered by repeat_index."""
     groups: dict[str, list[CellResult]] = defaultdict(list)
     for r in results:
-        groups[r.cell_id].append(r)
+        groups[base_cell_id(r)].append(r)
     return {k: sorted(v, key=lambda r: r.repeat_index) for k, v in groups.items()}
 
 
@@ -244,7 +245,7 @@ def compare_cell(base: list[CellResult], new: list[CellResult],
                  policy: RegressionPolicy | None = None) -> CellVerdict:
     """Verdict for one cell: repeats of the baseline run against repeats of this run."""
     policy = policy or RegressionPolicy()
-    cv = CellVerdict(new[0].cell_id if new else base[0].cell_id, [r.outcome for r in base],
+    cv = CellVerdict(base_cell_id(new[0] if new else base[0]), [r.outcome for r in base],
                      [r.outcome for r in new], len(base), len(new), policy.describe(len(base), len(new)))
     for name in _milestone_names(base + new):
         _, b_ph = _samples(base, name)

@@ -12,7 +12,7 @@ from typing import Any
 
 from harness.backends.events import EventReader, VmEvent
 from harness.errors import HarnessError
-from harness.gaps.runs import cell_family
+from harness.gaps.runs import cell_family, result_key
 from harness.runner.result import CellResult
 
 CONSOLE_TAIL_BYTES = 64 * 1024
@@ -28,12 +28,22 @@ class CellView:
     @property
     def key(self) -> str:
         """Identity within a run: the cell id, plus the repeat when there are repeats."""
-        r = self.result
-        return r.cell_id if r.repeat_index == 0 else f"{r.cell_id}#r{r.repeat_index}"
+        return result_key(self.result)
+
+    @property
+    def work_rel(self) -> Path:
+        """The cell's work directory relative to the run: where its console.log lives.
+
+        Not always cells/<slug>: the runner puts repeat N of a cell in cells/<cell-slug>-rN.
+        """
+        rel = Path(self.result.console_log) if self.result.console_log else None
+        if rel is not None and not rel.is_absolute() and ".." not in rel.parts and len(rel.parts) > 1:
+            return rel.parent
+        return Path("cells") / self.slug
 
     @property
     def work_dir(self) -> Path:
-        return self.run_dir / "cells" / self.slug
+        return self.run_dir / self.work_rel
 
     @property
     def console_path(self) -> Path | None:

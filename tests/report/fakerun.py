@@ -54,12 +54,10 @@ def make_cell(run_dir: Path, guest: str = "fixture-pvh", backend: str = "builtin
 
     times = list(times or DEFAULT_TIMES)
     reached = len(FIXTURE_LINES) if reached is None else reached
-    cell_id = f"{guest}@{backend}/{profile}/{policy}/1c/64M"
-    if repeat_index:
-        cell_id_file = f"{cell_id}#r{repeat_index}"
-    else:
-        cell_id_file = cell_id
-    work = run_dir / "cells" / cell_slug(cell_id_file)
+    base_id = f"{guest}@{backend}/{profile}/{policy}/1c/64M"
+    # like harness.runner.execute: repeats are "<id>#rN" with their work dir in cells/<slug>-rN
+    cell_id = f"{base_id}#r{repeat_index}" if repeat_index else base_id
+    work = run_dir / "cells" / (cell_slug(base_id) + (f"-r{repeat_index}" if repeat_index else ""))
     work.mkdir(parents=True, exist_ok=True)
     console = b"SeaBIOS-free boot\r\n"
     milestones, prev = [], 0.0
@@ -113,10 +111,7 @@ def make_cell(run_dir: Path, guest: str = "fixture-pvh", backend: str = "builtin
         if outcome != "pass" else [],
         console_log=str((work / "console.log").relative_to(run_dir)),
         attempts=attempts, repeat_index=repeat_index)
-    if repeat_index:  # the runner names repeat files apart; mimic that
-        write_json_atomic(run_dir / "cells" / f"{cell_slug(cell_id_file)}.json", res.to_dict())
-    else:
-        write_result(run_dir, res)
+    write_result(run_dir, res)
     return res
 
 

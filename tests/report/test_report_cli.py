@@ -1,0 +1,59 @@
+"""`harness report` through argparse the way harness.cli.main drives it (register + args.func)."""
+import argparse
+import json
+
+import pytest
+
+from fakerun import make_cell, make_run
+from harness.cli import report_cmd
+from harness.errors import HarnessError
+
+
+def harness(argv, capsys):
+    parser = argparse.ArgumentParser(prog="harness")
+    report_cmd.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    code = args.func(args)
+    return code, capsys.readouterr().out
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = make_run(tmp_path / "reports" / "r1", "r1", shard="1/2")
+    make_cell(a)
+    b = make_run(tmp_path / "reports" / "r2", "r2", shard="2/2")
+    make_cell(b, times=[0.05, 0.2, 0.9, 1.0])
+    make_cell(b, guest="netbsd-10", backend="qemu-tcg", outcome="timeout", reached=1, gaps=[])
+    return a, b
+
+
+def test_report_newest_with_baseline(runs, capsys):
+    a, b = runs
+    code, out = harness(["report", "--baseline", "r1"], capsys)
+    assert code == 0 and "index.html" in out and "1 regressed" in out
+    assert (b / "index.html").exists() and (b / "junit.xml").exists()
+    assert json.loads((b / "results.json").read_text())["baseline"]["regressions"] == 1
+
+
+def test_report_diff_exit_code(runs, capsys):
+    code, out = harness(["report", "diff", "r1", "r2"], capsys)
+    assert code == 1 and "REGRESSION fixture-pvh" in out and "only in r2" in out
+    code, out = harness(["report", "diff", "r1", "r1", "--format", "json"], capsys)
+    assert code == 0 and json.loads(out)["regressions"] == 0
+
+
+def test_report_merge(runs, capsys, tmp_path):
+    code, out = harness(["report", "merge", "r1", "r2", "--out", "merged"], capsys)
+    assert code == 0 and (tmp_path / "merged" / "index.html").exists()
+    data = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert len(data["cells"]) == 2           # the pvh cell in both shards counted once
+    with pytest.raises(HarnessError):
+        harness(["report", "merge", "r1"], capsys)
+
+
+def test_report_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HarnessError) as e:
+        harness(["report"], capsys)
+    assert "no runs under reports" in e.value.problem
