@@ -128,13 +128,20 @@ def _run_gaps(results: dict[str, Any], keys_to_anchor: dict[str, str]) -> str:
         rows.append(f'<tr><td>{esc(g["kind"])}</td><td class="mono">{esc(g["key"])}</td><td>{esc(g["access"])}</td>'
                     f'<td class="num">{g["count"]}</td><td class="mono">{esc(_hex(g["first_rip"]))}</td>'
                     f'<td>{esc(", ".join(g["phases"]))}</td><td>{esc(", ".join(g["policies"]))}</td>'
-                    f'<td>{esc(", ".join(g["fates"]))}</td><td class="cells">{cells}</td>'
+                    f'<td>{esc(", ".join(g["fates"]))}</td><td>{_ledger_status(g)}</td><td class="cells">{cells}</td>'
                     f'<td class="mono small">{esc(g["id"])}</td></tr>')
     return ('<section id="gaps"><h2>Gap ledger</h2><p class="hint">Every gap of the run, merged over cells '
             '(phase = last milestone reached before the gap was first seen).</p><div class="scroll">'
             '<table class="data"><thead><tr><th>kind</th><th>key</th><th>access</th><th>count</th><th>first RIP</th>'
-            '<th>phases</th><th>policies</th><th>fates</th><th>cells</th><th>id</th></tr></thead>'
+            '<th>phases</th><th>policies</th><th>fates</th><th>baseline</th><th>cells</th><th>id</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div></section>')
+
+
+def _ledger_status(g: dict[str, Any]) -> str:
+    n = len(g.get("new_in", []))
+    if not n:
+        return _status_badge("known")
+    return f'<span class="tag new" title="not in the baseline of {n} cell(s)">new ×{n}</span>'
 
 
 def _timing(results: dict[str, Any]) -> str:

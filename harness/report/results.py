@@ -64,7 +64,16 @@ def timing_section(run: RunData) -> dict[str, Any]:
     return out
 
 
+def _with_status(entry: dict[str, Any], new_in: dict[tuple[str, str, str], list[str]]) -> dict[str, Any]:
+    entry["new_in"] = new_in.get((entry["kind"], entry["key"], entry["access"]), [])
+    return entry
+
+
 def build_results(run: RunData, baseline: RunDiff | None = None) -> dict[str, Any]:
+    new_in: dict[tuple[str, str, str], list[str]] = {}
+    for c in run.cells:
+        for g in cell_new_gaps(c.result):
+            new_in.setdefault((g.get("kind", ""), g.get("key", ""), g.get("access", "")), []).append(c.key)
     ledger = merge_run_ledger((c.key, c.result.guest, c.family, cell_gaps(c.result)) for c in run.cells)
     return {
         "schema": RESULTS_SCHEMA,
@@ -75,7 +84,7 @@ def build_results(run: RunData, baseline: RunDiff | None = None) -> dict[str, An
         "skipped_files": run.skipped,
         "summary": summarize(run, baseline),
         "cells": [_cell_entry(c) for c in run.cells],
-        "gaps": [g.to_dict() for g in ledger],
+        "gaps": [_with_status(g.to_dict(), new_in) for g in ledger],
         "timing": timing_section(run),
         "baseline": baseline.to_dict() if baseline else None,
     }

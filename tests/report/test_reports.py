@@ -65,6 +65,7 @@ def test_results_json_schema_and_ledger(tmp_path):
     tsc = [g for g in data["gaps"] if g["kind"] == "tsc-msr"]
     assert len(tsc) == 1 and len(tsc[0]["cells"]) == 3           # merged over cells
     assert tsc[0]["id"].startswith("fixture/tsc-msr/0x10#")
+    assert len(tsc[0]["new_in"]) == 3           # no baseline in this run: new everywhere
     assert data["baseline"] is None
     assert (tmp_path / "r" / "results.json").stat().st_mode & 0o044   # readable by CI uploaders
 
@@ -135,7 +136,14 @@ def test_merge_keeps_repeats_apart(tmp_path):
     for i in range(3):
         make_cell(a, repeat_index=i)
     out = merge_runs([a], tmp_path / "m")
-    assert sorted(c.result.repeat_index for c in load_run(out).cells) == [0, 1, 2]
+    cells = load_run(out).cells
+    assert sorted(c.result.repeat_index for c in cells) == [0, 1, 2]
+    # repeats live in cells/<slug>-rN (the runner's layout); their consoles travel with them
+    assert sorted(str(c.work_rel) for c in cells) == [
+        "cells/fixture-pvh_builtin_default_emulate_1c_64M", "cells/fixture-pvh_builtin_default_emulate_1c_64M-r1",
+        "cells/fixture-pvh_builtin_default_emulate_1c_64M-r2"]
+    assert all(c.console_path is not None and c.console_path.is_relative_to(out) for c in cells)
+    assert sorted(c.key for c in cells)[-1] == "fixture-pvh@builtin/default/emulate/1c/64M#r2"
 
 
 def test_diff_runs_and_baseline_report(tmp_path):
