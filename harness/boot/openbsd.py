@@ -99,7 +99,10 @@ def load_openbsd(mem: GuestRam, elf: ElfImage, initrd: bytes | None, cmdline: st
 
     howto, ignored = parse_cmdline(cmdline)
     entries = placement.memory_map(mem)
-    blob = memmap_bootarg(entries) + consdev_bootarg() + struct.pack("<I", BOOTARG_END)
+    # vmd ends the list with a bare 0xFFFFFFFF word; a whole 12-byte header (counted in bootargc)
+    # reads the same to the kernel, which stops at the type, and suits walkers that read a
+    # full header before looking at the type.
+    blob = memmap_bootarg(entries) + consdev_bootarg() + struct.pack("<III", BOOTARG_END, 12, 12)
     if len(blob) > BOOTARGS_MAX:
         raise KernelImageError("OpenBSD bootargs grew beyond one page", "report this harness bug")
     mem.write(layout.BOOT_INFO_ADDR, blob)

@@ -256,7 +256,7 @@ def test_openbsd_bootargs_and_stack(tmp_path, mem):
         assert size == nxt and size % 4 == 0
         seen[btype] = blob[pos + 12:pos + size]
         pos += size
-    assert pos + 4 == argc
+    assert pos + 12 == argc and struct.unpack_from("<III", blob, pos) == (0xFFFFFFFF, 12, 12)
     rows = [struct.unpack_from("<QQI", seen[0], 20 * i) for i in range(len(seen[0]) // 20)]
     assert rows == E820_64M + [(0, 0, 0)]
     consdev, speed, addr = struct.unpack_from("<iiQ", seen[5])
