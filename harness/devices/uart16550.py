@@ -82,6 +82,11 @@ class Uart16550:
         self._msr_delta = 0
         self._irq_level = 0
         self.overruns = 0   # bytes lost to overrun, for reports
+        # Called with True/False when the guest turns the THR-empty interrupt on/off. A VMM that
+        # batches THR writes (KVM coalesced PIO) delays every THRE interrupt until it replays the
+        # batch, which throttles interrupt-driven output (measured: ~0.75 KB/s vs ~10 KB/s); it
+        # can use this to stop batching while the guest transmits by interrupt.
+        self.on_tx_interrupt_enable: Callable[[bool], None] | None = None
 
     # --- host side ---------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -172,7 +177,10 @@ class Uart16550:
         # Linux's and the BSDs' start-output paths depend on).
         if value & IER_THRI and not self.ier & IER_THRI:
             self._thre_pending = True
+        changed = (value ^ self.ier) & IER_THRI
         self.ier = value
+        if changed and self.on_tx_interrupt_enable is not None:
+            self.on_tx_interrupt_enable(bool(value & IER_THRI))
 
     def _write_fcr(self, value: int) -> None:
         if (value ^ self.fcr) & FCR_ENABLE:

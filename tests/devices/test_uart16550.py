@@ -311,3 +311,15 @@ def test_bus_hot_path_is_fast(rec) -> None:
         bus.read(BASE + 5, 1)
     per_pair = (time.perf_counter() - start) / n
     assert per_pair < 50e-6, per_pair
+
+
+def test_tx_interrupt_enable_hook(uart: Uart16550) -> None:
+    seen: list[bool] = []
+    uart.on_tx_interrupt_enable = seen.append
+    uart.write(IER, 1, 0x01)
+    uart.write(IER, 1, 0x03)
+    uart.write(IER, 1, 0x0F)
+    uart.write(IER, 1, 0x00)
+    uart.write(LCR, 1, 0x80)
+    uart.write(1, 1, 0x02)            # DLM under DLAB: not IER
+    assert seen == [True, False]
