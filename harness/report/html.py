@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import re
+import urllib.parse
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,10 @@ from harness.report.results import cell_ok
 from harness.report.run import CellView, RunData
 from harness.runner.result import OUTCOMES, Phase
 
-CONSOLE_MAX_BYTES = 1024 * 1024
+# Console bytes embedded per cell (the tail): enough to see a boot, small enough that a page of a
+# hundred cells stays loadable. The full log is linked.
+CONSOLE_MAX_BYTES = 512 * 1024
+CONSOLE_MAX_BYTES_OK = 128 * 1024
 _ANSI = re.compile(rb"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
 _CTRL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -341,14 +345,15 @@ def _console(view: CellView) -> str:
     if path is None:
         return '<p class="hint">No console log.</p>'
     size = path.stat().st_size
-    start = max(0, size - CONSOLE_MAX_BYTES)
+    bad = not cell_ok(view.result)
+    limit = CONSOLE_MAX_BYTES if bad else CONSOLE_MAX_BYTES_OK
+    start = max(0, size - limit)
     with open(path, "rb") as f:
         f.seek(start)
-        data = f.read(CONSOLE_MAX_BYTES)
+        data = f.read(limit)
     marks = sorted(((m.console_offset, i, m.name) for i, m in enumerate(view.result.milestones)), key=lambda x: x[0])
     parts, pos = [], 0
-    note = (f'<p class="hint">Console is {size} bytes; showing the last {CONSOLE_MAX_BYTES} '
-            f'(<span class="mono">{esc(path)}</span>).</p>' if start else "")
+    note = (f'<p class="hint">Console is {size} bytes; showing the last {limit}.</p>' if start else "")
     for off, i, name in marks:
         rel = off - start
         if rel < 0 or rel > len(data):
@@ -358,9 +363,10 @@ def _console(view: CellView) -> str:
             pos = rel
         parts.append(f'<span class="ms" id="{_anchor(view)}-ms-{i}">◆ {esc(name)}</span>')
     parts.append(_console_text(data[pos:]))
-    bad = not cell_ok(view.result)
-    return (f'<details class="consolebox"{" open" if bad else ""}><summary>Console '
-            f'<span class="mono hint">{esc(view.result.console_log)}</span> ({size} bytes)</summary>{note}'
+    rel = path.relative_to(view.run_dir.resolve()).as_posix()
+    link = "/".join(urllib.parse.quote(p) for p in rel.split("/"))
+    return (f'<details class="consolebox"{" open" if bad else ""}><summary>Console ({size} bytes)</summary>'
+            f'<p class="hint">Raw log: <a class="mono" href="{esc(link)}">{esc(rel)}</a></p>{note}'
             f'<pre class="console">{"".join(parts)}</pre></details>')
 
 

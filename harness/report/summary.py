@@ -14,6 +14,7 @@ from harness.report.results import cell_new_gaps, cell_ok
 from harness.report.run import RunData
 from harness.runner.result import OUTCOMES
 
+MAX_ROWS = 100   # GitHub step summaries are capped at 1 MiB; index.html has everything
 _MD_ACTIVE = re.compile(r"([\\`*_\[\]<>|~])")   # enough: with `[` escaped, `(` cannot make a link
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -52,11 +53,13 @@ def render_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | No
     out += ["", f"## Failing cells ({len(failing)})", ""]
     if failing:
         out += ["| cell | outcome | reason | last milestone |", "|---|---|---|---|"]
-        for c in failing:
+        for c in failing[:MAX_ROWS]:
             r = c.result
             last = r.milestones[-1].name if r.milestones else "-"
             out.append(f"| {md(c.key)} | {r.outcome} | {md(r.reason or (r.failure.message if r.failure else ''))} "
                        f"| {md(last)} |")
+        if len(failing) > MAX_ROWS:
+            out.append(f"\n… and {len(failing) - MAX_ROWS} more (see index.html)")
     else:
         out.append("None.")
 

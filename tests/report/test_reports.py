@@ -172,3 +172,24 @@ def test_diff_runs_and_baseline_report(tmp_path):
     assert 'id="baseline"' in page and 'id="timing"' in page
     # the same run against itself: nothing regressed
     assert diff_runs(new, new).regressions == []
+
+
+def test_large_console_is_tailed_and_linked(tmp_path):
+    run = make_run(tmp_path / "r")
+    make_cell(run, console_extra="x" * 300_000 + "\nlast line\n")
+    page = write_reports(run)["html"].read_text()
+    assert "showing the last 131072" in page and "last line" in page
+    assert 'href="cells/fixture-pvh_builtin_default_emulate_1c_64M/console.log"' in page
+    assert len(page) < 400_000
+
+
+def test_summary_neutralises_markdown_from_guests(tmp_path):
+    run = make_run(tmp_path / "r")
+    res = make_cell(run, outcome="fail", reached=2)
+    res.reason = "panic | [click](http://evil) <b>x</b>\nsecond line"
+    from harness.runner.result import write_result
+    write_result(run, res)
+    summary = write_reports(run)["summary"].read_text()
+    row = next(line for line in summary.splitlines() if line.startswith("| fixture-pvh"))
+    assert r"panic \| \[click\](http://evil) \<b\>x\</b\> second line" in row
+    assert row.count(" | ") == 3          # still four columns
