@@ -323,3 +323,25 @@ def test_tx_interrupt_enable_hook(uart: Uart16550) -> None:
     uart.write(LCR, 1, 0x80)
     uart.write(1, 1, 0x02)            # DLM under DLAB: not IER
     assert seen == [True, False]
+
+
+def test_openbsd_com_fifo_probe(uart: Uart16550, out: list[bytes]) -> None:
+    """sys/dev/ic/com.c com_fifo_probe: loopback, write 256 bytes, count what comes back in order."""
+    uart.write(LCR, 1, 0x80)
+    uart.write(0, 1, 3)
+    uart.write(1, 1, 0)
+    uart.write(LCR, 1, 0x03)
+    uart.write(MCR, 1, 0x10)
+    uart.write(FCR, 1, 0x07)
+    while uart.read(LSR, 1) & 0x01:
+        uart.read(THR, 1)
+    for n in range(256):
+        uart.write(THR, 1, (n + 1) & 0xFF)
+    assert uart.read(LSR, 1) & 0x20                   # TXRDY at once
+    length = 0
+    while length < 256 and uart.read(LSR, 1) & 0x01:
+        if uart.read(THR, 1) != length + 1:
+            break
+        length += 1
+    assert length == 16
+    assert out == []
