@@ -21,6 +21,8 @@ Spec facts followed (MC146818A datasheet; OpenBSD/NetBSD mc146818 drivers; QEMU'
   (8192 .. 2 Hz); 0 is off. The timer thread caps the rate at `max_hz` (default 1024) because a
   Python thread cannot keep 8 kHz on a shared two-core host.
 - Registers 0x0E-0x7F are 114 bytes of battery-backed RAM that read back what was written.
+  set_cmos_memory() fills the PC memory-size bytes as firmware does and keeps the AT checksum
+  (0x2E/0x2F over 0x10-0x2D) valid; guest writes never touch the checksum, as on hardware.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ DAY_OF_WEEK, DAY_OF_MONTH, MONTH, YEAR = 6, 7, 8, 9
 REG_A, REG_B, REG_C, REG_D = 0x0A, 0x0B, 0x0C, 0x0D
 CENTURY = 0x32
 NVRAM_FIRST, CMOS_SIZE = 0x0E, 0x80
+CHECKSUM_FIRST, CHECKSUM_LAST, CHECKSUM_AT = 0x10, 0x2D, 0x2E
 
 A_UIP = 0x80
 A_WRITABLE = 0x7F
@@ -167,6 +170,13 @@ class Rtc:
             self._put16(0x34, above_16m)
             for i in range(3):
                 self._cmos[0x5B + i] = (above_4g >> (8 * i)) & 0xFF
+            self._update_checksum()
+
+    def _update_checksum(self) -> None:
+        """The AT checksum: sum of 0x10-0x2D, big-endian at 0x2E/0x2F (NetBSD's cmoscheck reads it)."""
+        total = sum(self._cmos[CHECKSUM_FIRST:CHECKSUM_LAST + 1]) & 0xFFFF
+        self._cmos[CHECKSUM_AT] = total >> 8
+        self._cmos[CHECKSUM_AT + 1] = total & 0xFF
 
     def _put16(self, index: int, value: int) -> None:
         self._cmos[index] = value & 0xFF

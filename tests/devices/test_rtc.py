@@ -219,6 +219,8 @@ def test_cmos_memory_bytes(rtc: Rtc) -> None:
     assert rd(rtc, 0x17) | rd(rtc, 0x18) << 8 == 0xFFFF
     assert rd(rtc, 0x34) | rd(rtc, 0x35) << 8 == (0xC000_0000 - 16 * layout.MiB) // 65536
     assert rd(rtc, 0x5B) | rd(rtc, 0x5C) << 8 | rd(rtc, 0x5D) << 16 == layout.GiB // 65536
+    # NetBSD cmoscheck(): the sum of 0x10-0x2D equals the big-endian word at 0x2E.
+    assert sum(rd(rtc, r) for r in range(0x10, 0x2E)) == rd(rtc, 0x2E) << 8 | rd(rtc, 0x2F)
 
 
 def test_close_stops_thread(rec, clock: FakeClock) -> None:
