@@ -13,6 +13,8 @@ Spec facts followed (PC16550D datasheet, and the probes of the kernels we boot):
   trigger level 1/4/8/14. With FIFOs off the receiver holds one byte.
 - The receiver overruns (LSR.OE, a line-status interrupt) when a byte arrives with no room: with
   FIFOs on the FIFO keeps its 16 bytes and the new byte is lost. Reading LSR clears OE.
+  Host input through feed() never overruns: it waits host-side and enters the FIFO as the guest
+  reads (flow control); receive_now() delivers at once and can overrun, like a bare wire.
 - Character timeout (IIR 0xC) stands for "bytes below the trigger level sat unread": the model
   reports it as soon as such bytes exist, since there is no 4-character-time delay to wait out.
 - LSR.THRE and LSR.TEMT are always set: output leaves at once.
@@ -68,7 +70,7 @@ class Uart16550:
         self._output = output
         self._lock = threading.RLock()
         self._rx: deque[int] = deque()
-        self._backlog: deque[int] = deque()   # host bytes waiting for FIFO room (queue_input)
+        self._backlog: deque[int] = deque()   # host bytes waiting for FIFO room (feed)
         self._last_rx = 0
         self.ier = 0
         self.lcr = 0
@@ -90,17 +92,19 @@ class Uart16550:
 
     # --- host side ---------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        """Bytes arriving on the wire now. Like a real line, bytes beyond the FIFO overrun."""
-        with self._lock:
-            for byte in data:
-                self._receive(byte)
-            self._update_irq()
-
-    def queue_input(self, data: bytes) -> None:
-        """Bytes the host wants delivered without loss: they enter the FIFO as the guest drains it."""
+        """Host input (the runner's answers, stdin): never lost. Bytes wait host-side and enter
+        the RX FIFO as the guest drains it, like a line with flow control."""
         with self._lock:
             self._backlog.extend(data)
             self._refill()
+            self._update_irq()
+
+    def receive_now(self, data: bytes) -> None:
+        """Bytes arriving on the wire this instant, with no flow control: beyond the FIFO they
+        overrun (LSR.OE), as on a real line. For tests of the guest's overrun handling."""
+        with self._lock:
+            for byte in data:
+                self._receive(byte)
             self._update_irq()
 
     # --- bus interface -----------------------------------------------------------------------

@@ -233,7 +233,7 @@ eoi:
     def host(devs: DeviceSet, out: bytes) -> None:
         if out.startswith(b">") and not sent:
             sent.append(True)
-            devs.uart.queue_input(message)
+            devs.uart.feed(message)
 
     out, devs = run(source, until=lambda o: o.endswith(b"\n"), host=host)
     assert out == b">" + message

@@ -68,9 +68,9 @@ def test_fifo_detection_fcr_e7(uart: Uart16550) -> None:
 
 
 def test_rx_without_fifo_holds_one_byte_and_overruns(uart: Uart16550) -> None:
-    uart.feed(b"a")
+    uart.receive_now(b"a")
     assert uart.read(LSR, 1) & 0x03 == 0x01      # DR, no OE
-    uart.feed(b"b")
+    uart.receive_now(b"b")
     lsr = uart.read(LSR, 1)
     assert lsr & 0x03 == 0x03                    # DR | OE
     assert uart.read(LSR, 1) & 0x02 == 0         # OE cleared by the read
@@ -81,7 +81,7 @@ def test_rx_without_fifo_holds_one_byte_and_overruns(uart: Uart16550) -> None:
 def test_rx_fifo_keeps_sixteen_and_drops_the_rest(uart: Uart16550) -> None:
     uart.write(FCR, 1, 0x07)
     data = bytes(range(0x41, 0x41 + FIFO_SIZE + 3))
-    uart.feed(data)
+    uart.receive_now(data)
     assert uart.read(LSR, 1) & 0x03 == 0x03
     got = bytes(uart.read(THR, 1) for _ in range(FIFO_SIZE))
     assert got == data[:FIFO_SIZE]
@@ -91,18 +91,18 @@ def test_rx_fifo_keeps_sixteen_and_drops_the_rest(uart: Uart16550) -> None:
 
 def test_fcr_clear_rx_and_fifo_toggle_empty_the_fifo(uart: Uart16550) -> None:
     uart.write(FCR, 1, 0x01)
-    uart.feed(b"xyz")
+    uart.receive_now(b"xyz")
     uart.write(FCR, 1, 0x03)          # clear RX, FIFO stays on
     assert uart.read(LSR, 1) & 0x01 == 0
-    uart.feed(b"q")
+    uart.receive_now(b"q")
     uart.write(FCR, 1, 0x00)          # turning FIFOs off clears them
     assert uart.read(LSR, 1) & 0x01 == 0
 
 
-def test_queue_input_never_overruns(uart: Uart16550) -> None:
+def test_feed_never_overruns(uart: Uart16550) -> None:
     uart.write(FCR, 1, 0x01)
     text = b"a longer answer than sixteen bytes\n"
-    uart.queue_input(text)
+    uart.feed(text)
     got = bytearray()
     while uart.read(LSR, 1) & 0x01:
         got.append(uart.read(THR, 1))
@@ -113,7 +113,7 @@ def test_rx_interrupt_raised_and_cleared(uart: Uart16550, rec) -> None:
     uart.write(MCR, 1, 0x08)          # OUT2: the PC interrupt gate
     uart.write(IER, 1, 0x01)
     assert rec.level(IRQ) == 0
-    uart.feed(b"k")
+    uart.receive_now(b"k")
     assert rec.level(IRQ) == 1
     assert uart.read(IIR, 1) == IIR_RDI
     assert uart.read(THR, 1) == ord("k")
@@ -123,7 +123,7 @@ def test_rx_interrupt_raised_and_cleared(uart: Uart16550, rec) -> None:
 
 def test_irq_gated_by_out2(uart: Uart16550, rec) -> None:
     uart.write(IER, 1, 0x01)
-    uart.feed(b"k")
+    uart.receive_now(b"k")
     assert rec.irqs == []             # pending, but OUT2 is clear
     assert uart.read(IIR, 1) == IIR_RDI
     uart.write(MCR, 1, 0x08)
@@ -135,9 +135,9 @@ def test_irq_gated_by_out2(uart: Uart16550, rec) -> None:
 def test_trigger_level_and_timeout(uart: Uart16550) -> None:
     uart.write(FCR, 1, 0x81)          # FIFO on, trigger 8
     uart.write(IER, 1, 0x01)
-    uart.feed(b"1234")
+    uart.receive_now(b"1234")
     assert uart.read(IIR, 1) == 0xC0 | IIR_TIMEOUT
-    uart.feed(b"5678")
+    uart.receive_now(b"5678")
     assert uart.read(IIR, 1) == 0xC0 | IIR_RDI
     for _ in range(8):
         uart.read(THR, 1)
@@ -161,7 +161,7 @@ def test_iir_priorities(uart: Uart16550) -> None:
     uart.write(LCR, 1, 0x03)
     uart.write(MCR, 1, 0x18)                 # loopback + OUT2: modem deltas appear
     uart.write(IER, 1, 0x0F)
-    uart.feed(b"ab")                         # overrun (no FIFO) + data + THRE + modem status
+    uart.receive_now(b"ab")                         # overrun (no FIFO) + data + THRE + modem status
     assert uart.read(IIR, 1) == IIR_RLSI     # line status first
     uart.read(LSR, 1)
     assert uart.read(IIR, 1) == IIR_RDI      # then received data
@@ -209,7 +209,7 @@ def test_netbsd_probe_with_stale_input(uart: Uart16550) -> None:
     """A byte typed before the probe must not break it (FCR=0 means no timeout source)."""
     uart.write(FCR, 1, 0x01)
     uart.write(IER, 1, 0x01)
-    uart.feed(b"x")
+    uart.receive_now(b"x")
     uart.write(LCR, 1, 0x03)
     uart.write(FCR, 1, 0x00)
     assert uart.read(IIR, 1) & 0x38 == 0
@@ -223,7 +223,7 @@ def test_openbsd_comprobe1(uart: Uart16550, lcr: int) -> None:
     bus.register(BASE, 8, uart, "com0")
     uart.write(FCR, 1, 0xC1)
     uart.write(IER, 1, 0x01)
-    uart.feed(b"ab")                  # leftovers below trigger 14: a timeout source
+    uart.receive_now(b"ab")                  # leftovers below trigger 14: a timeout source
     bus.write(BASE + 3, 1, lcr)
     bus.write(BASE + 2, 1, 0x00)
     for i in range(32):
@@ -242,7 +242,7 @@ def test_feed_is_thread_safe(uart: Uart16550) -> None:
 
     def producer() -> None:
         for c in chunks:
-            uart.queue_input(c)
+            uart.feed(c)
 
     t = threading.Thread(target=producer)
     t.start()
