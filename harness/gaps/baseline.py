@@ -15,7 +15,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import yaml
 
@@ -64,7 +64,7 @@ def entry_matches(entry: dict[str, Any], gap: GapRecord) -> bool:
     return not access or access == gap.access
 
 
-def compare(gaps: list[dict[str, Any] | GapRecord], expected: list[dict[str, Any]]) -> GapDiff:
+def compare(gaps: Sequence[dict[str, Any] | GapRecord], expected: Sequence[dict[str, Any]]) -> GapDiff:
     """Split `gaps` into new / known against `expected`, and list the expected entries not seen."""
     diff = GapDiff()
     used = [False] * len(expected)
@@ -107,8 +107,8 @@ def read_baseline_file(path: Path) -> list[dict[str, Any]]:
         return []
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"baseline {path} cannot be read: {e}".splitlines()[0],
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"baseline {path} cannot be read: {err}".splitlines()[0],
                           f"fix the YAML or re-create it with `harness gaps accept RUN --out {path}`")
     entries = (data or {}).get("gaps", []) if isinstance(data, dict) else data
     if not isinstance(entries, list):

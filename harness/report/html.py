@@ -81,14 +81,17 @@ def _column(view: CellView) -> tuple[str, str, str]:
     return (view.result.backend, str(p.get("cpu_profile", "-")), str(p.get("gap_policy", "-")))
 
 
-def _chip_label(view: CellView) -> str:
+def _chip_label(view: CellView, group: list[CellView]) -> str:
+    """The outcome, plus whatever tells this cell apart from the others in the same matrix square."""
+    if len(group) < 2:
+        return view.result.outcome
     p = view.result.params if isinstance(view.result.params, dict) else {}
     parts = []
-    if p.get("vcpus") not in (None, 1):
-        parts.append(f"{p['vcpus']}c")
-    if p.get("memory_mib"):
-        parts.append(f"{p['memory_mib']}M")
-    if view.result.repeat_index:
+    for key, unit in (("vcpus", "c"), ("memory_mib", "M")):
+        values = {str((c.result.params or {}).get(key)) for c in group}
+        if len(values) > 1:
+            parts.append(f"{p.get(key)}{unit}")
+    if any(c.result.repeat_index for c in group):
         parts.append(f"r{view.result.repeat_index}")
     return view.result.outcome + (" " + "/".join(parts) if parts else "")
 
@@ -109,7 +112,7 @@ def _heatmap(run: RunData) -> str:
             chips = "".join(
                 f'<a class="chip o-{esc(c.result.outcome)}{"" if cell_ok(c.result) else " bad"}" '
                 f'href="#{_anchor(c)}" title="{esc(c.key)}: {esc(c.result.reason or c.result.outcome)}">'
-                f'{esc(_chip_label(c) if len(here) > 1 else c.result.outcome)}</a>' for c in here)
+                f'{esc(_chip_label(c, here))}</a>' for c in here)
             tds.append(f'<td>{chips or "<span class=none>·</span>"}</td>')
         rows.append(f'<tr><th class="guest">{esc(g)}</th>{"".join(tds)}</tr>')
     legend = " ".join(_badge(o) for o in OUTCOMES)
@@ -184,9 +187,10 @@ def _baseline(diff: RunDiff | None, keys_to_anchor: dict[str, str]) -> str:
         why = "; ".join(c.verdict.reasons() + [f"milestone {m} gained" for m in c.milestones_gained]
                         + [f"phase {m} faster" for m in c.faster])
         verdict = _badge("fail", "regression") if c.regression else _badge("pass", "changed")
-        rows.append(f"<tr><td>{verdict}</td><td>{link}</td><td>{esc(c.outcome_a)} → {esc(c.outcome_b)}</td>"
+        rows.append(f"<tr><td>{verdict}</td><td>{link}</td><td class=num>{c.verdict.n_new}/{c.verdict.n_base}</td>"
+                    f"<td>{esc(c.outcome_a)} → {esc(c.outcome_b)}</td>"
                     f"<td>{esc(why)}</td><td class=mono>{esc(gaps)}</td></tr>")
-    table = ('<table class="data"><thead><tr><th></th><th>cell</th><th>outcome</th><th>timing / milestones</th>'
+    table = ('<table class="data"><thead><tr><th></th><th>cell</th><th title="repeats: this run / baseline">N</th><th>outcome</th><th>timing / milestones</th>'
              f'<th>gaps (+new / -fixed)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
              if rows else "<p>No cell changed.</p>")
     only = "".join(f"<li>only in baseline: {esc(c)}</li>" for c in diff.only_in_a) + \
@@ -363,10 +367,10 @@ def _console(view: CellView) -> str:
             pos = rel
         parts.append(f'<span class="ms" id="{_anchor(view)}-ms-{i}">◆ {esc(name)}</span>')
     parts.append(_console_text(data[pos:]))
-    rel = path.relative_to(view.run_dir.resolve()).as_posix()
-    link = "/".join(urllib.parse.quote(p) for p in rel.split("/"))
+    rel_path = path.relative_to(view.run_dir.resolve()).as_posix()
+    link = "/".join(urllib.parse.quote(part) for part in rel_path.split("/"))
     return (f'<details class="consolebox"{" open" if bad else ""}><summary>Console ({size} bytes)</summary>'
-            f'<p class="hint">Raw log: <a class="mono" href="{esc(link)}">{esc(rel)}</a></p>{note}'
+            f'<p class="hint">Raw log: <a class="mono" href="{esc(link)}">{esc(rel_path)}</a></p>{note}'
             f'<pre class="console">{"".join(parts)}</pre></details>')
 
 

@@ -81,8 +81,8 @@ def render_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | No
         out.append("")
         if baseline.regressions:
             out += ["| cell | why |", "|---|---|"]
-            for c in baseline.regressions:
-                out.append(f"| {md(c.cell_id)} | {md('; '.join(c.verdict.reasons()), 400)} |")
+            for change in baseline.regressions:
+                out.append(f"| {md(change.cell_id)} | {md('; '.join(change.verdict.reasons()), 400)} |")
         else:
             out.append("None.")
         fixed = [(c.cell_id, g) for c in baseline.cells for g in c.gaps_fixed]
