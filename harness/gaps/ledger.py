@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from harness.backends.events import GAP, VmEvent
@@ -48,13 +48,10 @@ def as_record(gap: GapRecord | dict[str, Any]) -> GapRecord:
 
 
 def _merge_into(into: GapRecord, other: GapRecord) -> None:
-    had_rip, had_t = into.first_rip, into.first_t
-    into.merge(other)
-    # GapRecord.merge keeps the earliest first_t; also keep a RIP when only the repeat knew it.
-    if into.first_rip is None and other.first_rip is not None and had_t == into.first_t:
-        into.first_rip = other.first_rip
-    if had_rip is not None and into.first_rip is None:
-        into.first_rip = had_rip
+    had_rip = into.first_rip
+    into.merge(other)  # counts, values, the earliest first_t with its RIP
+    if into.first_rip is None:  # the earliest sighting had no RIP: keep one we know
+        into.first_rip = had_rip if had_rip is not None else other.first_rip
     if _FATE_RANK.get(other.fate, 0) > _FATE_RANK.get(into.fate, 0):
         into.fate = other.fate
     if not into.policy and other.policy:
@@ -136,7 +133,6 @@ class RunGap:
     values: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
         return asdict(self)
 
 

@@ -72,3 +72,10 @@ def test_run_ledger_merges_cells():
     e = run[0]
     assert e.count == 5 and e.cells == ["c1", "c2"] and e.policies == ["gp", "zero"]
     assert e.phases == ["boot", "entry"] and e.guests == ["fixture-pvh", "fixture-mb"]
+
+
+def test_rip_kept_when_earliest_sighting_has_none():
+    recs = [GapRecord(IO_PORT, "0x80", first_rip=0x5000, first_t=T0 + 0.3),
+            GapRecord(IO_PORT, "0x80", first_rip=None, first_t=T0 + 0.1)]
+    [r] = build_ledger(recs, MILESTONES, T0)
+    assert r.first_t == T0 + 0.1 and r.first_rip == 0x5000 and r.phase == "entry"

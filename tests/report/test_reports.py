@@ -193,3 +193,11 @@ def test_summary_neutralises_markdown_from_guests(tmp_path):
     row = next(line for line in summary.splitlines() if line.startswith("| fixture-pvh"))
     assert r"panic \| \[click\](http://evil) \<b\>x\</b\> second line" in row
     assert row.count(" | ") == 3          # still four columns
+
+
+def test_run_without_finished_cells_renders(tmp_path):
+    run = make_run(tmp_path / "empty")
+    paths = write_reports(run)
+    assert "No finished cells." in paths["html"].read_text()
+    assert ET.parse(paths["junit"]).getroot().get("tests") == "0"
+    assert json.loads(paths["results"].read_text())["summary"]["cells"] == 0
