@@ -26,7 +26,7 @@ from harness.errors import AssetError, HarnessError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES_DIR = REPO_ROOT / "fixtures"
-BUILD_DIR = FIXTURES_DIR / "build"
+BUILD_DIR_ENV = "HARNESS_FIXTURE_BUILD_DIR"   # another build directory (tests, read-only checkouts)
 TOOLS = ("gcc", "ld", "objcopy")
 
 # Runtime shared by every 32-bit fixture (lib/), and by the 64-bit bzImage fixture.
@@ -129,10 +129,14 @@ def source_digest(info: FixtureInfo) -> str:
     return h.hexdigest()[:16]
 
 
+def build_dir() -> Path:
+    return Path(os.environ.get(BUILD_DIR_ENV) or FIXTURES_DIR / "build")
+
+
 def fixture_path(name: str) -> Path:
     """Where build_fixture(name) puts (or finds) the image; does not build."""
     info = _info(name)
-    return BUILD_DIR / f"{name}-{source_digest(info)}.{info.ext}"
+    return build_dir() / f"{name}-{source_digest(info)}.{info.ext}"
 
 
 def check_toolchain() -> None:
@@ -149,12 +153,12 @@ def build_fixture(name: str) -> Path:
     if out.is_file():
         return out
     check_toolchain()
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    with open(BUILD_DIR / f".{name}.lock", "w") as lock:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)   # one builder per fixture; the others wait, then reuse
         if out.is_file():
             return out
-        with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=BUILD_DIR) as tmp:
+        with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out.parent) as tmp:
             image = _build_in(info, Path(tmp))
             os.replace(image, out)
     return out
