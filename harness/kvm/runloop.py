@@ -31,6 +31,7 @@ _HEAD = struct.Struct("<I")             # exit_reason at offset 8
 _IO = struct.Struct("<BBHIQ")           # direction, size, port, count, data_offset at offset 32
 _RIP_OFFSET = 304 + 16 * 8              # kvm_run.s.regs.regs.rip (sync regs)
 _U64 = struct.Struct("<Q")
+_RING = struct.Struct("<II")             # kvm_coalesced_mmio_ring.first, .last
 _ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 MAX_REP_COUNT = 4096                    # a REP INS/OUTS exit never carries more than one page of data
 
@@ -123,7 +124,9 @@ class VcpuLoop:
         sync = vcpu.sync_regs
         drain = vm.drain_ring
         has_ring = bool(vm.coalesced)
-        ring = vm.ring
+        ring_words = vm.ring_view if has_ring else None   # first, last of the coalesced ring as one read
+        ring_unpack = _RING.unpack_from
+        mmio_write = cfg.mmio_bus.write
         while True:
             if self.stop_requested:
                 return StopInfo(STOP_REQUESTED, index)
@@ -132,27 +135,33 @@ class VcpuLoop:
                 if err in (errno.EINTR, errno.EAGAIN):
                     buf[1] = 0  # immediate_exit back to 0 so a later run is not cut short
                     if has_ring:
-                        drain(io_write, cfg.mmio_bus.write)
+                        drain(io_write, mmio_write)
                     continue
                 return StopInfo(STOP_ERROR, index, {"message": f"KVM_RUN failed: errno {err}"})
             reason = head(buf, 8)[0]
             counts[reason] += 1
             # Coalesced UART writes happened before this exit: replay them first, in order.
-            if has_ring and ring.first != ring.last:
-                drain(io_write, cfg.mmio_bus.write)
+            if has_ring:
+                first, last = ring_unpack(ring_words, 0)
+                if first != last:
+                    drain(io_write, mmio_write)
             if reason == 2:  # KVM_EXIT_IO
                 direction, size, port, count, off = io_unpack(buf, 32)
                 record((2, port, u64(buf, _RIP_OFFSET)[0] if sync else 0, monotonic(), index))
                 if count == 1:
                     if direction:
-                        if not io_write(port, size, int.from_bytes(buf[off:off + size], "little")):
-                            self._unclaimed_port(port, size, "write", int.from_bytes(buf[off:off + size], "little"))
+                        value = buf[off] if size == 1 else int.from_bytes(buf[off:off + size], "little")
+                        if not io_write(port, size, value):
+                            self._unclaimed_port(port, size, "write", value)
                     else:
                         value = io_read(port, size)
                         if value is None:
                             value = _ONES.get(size, 0xFF)
                             self._unclaimed_port(port, size, "read", value)
-                        buf[off:off + size] = (value & _ONES.get(size, 0xFF)).to_bytes(size, "little")
+                        if size == 1:
+                            buf[off] = value & 0xFF
+                        else:
+                            buf[off:off + size] = (value & _ONES.get(size, 0xFF)).to_bytes(size, "little")
                 else:
                     self._string_io(direction, size, port, count, off)
                 continue

@@ -30,6 +30,7 @@ class Vm:
         self.irqchip = irqchip
         self.vcpus: list[Vcpu] = []
         self.ring: Any = None                  # kvm_coalesced_mmio_ring, mapped through vCPU 0
+        self.ring_view: memoryview | None = None  # the same page, for the run loop's one-struct read
         self.ring_lock = threading.Lock()      # one drainer at a time keeps replay in guest order
         self.coalesced: list[tuple[int, int, bool]] = []
         self._set_memory()
@@ -72,7 +73,8 @@ class Vm:
 
     def _map_ring(self, vcpu: Vcpu) -> None:
         offset = k.KVM_COALESCED_MMIO_PAGE_OFFSET * k.PAGE_SIZE
-        self.ring = ffi.from_buffer("struct kvm_coalesced_mmio_ring *", vcpu.run_buffer[offset:offset + k.PAGE_SIZE])
+        self.ring_view = vcpu.run_buffer[offset:offset + k.PAGE_SIZE]
+        self.ring = ffi.from_buffer("struct kvm_coalesced_mmio_ring *", self.ring_view)
 
     # -- interrupts -----------------------------------------------------------------------------
     def set_irq(self, irq: int, level: int) -> None:
@@ -120,6 +122,7 @@ class Vm:
             vcpu.close()
         self.vcpus.clear()
         self.ring = None
+        self.ring_view = None
         for fd in (self.fd, self.kvm_fd):
             try:
                 os.close(fd)
