@@ -19,6 +19,7 @@ from harness.errors import KernelImageError
 
 _LZ4_LEGACY = bytes.fromhex("02214c18")
 _ZSTD = bytes.fromhex("28b52ffd")
+_VMLINUX_CAP = 512 * 1024 * 1024  # no real vmlinux is bigger; a bigger one is a decompression bomb
 
 
 def extract_vmlinux(bzimage: Path, dest: Path) -> Path:
@@ -29,8 +30,7 @@ def extract_vmlinux(bzimage: Path, dest: Path) -> Path:
     except ImportError:
         theirs = None
     if theirs is not None:
-        result = theirs(bzimage)
-        data = result if isinstance(result, (bytes, bytearray)) else Path(result).read_bytes()
+        data = theirs(bzimage.read_bytes(), _VMLINUX_CAP, bzimage.name)
     else:
         data = _extract(bzimage.read_bytes(), bzimage.name)
     if data[:4] != b"\x7fELF":
