@@ -215,6 +215,27 @@ def _cell_phases(view: CellView) -> list[Phase]:
     return phases_from_snapshots(r.milestones, events, start) if start is not None else []
 
 
+def _vm_start(view: CellView) -> float | None:
+    return next((e.t for e in view.events() if e.type == "vm-start"), None)
+
+
+def _gap_marks(view: CellView, start: float | None, x_of: Any, y: float) -> str:
+    """A tick per gap at its first sighting (needs the VM start from events.jsonl)."""
+    if start is None:
+        return ""
+    marks = []
+    for g in view.result.gaps:
+        t = g.get("first_t")
+        if not isinstance(t, (int, float)):
+            continue
+        x = x_of(max(0.0, t - start))
+        stopped = g.get("fate") == "stopped"
+        marks.append(f'<path d="M{x:.1f} {y} l-4 7 h8 z" class="gapmark{" stop" if stopped else ""}">'
+                     f'<title>{esc(g.get("kind"))} {esc(g.get("key"))} first at {_ms(t - start)} '
+                     f'(x{esc(g.get("count", 1))})</title></path>')
+    return "".join(marks)
+
+
 def _timeline(view: CellView) -> str:
     r = view.result
     if not r.milestones:
@@ -242,7 +263,10 @@ def _timeline(view: CellView) -> str:
                     f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h - 6}" rx="3" fill="url(#hatch)">'
                     f'<title>{esc(r.outcome)} after {_ms(r.duration_s - prev)}</title></rect>')
         n += 1
-    height = 8 + n * row_h + 22
+    height = 8 + n * row_h + 34          # rows, a band for gap marks, the time axis
+    marks = _gap_marks(view, _vm_start(view), lambda t: label_w + bar_w * min(t, end) / end, 8 + n * row_h + 1)
+    if marks:
+        marks += f'<text x="{label_w - 8}" y="{8 + n * row_h + 9}" text-anchor="end" class="tick">gaps</text>'
     ticks = []
     for k in range(6):
         t = end * k / 5
@@ -252,7 +276,7 @@ def _timeline(view: CellView) -> str:
     return (f'<svg class="timeline" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
             f'role="img" aria-label="boot timeline"><defs><pattern id="hatch" width="6" height="6" '
             f'patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="3" height="6" fill="#d64545" '
-            f'opacity=".55"/></pattern></defs>{"".join(ticks)}{"".join(rows)}</svg>')
+            f'opacity=".55"/></pattern></defs>{"".join(ticks)}{"".join(rows)}{marks}</svg>')
 
 
 def _exit_table(phases: list[Phase]) -> str:
@@ -429,7 +453,7 @@ font-size:12px;font-family:ui-monospace,Menlo,Consolas,monospace}
 .reason{margin:4px 0;font-weight:500}.failure{color:var(--fail);margin:4px 0}
 svg.timeline{max-width:100%;height:auto;font-size:11.5px}svg.timeline text{fill:#344054}
 svg.timeline text.dur,svg.timeline text.tick{fill:var(--muted);font-size:10.5px}
-svg.timeline line.grid{stroke:#eef0f3}svg.timeline text.waiting{fill:var(--fail)}
+svg.timeline line.grid{stroke:#eef0f3}svg.timeline .gapmark{fill:#e07b39}svg.timeline .gapmark.stop{fill:#d64545}svg.timeline text.waiting{fill:var(--fail)}
 .barcell{width:120px}.bar{display:block;height:9px;background:#4e79a7;border-radius:2px}
 .tag{display:inline-block;font-size:11px;padding:0 6px;border-radius:8px;background:#eef0f3}
 .tag.new{background:#fde2e1;color:#a32020}.tag.known{background:#e8eefc;color:#2f4d9c}

@@ -201,3 +201,11 @@ def test_run_without_finished_cells_renders(tmp_path):
     assert "No finished cells." in paths["html"].read_text()
     assert ET.parse(paths["junit"]).getroot().get("tests") == "0"
     assert json.loads(paths["results"].read_text())["summary"]["cells"] == 0
+
+
+def test_timeline_marks_gaps_at_first_sighting(tmp_path):
+    run = make_run(tmp_path / "r")
+    make_cell(run)
+    page = write_reports(run)["html"].read_text()
+    assert page.count('class="gapmark"') == len(fixture_gaps())
+    assert "tsc-msr 0x10 first at 100 ms" in page
