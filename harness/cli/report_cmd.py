@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import webbrowser
 from pathlib import Path
 
@@ -55,8 +57,18 @@ def _report(run_dir: Path, baseline: Path | None, open_browser: bool) -> int:
         print(f"{kind:8} {path}")
     print((run_dir / "summary.md").read_text().split("\n\n", 2)[1].replace("**", ""))
     if open_browser:
-        webbrowser.open(paths["html"].resolve().as_uri())
+        _open(paths["html"])
     return 0
+
+
+def _open(page: Path) -> None:
+    uri = page.resolve().as_uri()
+    # Without a display, webbrowser would start a text-mode browser in this terminal: just say where it is.
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        print(f"no display here; open {uri} in a browser")
+        return
+    if not webbrowser.open(uri):
+        print(f"could not start a browser; open {uri}")
 
 
 def _diff(a: Path, b: Path, fmt: str) -> int:

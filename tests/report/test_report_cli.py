@@ -36,6 +36,13 @@ def test_report_newest_with_baseline(runs, capsys):
     assert json.loads((b / "results.json").read_text())["baseline"]["regressions"] == 1
 
 
+def test_open_without_display_prints_the_uri(runs, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    code, out = harness(["report", "r1", "--open"], capsys)
+    assert code == 0 and "no display here; open file://" in out and out.rstrip().endswith("index.html in a browser")
+
+
 def test_report_diff_exit_code(runs, capsys):
     code, out = harness(["report", "diff", "r1", "r2"], capsys)
     assert code == 1 and "REGRESSION fixture-pvh" in out and "only in r2" in out
