@@ -83,6 +83,29 @@ def run_python(code: bytes, devices: str = "sink", coalesce: bool = True) -> tup
     return counts, elapsed, len(out)
 
 
+def run_bare_python(code: bytes) -> float:
+    """Seconds per exit of the least Python can do: KVM_RUN via cffi + read exit_reason, nothing else.
+    Shows how much of the gap to C is the interpreter itself rather than the harness's run loop."""
+    import struct
+    from harness.kvm import ffi as k
+    from harness.kvm.rawboot import load_raw
+    from harness.kvm.vm import Vm
+    from harness.memory import GuestRam
+    ram = GuestRam(4 * layout.MiB)
+    vm = Vm(ram, irqchip=False, pit=False)
+    vcpu = vm.create_vcpu()
+    entry, _ = load_raw(ram, code)
+    vcpu.set_entry(entry)
+    ioctl, req, zero = k.libc.ioctl, k.ffi.cast("unsigned long", k.KVM_RUN), k.ffi.cast("unsigned long", 0)
+    head, buf, fd, n = struct.Struct("<I").unpack_from, vcpu.run_buffer, vcpu.fd, 0
+    t0 = time.perf_counter()
+    while ioctl(fd, req, zero) >= 0 and head(buf, 8)[0] == k.KVM_EXIT_IO:
+        n += 1
+    elapsed = time.perf_counter() - t0
+    vm.close()
+    return elapsed / max(n, 1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--exits", type=int, default=50_000)
@@ -99,18 +122,20 @@ def main() -> int:
         exe = build_c(work)
         guest = work / "guest.bin"
         guest.write_bytes(out_loop_guest(args.exits))
-        c_runs, py_runs = [], []
+        c_runs, py_runs, bare_runs = [], [], []
         for _ in range(args.repeat):  # interleaved, best of R: the host is shared
             exits, secs = run_c(exe, guest)
             c_runs.append(secs / exits)
             counts, secs, _ = run_python(out_loop_guest(args.exits))
             py_runs.append(secs / counts["io"])
-    c_us, py_us = min(c_runs) * 1e6, min(py_runs) * 1e6
+            bare_runs.append(run_bare_python(out_loop_guest(args.exits)))
+    c_us, py_us, bare_us = min(c_runs) * 1e6, min(py_runs) * 1e6, min(bare_runs) * 1e6
     print(f"host: {host['kvm_module']} (hardware_backed={host['hardware_backed']}), {host['cpu_model']}")
     print(f"guest: real mode, {args.exits} x `out dx, al` to a port claimed by a no-op device; best of {args.repeat}")
     print(f"C loop on KVM_RUN      : {c_us:8.3f} us/exit")
     print(f"Python run loop        : {py_us:8.3f} us/exit")
     print(f"ratio Python / C       : {py_us / c_us:8.3f}x  (target <= 1.15x)")
+    print(f"bare Python KVM_RUN    : {bare_us:8.3f} us/exit ({bare_us / c_us:.3f}x C): the interpreter's own floor")
     for coalesce in (True, False):
         counts, secs, nbytes = run_python(serial_guest(args.serial_bytes), devices="uart", coalesce=coalesce)
         io_exits = counts.get("io", 0)

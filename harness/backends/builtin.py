@@ -24,9 +24,8 @@ def supported_boot_methods() -> set[str]:
     methods = {"raw"}
     try:
         from harness import boot
-        methods |= set(getattr(boot, "METHODS", ()) or ())
-        if hasattr(boot, "load") and not getattr(boot, "METHODS", None):
-            methods |= {"bzimage", "pvh", "multiboot", "netbsd", "openbsd", "freebsd"}
+        if hasattr(boot, "load"):
+            methods |= set(getattr(boot, "METHODS", ())) | {"auto"}
     except ImportError:
         pass
     return methods

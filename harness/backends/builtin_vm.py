@@ -177,7 +177,7 @@ def build_devices(child: ChildVm) -> Any:
     except ImportError:
         build_x86_devices = None
     if build_x86_devices is not None:
-        return build_x86_devices(ctx, console_write)
+        return build_x86_devices(ctx, console_write, memory_bytes=child.request.memory_mib * layout.MiB)
     from harness.devices.bus import Bus
     from harness.devices.uart16550 import Uart16550
     io_bus, mmio_bus = Bus("io"), Bus("mmio")
