@@ -258,8 +258,9 @@ def _timeline(view: CellView) -> str:
     if not cell_ok(r) and r.duration_s > prev:
         y = 8 + n * row_h
         x, w = label_w + bar_w * prev / end, max(2.0, bar_w * (r.duration_s - prev) / end)
-        waiting = r.near_miss.waiting_for if r.near_miss else r.outcome
-        rows.append(f'<text x="{label_w - 8}" y="{y + 14}" text-anchor="end" class="waiting">{esc(waiting)}?</text>'
+        # what the cell was waiting for when it ended, or how it ended
+        waiting = (f"{r.near_miss.waiting_for}?" if r.near_miss else r.failure.kind if r.failure else r.outcome)
+        rows.append(f'<text x="{label_w - 8}" y="{y + 14}" text-anchor="end" class="waiting">{esc(waiting)}</text>'
                     f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h - 6}" rx="3" fill="url(#hatch)">'
                     f'<title>{esc(r.outcome)} after {_ms(r.duration_s - prev)}</title></rect>')
         n += 1
@@ -435,7 +436,7 @@ dl.meta div{display:flex;gap:6px}dt{color:#98a2b3}dd{margin:0}
 .o-pass{background:var(--pass)}.o-gap{background:var(--gap)}.o-fail{background:var(--fail)}
 .o-timeout{background:var(--timeout)}.o-error{background:var(--error)}
 section{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:14px 18px;margin:18px 0}
-h2{font-size:17px;margin:0 0 10px}h3{font-size:15px;margin:0 0 6px}h4{font-size:13px;margin:14px 0 6px}
+h2{font-size:17px;margin:0 0 10px}#timing h3{margin-top:14px}h3{font-size:15px;margin:0 0 6px}h4{font-size:13px;margin:14px 0 6px}
 .hint{color:var(--muted);font-size:12px;font-weight:normal}.warn{color:#ffd27a}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse}table.data{width:100%;font-size:12.5px}
