@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from harness.boot.bda import write_bda
 from harness.boot.entry import EntryState, Segment
 from harness.boot.image import (ELF_MAGIC, is_bzimage, parse_elf, read_initrd, read_kernel,
                                 extract_vmlinux)
@@ -44,6 +45,8 @@ def load(method: str, mem: GuestRam, kernel: Path, initrd: Path | None, cmdline:
     name = kernel.name
     plan = _dispatch(method, mem, data, initrd_data, cmdline, name,
                      Path(initrd).name if initrd is not None else "initrd")
+    # BIOS-era kernels read the EBDA pointer / base memory size from the BDA (see bda.py).
+    plan.regions.append(write_bda(mem))
     plan.info.setdefault("protocol", method)
     plan.info["method"] = method
     plan.info["kernel"] = str(kernel)

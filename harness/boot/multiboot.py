@@ -160,9 +160,11 @@ def load_multiboot(mem: GuestRam, data: bytes, initrd: bytes | None, cmdline: st
 
     base = layout.BOOT_TABLES_ADDR
     strings = base + STRINGS_OFFSET
-    cmd_gpa, cmd_len = placement.write_cmdline(mem, cmdline)
+    # GRUB (and NetBSD's boot) put the image name first; Xen drops the first word as that name.
+    full_cmdline = f"{name} {cmdline}".strip()
+    cmd_gpa, cmd_len = placement.write_cmdline(mem, full_cmdline)
     regions.append(("cmdline", cmd_gpa, cmd_len + 1))
-    info["cmdline"] = cmdline
+    info["cmdline"] = full_cmdline
     mem.write(strings, LOADER_NAME)
     loader_name = strings
     strings += len(LOADER_NAME)

@@ -74,3 +74,27 @@ def test_real_bzimage_pvh_vmlinux(debian_kernel):
         assert plan.entry.mode == "long64" and plan.entry.rip == image.parse_setup_header(data).pref_address + 0x200
     finally:
         mem.close()
+
+
+@pytest.mark.slow
+def test_real_xen_multiboot(tmp_path):
+    """Debian's xen-4.17-amd64.gz: gzip-compressed ELF with a Multiboot v1 header."""
+    found = sorted(glob.glob("/tmp/debkern/**/xen-*-amd64.gz", recursive=True)) + sorted(glob.glob("/boot/xen-*.gz"))
+    if not found:
+        pytest.skip("no Xen hypervisor image (apt-get download xen-hypervisor-4.17-amd64; dpkg-deb -x it "
+                    "under /tmp/debkern)")
+    xen = Path(found[0])
+    assert detect_method(xen) == "multiboot"
+    module = tmp_path / "dom0-kernel"
+    module.write_bytes(b"\x7fELF-dom0" * 1000)
+    mem = GuestRam(256 * MiB)
+    try:
+        plan = load("multiboot", mem, xen, module, "console=com1 com1=115200")
+        assert plan.entry.mode == "protected32" and plan.entry.gprs["rax"] == 0x2BADB002
+        assert plan.info["cmdline"] == f"{xen.name} console=com1 com1=115200"
+        start, size = plan.info["initrd"]
+        assert start % 4096 == 0 and mem.read(start, size) == module.read_bytes()
+        low, high = plan.info["load_range"]
+        assert low <= plan.entry.rip < high
+    finally:
+        mem.close()

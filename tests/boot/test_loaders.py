@@ -167,7 +167,7 @@ def check_multiboot_info(mem, cmdline: bytes, module: bytes | None):
 def test_multiboot_elf32(tmp_path, mem):
     kernel = multiboot_elf(tmp_path)
     plan = load("multiboot", mem, kernel, write(tmp_path, "initrd.gz", b"MODULE" * 100), "dom0_mem=32M")
-    check_multiboot_info(mem, b"dom0_mem=32M", b"MODULE" * 100)
+    check_multiboot_info(mem, b"mb3.elf dom0_mem=32M", b"MODULE" * 100)
     e = plan.entry
     assert e.mode == "protected32" and e.gprs["rax"] == 0x2BADB002 and e.gprs["rbx"] == layout.BOOT_TABLES_ADDR
     assert e.rip == 0x20000C and mem.read(e.rip, 2) == b"\xfa\xf4"
@@ -180,14 +180,14 @@ def test_multiboot_gzip_elf(tmp_path, mem):
     kernel = write(tmp_path, "xen.gz", gzip.compress(multiboot_elf(tmp_path).read_bytes()))
     assert detect_method(kernel) == "multiboot"
     plan = load("multiboot", mem, kernel, None, "")
-    check_multiboot_info(mem, b"", None)
+    check_multiboot_info(mem, b"xen.gz", None)
     assert plan.entry.rip == 0x20000C
 
 
 def test_multiboot_aout_kludge(tmp_path, mem):
     kernel = multiboot_aout(tmp_path)
     plan = load("multiboot", mem, kernel, None, "hello")
-    check_multiboot_info(mem, b"hello", None)
+    check_multiboot_info(mem, b"mb.aout hello", None)
     assert plan.entry.rip == 0x300100 and mem.read(0x300100, 2) == b"\xfa\xf4"
     assert mem.read(0x300800, 4) == b"DATA"
     assert region(plan, "kernel") == ("kernel", 0x300000, 0x3000)   # image + bss
@@ -336,3 +336,13 @@ def test_kernel_overlapping_boot_tables(tmp_path, mem):
     low = multiboot_aout(tmp_path, load_addr=0x8000)
     with pytest.raises(KernelImageError, match="overlaps the boot tables"):
         load("multiboot", mem, low, None, "")
+
+
+@needs_binutils
+@pytest.mark.parametrize("method", ["pvh", "multiboot"])
+def test_bios_data_area(tmp_path, mem, method):
+    kernel = pvh_kernel(tmp_path) if method == "pvh" else multiboot_elf(tmp_path)
+    plan = load(method, mem, kernel, None, "")
+    assert int.from_bytes(mem.read(0x40E, 2), "little") << 4 == layout.EBDA_START
+    assert int.from_bytes(mem.read(0x413, 2), "little") == 639
+    assert ("bda", 0x400, 0x100) in plan.regions
