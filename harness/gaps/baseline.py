@@ -97,8 +97,15 @@ def _dedup_entries(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def default_root() -> Path:
+    """Where guests/ and baselines/ live: the current directory when it has guests/, else this checkout."""
+    cwd = Path.cwd()
+    return cwd if (cwd / "guests").is_dir() else REPO_ROOT
+
+
 def baseline_path(guest: str, root: Path | None = None) -> Path:
-    return (root or REPO_ROOT) / "baselines" / f"{guest}.yaml"
+    """baselines/<guest>.yaml beside guests/ (the runner reads it from there too)."""
+    return (root or default_root()) / "baselines" / f"{guest}.yaml"
 
 
 def read_baseline_file(path: Path) -> list[dict[str, Any]]:
@@ -138,7 +145,7 @@ def _guest_expected_gaps(guest: str, root: Path) -> list[dict[str, Any]]:
 
 def load_baseline(guest: str, root: Path | None = None, path: Path | None = None) -> list[dict[str, Any]]:
     """The known gaps of `guest`: its guest file's expected_gaps plus its accepted baseline file."""
-    root = root or REPO_ROOT
+    root = root or default_root()
     entries = _guest_expected_gaps(guest, root) + read_baseline_file(path or baseline_path(guest, root))
     return _dedup_entries(entries)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import yaml
 
 from harness.errors import HarnessError
-from harness.gaps.baseline import REPO_ROOT, GapDiff, baseline_path, compare, write_baseline
+from harness.gaps.baseline import GapDiff, baseline_path, compare, default_root, write_baseline
 from harness.gaps.ledger import as_record, dedup, gap_id
 from harness.runner.result import CellResult, load_results
 
@@ -50,7 +51,7 @@ def _family_from_guest_file(guest: str, root: str) -> str | None:
 def cell_family(cell: CellResult, root: Path | None = None) -> str:
     """The guest family of a cell: params["family"], else the guest file, else the guest name."""
     fam = cell.params.get("family") if isinstance(cell.params, dict) else None
-    return str(fam or _family_from_guest_file(cell.guest, str(root or REPO_ROOT)) or cell.guest)
+    return str(fam or _family_from_guest_file(cell.guest, str(root or default_root())) or cell.guest)
 
 
 def cell_gaps(cell: CellResult) -> list[dict[str, Any]]:
@@ -165,6 +166,19 @@ def _entry_with_record(g: dict[str, Any]) -> dict[str, Any]:
     return {"kind": g["kind"], "key": g["key"], "access": g.get("access", ""), "_record": g}
 
 
+def _run_root(run_dir: Path) -> Path | None:
+    """The directory of the run's matrix, when guests/ is beside it: baselines go there too."""
+    try:
+        matrix = json.loads((run_dir / "run.json").read_text()).get("matrix")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(matrix, str) and matrix:
+        parent = Path(matrix).parent
+        if (parent / "guests").is_dir():
+            return parent
+    return None
+
+
 def accept_run(run_dir: Path, guest: str | None = None, out: Path | None = None,
                root: Path | None = None) -> list[Path]:
     """Write the gaps each guest hit in `run_dir` as its baseline; returns the files written."""
@@ -173,6 +187,7 @@ def accept_run(run_dir: Path, guest: str | None = None, out: Path | None = None,
         raise HarnessError(f"no finished cells{' of guest ' + guest if guest else ''} in {run_dir}",
                            "check the run directory and --guest (see `harness gaps RUN`)")
     guests = sorted({c.guest for c in cells})
+    root = root or _run_root(Path(run_dir))
     if out is not None and len(guests) > 1:
         raise HarnessError(f"--out names one file but the run has {len(guests)} guests",
                            "add --guest G, or drop --out to write baselines/<guest>.yaml each")

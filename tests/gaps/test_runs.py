@@ -41,3 +41,17 @@ def test_accept_writes_baseline_that_makes_gaps_known(tmp_path):
         accept_run(a, guest="nope", root=tmp_path)
     with pytest.raises(HarnessError):
         accept_run(tmp_path / "missing")
+
+
+def test_accept_writes_beside_the_runs_matrix(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "guests").mkdir(parents=True)
+    run = make_run(repo / "reports" / "r1")
+    import json
+    meta = json.loads((run / "run.json").read_text())
+    meta["matrix"] = str(repo / "matrix.yaml")
+    (run / "run.json").write_text(json.dumps(meta))
+    make_cell(run)
+    monkeypatch.chdir(tmp_path)          # not the repository: the run.json tells where
+    [path] = accept_run(run)
+    assert path == repo / "baselines" / "fixture-pvh.yaml"
