@@ -25,7 +25,7 @@ from harness.memory import GuestRam
 __all__ = ["BootPlan", "EntryState", "Segment", "METHODS", "load", "detect_method"]
 
 METHODS = ("bzimage", "pvh", "multiboot", "netbsd", "openbsd", "freebsd")
-DETECT_CAP = 1024 * 1024 * 1024          # decompression cap when no guest memory size is known
+DETECT_CAP = 512 * 1024 * 1024          # decompression cap when no guest memory size is known
 ELFOSABI_NETBSD, ELFOSABI_FREEBSD, ELFOSABI_OPENBSD = 2, 9, 12
 
 _VERSION_RE = re.compile(rb"(Linux version \d[^\0\n]{0,200}"

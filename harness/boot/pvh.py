@@ -23,6 +23,7 @@ START_INFO_SIZE = 56
 MODLIST_ENTRY_SIZE = 32
 MEMMAP_ENTRY_SIZE = 24
 # layout inside the PVH info page: start_info, then room for 4 modules, then the memmap
+NETBSD_CMDLINE_MAX = 128
 MODLIST_OFFSET = 0x40
 MEMMAP_OFFSET = MODLIST_OFFSET + 4 * MODLIST_ENTRY_SIZE
 
@@ -57,6 +58,11 @@ def load_pvh(mem: GuestRam, elf: ElfImage, initrd: bytes | None, cmdline: str, n
     info: dict = {"protocol": "pvh", "entry_point": entry, "load_range": (loaded.low, loaded.high),
                   "elf_class": elf.elfclass}
 
+    if elf.note("NetBSD", 1) is not None or any(n.owner == "NetBSD" for n in elf.notes):
+        # NetBSD's PVH entry copies the command line into a 128-byte buffer.
+        if len(cmdline.encode()) >= NETBSD_CMDLINE_MAX:
+            raise KernelImageError(f"NetBSD takes at most {NETBSD_CMDLINE_MAX - 1} bytes of PVH command line, "
+                                   f"this one is {len(cmdline.encode())}", "shorten the command line")
     base = layout.PVH_START_INFO_ADDR
     cmd_gpa, cmd_len = placement.write_cmdline(mem, cmdline)
     regions.append(("cmdline", cmd_gpa, cmd_len + 1))

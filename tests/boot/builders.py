@@ -253,3 +253,19 @@ def fake_bzimage(payload_elf: bytes = b"", fmt: str = "gzip", version: int = 0x0
     pm[0x200:0x202] = b"\xfa\xf4"            # cli; hlt at the 64-bit entry (+0x200)
     pm[PAYLOAD_OFFSET:PAYLOAD_OFFSET + len(payload)] = payload
     return bytes(setup) + bytes(pm)
+
+
+NETBSD_NOTE = """
+.section .note.netbsd.ident, "a", @note
+.balign 4
+.long 7, 4, 1
+.asciz "NetBSD"
+.balign 4
+.long 1000000000
+"""
+
+
+def netbsd_pvh_kernel(tmp: Path) -> Path:
+    """A GENPVH-like kernel: Xen PVH note plus a NetBSD ident note."""
+    note = XEN_NOTE.format(descsz=4, pad="") + NETBSD_NOTE
+    return build_elf(tmp, "netbsd-pvh.elf", PVH_ASM + note, PVH_LDS)

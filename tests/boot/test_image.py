@@ -153,3 +153,21 @@ def test_mutated_elf_headers_never_escape_as_tracebacks(tmp_path, mem):
             assert exc.problem and exc.fix
             outcomes["refused"] += 1
     assert outcomes["refused"] > 0
+
+
+def test_mutated_bzimage_headers_never_escape_as_tracebacks(tmp_path, mem):
+    import random
+
+    from harness.errors import HarnessError
+    original = fake_bzimage(b"\x7fELF" + bytes(3000), "gzip")
+    rng = random.Random(99)
+    for i in range(150):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(0x1F1, 0x270)] = rng.randrange(256)   # the setup header
+        path = write(tmp_path, f"b{i}", bytes(data))
+        for method in ("bzimage", "pvh"):
+            try:
+                load(method, mem, path, None, "")
+            except HarnessError as exc:
+                assert exc.problem and exc.fix

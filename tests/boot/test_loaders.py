@@ -346,3 +346,13 @@ def test_bios_data_area(tmp_path, mem, method):
     assert int.from_bytes(mem.read(0x40E, 2), "little") << 4 == layout.EBDA_START
     assert int.from_bytes(mem.read(0x413, 2), "little") == 639
     assert ("bda", 0x400, 0x100) in plan.regions
+
+
+@needs_binutils
+def test_netbsd_pvh_cmdline_limit(tmp_path, mem):
+    from builders import netbsd_pvh_kernel
+    kernel = netbsd_pvh_kernel(tmp_path)
+    assert detect_method(kernel) == "pvh"
+    load("pvh", mem, kernel, None, "console=com root=NAME=root -z")
+    with pytest.raises(KernelImageError, match="at most 127 bytes"):
+        load("pvh", mem, kernel, None, "x" * 128)
