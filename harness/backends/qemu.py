@@ -74,7 +74,7 @@ class QemuBackend(Backend):
                 raise BackendUnavailable(f"KVM cannot run an {request.arch} guest on an {_host_arch()} host",
                                          "use qemu-tcg for this guest")
         _validate_request(request)
-        if request.boot == "firmware" and _firmware(request) is None:
+        if boot_method(request) == "firmware" and _firmware(request) is None:
             raise BackendUnavailable("no UEFI firmware for aarch64 (QEMU_EFI.fd) is installed",
                                      "apt-get install qemu-efi-aarch64")
         if shutil.which("qemu-img") is None and request.disk is not None:
@@ -97,7 +97,7 @@ class QemuBackend(Backend):
                  "-d", "unimp,guest_errors", "-D", str(request.workdir / "qemu.log")]
         if qmp_socket is not None:
             argv += ["-qmp", f"unix:{qmp_socket},server=on,wait=off"]
-        if request.boot == "firmware":
+        if boot_method(request) == "firmware":
             fw = _firmware(request)
             if fw:
                 argv += ["-bios", fw]
@@ -229,6 +229,14 @@ class QemuSession(ProcessSession):
             self._emit(ev.RESET, {"source": "qemu", "reason": "exit-after-no-reboot"})
         self._emit(ev.VM_EXIT, {"reason": reason or ("stopped" if self._stopped_by_us else "exit"), "code": code})
 
+    def _final_gaps(self) -> list[dict[str, Any]]:
+        out = []
+        for key, gap in self._seen.items():
+            record = GapRecord.from_dict(gap.to_dict())
+            record.count = self._counts.get(key, 1)
+            out.append(record.to_dict())
+        return out
+
     # -- stopping ---------------------------------------------------------------------------------
     def stop(self) -> SessionSummary:
         if self.proc.poll() is None:
@@ -242,7 +250,8 @@ class QemuSession(ProcessSession):
             exit_code=code, host=self.host, command=list(self.argv), stderr_tail=self.stderr_tail(),
             extra={"shutdown_reason": self._shutdown_reason, "stopped_by_harness": self._stopped_by_us,
                    "qemu_log": str(self.request.workdir / "qemu.log"),
-                   "gaps": {f"{k[0]}:{k[1]}": n for k, n in self._counts.items()}})
+                   # The deduplicated ledger with final counts (the runner prefers it to the events).
+                   "gaps": self._final_gaps()})
         _write_summary(self.request.summary_path, summary)
         return summary
 
@@ -260,23 +269,41 @@ def _host_arch() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(os.uname().machine, os.uname().machine)
 
 
+def boot_method(request: BootRequest) -> str:
+    """The request's boot method, with "auto" (harness boot's default) detected from the kernel."""
+    if request.boot != "auto":
+        return request.boot
+    if request.arch == "aarch64":
+        return "image"
+    if request.kernel is None:
+        return "firmware"
+    try:
+        from harness.boot import detect_method  # the loaders' detector knows every format
+        return detect_method(Path(request.kernel))
+    except ImportError:
+        with open(request.kernel, "rb") as f:
+            head = f.read(0x210)
+        return "bzimage" if head[0x202:0x206] == b"HdrS" else "pvh"
+
+
 def _validate_request(request: BootRequest) -> None:
     unknown = sorted(set(request.options or {}) - set(OPTION_KEYS))
     if unknown:
         raise ConfigError(f"unknown qemu option(s) {', '.join(unknown)} for guest {request.guest}",
                           f"allowed: {', '.join(OPTION_KEYS)}")
-    if request.boot == "firmware":
+    boot = boot_method(request)
+    if boot == "firmware":
         if request.disk is None and not (request.options or {}).get("extra_args"):
             raise ConfigError(f"guest {request.guest} boots from firmware but has no disk",
                               "give the guest a disk: {url: ...} or {path: ...}")
         return
     if request.kernel is None:
         raise ConfigError(f"guest {request.guest} (boot {request.boot}) has no kernel", "add kernel: to the guest file")
-    if request.arch == "x86_64" and request.boot not in _DIRECT_X86:
-        raise BackendUnavailable(f"QEMU cannot load a kernel with boot method {request.boot!r} directly",
+    if request.arch == "x86_64" and boot not in _DIRECT_X86:
+        raise BackendUnavailable(f"QEMU cannot load a kernel with boot method {boot!r} directly",
                                  "use the builtin backend, or boot: firmware with the OS's disk image")
-    if request.arch == "aarch64" and request.boot not in ("image", "bzimage"):
-        raise BackendUnavailable(f"boot method {request.boot!r} is not an aarch64 boot method for QEMU",
+    if request.arch == "aarch64" and boot not in ("image", "bzimage"):
+        raise BackendUnavailable(f"boot method {boot!r} is not an aarch64 boot method for QEMU",
                                  "use boot: image (Linux-style Image) or boot: firmware (UEFI)")
 
 
@@ -284,7 +311,7 @@ def _machine_and_cpu(request: BootRequest) -> tuple[str, str | None]:
     opts = request.options or {}
     if request.arch == "aarch64":
         return opts.get("machine", "virt"), opts.get("cpu", "cortex-a57")
-    default = MICROVM_MACHINE if request.boot == "pvh" else "pc"
+    default = MICROVM_MACHINE if boot_method(request) == "pvh" else "pc"
     return opts.get("machine", default), opts.get("cpu")
 
 
