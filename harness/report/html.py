@@ -72,6 +72,10 @@ def _header(run: RunData, results: dict[str, Any]) -> str:
     dl = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in meta)
     skipped = (f'<p class="warn">{len(run.skipped)} unreadable cell files skipped (the run was probably killed '
                f'while writing): {esc(", ".join(run.skipped))}</p>' if run.skipped else "")
+    expected = s.get("expected_cells")
+    if expected is not None and s["cells"] < expected:
+        skipped += (f'<p class="warn">Incomplete: {s["cells"]} of {expected} cells finished '
+                    f'({"the run ended early" if s.get("finished") else "the run is still going or was killed"}).</p>')
     return (f'<header><h1>Boot matrix <span class="runid">{esc(run.run_id)}</span></h1>'
             f'<div class="badges">{badges}</div><dl class="meta">{dl}</dl>{skipped}</header>')
 

@@ -65,4 +65,7 @@ def _merged_run_json(runs: list[Any], n_cells: int) -> dict[str, Any]:
                     "cells": len(r.cells)} for r in runs],
         "cells": n_cells,
     })
+    selected = [r.run.get("cells_selected") for r in runs]
+    if all(isinstance(n, int) for n in selected):
+        first["cells_selected"] = sum(selected)  # each shard selected its own part of the matrix
     return first

@@ -36,6 +36,14 @@ def _cell_entry(view: CellView) -> dict[str, Any]:
     return d
 
 
+def expected_cells(run: RunData) -> int | None:
+    """How many results the run set out to produce (run.json: cells_selected x repeat), if it says."""
+    selected, repeat = run.run.get("cells_selected"), run.run.get("repeat") or 1
+    if isinstance(selected, int) and isinstance(repeat, int):
+        return selected * max(1, repeat)
+    return None
+
+
 def summarize(run: RunData, baseline: RunDiff | None) -> dict[str, Any]:
     by_outcome = {o: 0 for o in OUTCOMES}
     by_backend: dict[str, dict[str, int]] = {}
@@ -46,6 +54,8 @@ def summarize(run: RunData, baseline: RunDiff | None) -> dict[str, Any]:
         by_backend[c.result.backend][o] = by_backend[c.result.backend].get(o, 0) + 1
     return {
         "cells": len(run.cells),
+        "expected_cells": expected_cells(run),
+        "finished": bool(run.run.get("finished_at")),
         "ok": sum(1 for c in run.cells if cell_ok(c.result)),
         "not_ok": sum(1 for c in run.cells if not cell_ok(c.result)),
         "by_outcome": by_outcome,

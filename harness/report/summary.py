@@ -42,6 +42,9 @@ def render_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | No
     out.append(f"**{s['cells']} cells**, {s['guests']} guests: {s['ok']} ok, {s['not_ok']} not ok"
                + (f", **{s['regressions']} regressed** against {md(baseline.a)}" if baseline else "")
                + (f", {len(_group_new_gaps(run))} new gaps" if s["new_gaps"] else ""))
+    expected = s.get("expected_cells")
+    if expected is not None and s["cells"] < expected:
+        out.append(f"\n**Incomplete: {s['cells']} of {expected} cells finished.**")
     if run.skipped:
         out.append(f"\n_{len(run.skipped)} unreadable cell files skipped (run killed while writing?)_")
     out += ["", "| backend | " + " | ".join(OUTCOMES) + " |", "|---|" + "---:|" * len(OUTCOMES)]

@@ -209,3 +209,15 @@ def test_timeline_marks_gaps_at_first_sighting(tmp_path):
     page = write_reports(run)["html"].read_text()
     assert page.count('class="gapmark"') == len(fixture_gaps())
     assert "tsc-msr 0x10 first at 100 ms" in page
+
+
+def test_incomplete_run_says_so(tmp_path):
+    run = make_run(tmp_path / "r")
+    meta = json.loads((run / "run.json").read_text())
+    meta.update(cells_selected=3, repeat=2)
+    (run / "run.json").write_text(json.dumps(meta))
+    make_cell(run)
+    paths = write_reports(run)
+    assert json.loads(paths["results"].read_text())["summary"]["expected_cells"] == 6
+    assert "Incomplete: 1 of 6 cells finished" in paths["html"].read_text()
+    assert "Incomplete: 1 of 6 cells finished" in paths["summary"].read_text()
