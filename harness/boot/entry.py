@@ -198,11 +198,3 @@ def long64_entry(mem: GuestRam, rip: int, **gprs: int) -> EntryState:
                       idt_base=layout.IDT_ADDR, idt_limit=0,
                       segments=_flat_segments(code64_segment()))
 
-
-def boot_table_regions(state: EntryState) -> list[tuple[str, int, int]]:
-    """Regions an entry state relies on (for BootPlan.regions)."""
-    regions = [("gdt", state.gdt_base, state.gdt_limit + 1)]
-    if state.mode == "long64":
-        regions += [("pml4", layout.PML4_ADDR, 0x1000), ("pdpt", layout.PDPT_ADDR, 0x1000),
-                    ("pd", layout.PD_ADDR, layout.PD_COUNT * 0x1000)]
-    return regions
