@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -67,12 +68,16 @@ def expand(args: argparse.Namespace) -> list[Cell]:
 def cmd_list(args: argparse.Namespace) -> int:
     cells = expand(args)
     table = Table(title=f"{args.matrix}: {len(cells)} cells (tier {args.tier}{', shard ' + args.shard if args.shard else ''})")
-    for col in ("cell", "family", "boot", "backend", "cpu profile", "gap policy", "vCPUs", "MiB", "tier", "expect"):
+    table.add_column("cell", no_wrap=True)
+    for col in ("family", "boot", "backend", "cpu profile", "gap policy", "vCPUs", "MiB", "tier", "expect"):
         table.add_column(col)
     for c in cells:
         table.add_row(c.id, c.guest.family, c.guest.boot, c.backend, c.cpu_profile, c.gap_policy, str(c.vcpus),
                       str(c.memory), c.tier, c.expect)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:   # piped: never cut cell ids to an 80-column guess
+        console = Console(width=220)
+    console.print(table)
     return 0
 
 
@@ -133,7 +138,8 @@ def as_expected(result: CellResult) -> bool:
 
 def _dry_run(args: argparse.Namespace, cells: list[Cell]) -> int:
     if args.keyword:  # exact pytest -k semantics: ask pytest itself
-        out = subprocess.run(pytest_argv(args, Path(os.devnull), collect_only=True), capture_output=True, text=True)
+        with tempfile.TemporaryDirectory(prefix="harness-dry-run-") as scratch:
+            out = subprocess.run(pytest_argv(args, Path(scratch), collect_only=True), capture_output=True, text=True)
         ids = [l.split("::", 1)[1] for l in out.stdout.splitlines() if "::" in l]
         cells = [c for c in cells if c.id in ids]
     for c in cells:

@@ -143,7 +143,7 @@ def _watch(cell: Cell, session: Any, request: BootRequest,
 def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionSummary, start_time: float,
           stream: ConsoleStream, request: BootRequest) -> None:
     from harness.gaps.baseline import baseline_path, compare, read_baseline_file
-    from harness.gaps.ledger import build_ledger
+    from harness.gaps.ledger import build_ledger, gaps_from_events
     from harness.report.profile import phases_from_snapshots
 
     result.outcome, result.reason = watch.outcome, watch.reason
@@ -152,8 +152,7 @@ def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionS
     # A backend that keeps its own deduplicated ledger reports final counts in its summary; the
     # per-occurrence events are the fallback (a killed backend writes no summary).
     final = summary.extra.get("gaps")
-    gaps = [GapRecord.from_dict(g) for g in final] if final else \
-        [GapRecord.from_dict(e.data) for e in events if e.type == ev.GAP]
+    gaps = [GapRecord.from_dict(g) for g in final] if final else gaps_from_events(events)
     ledger = build_ledger(gaps, watch.milestones, start_time)
     result.gaps = [g.to_dict() for g in ledger]
     # The baseline: the guest file's expected gaps plus an accepted baselines/<guest>.yaml beside guests/.

@@ -68,6 +68,20 @@ def pytest_configure(config: pytest.Config) -> None:
     run_dir = Path(run_dir) if run_dir else new_run_dir(Path("reports"))
     run_dir.mkdir(parents=True, exist_ok=True)
     config._harness_run_dir = run_dir  # type: ignore[attr-defined]
+    if any(str(a).endswith("matrix.yaml") for a in config.args):
+        _write_run_json(config, next(a for a in config.args if str(a).endswith("matrix.yaml")), None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """pytest-xdist: the controller does not collect; the first worker's list says how many cells run."""
+    config = node.config
+    run_json = config._harness_run_dir / "run.json"  # type: ignore[attr-defined]
+    if run_json.exists():
+        data = json.loads(run_json.read_text())
+        if data.get("cells_selected") is None:
+            data["cells_selected"] = len(ids) // max(1, config.getoption("harness_repeat"))
+            write_json_atomic(run_json, data)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -106,7 +120,7 @@ class MatrixError(Exception):
     pass
 
 
-def _write_run_json(config: pytest.Config, matrix_path: Path, cell_count: int) -> None:
+def _write_run_json(config: pytest.Config, matrix_path: Path | str, cell_count: int | None) -> None:
     run_dir: Path = config._harness_run_dir  # type: ignore[attr-defined]
     path = run_dir / "run.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
@@ -117,7 +131,7 @@ def _write_run_json(config: pytest.Config, matrix_path: Path, cell_count: int) -
                              "tier": config.getoption("harness_tier"),
                              "shard": config.getoption("harness_shard"),
                              "repeat": config.getoption("harness_repeat"),
-                             "cells_selected": cell_count,
+                             "cells_selected": cell_count if cell_count is not None else previous.get("cells_selected"),
                              "started_at": previous.get("started_at") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                              "resumed": bool(config.getoption("harness_resume")) or bool(previous),
                              "host": host_summary(),
