@@ -99,6 +99,8 @@ class ChildVm:
         self._snapshot()
         reason = info.reason if info else "stopped"
         code = EXIT_VM_ERROR if reason == "error" else EXIT_OK
+        if reason == "error":  # the VMM itself failed (KVM_RUN error, a bug): say so beside the console
+            self.emit(ev.VmEvent(ev.BACKEND_ERROR, time.monotonic(), {"message": info.detail.get("message", "")}))
         self.emit(ev.VmEvent(ev.VM_EXIT, time.monotonic(), {"reason": self.guest_stop_event or reason,
                                                            "code": code, "detail": info.detail if info else {}}))
         self.write_summary(code)
