@@ -10,6 +10,7 @@ once and never see half a file. A second call returns the cached path without ru
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -161,7 +162,16 @@ def build_fixture(name: str) -> Path:
         with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out.parent) as tmp:
             image = _build_in(info, Path(tmp))
             os.replace(image, out)
+        _prune_stale(name, out)
     return out
+
+
+def _prune_stale(name: str, keep: Path) -> None:
+    """Drop this fixture's images built from older sources (same checkout, so nobody needs them)."""
+    for old in keep.parent.glob(f"{name}-" + "[0-9a-f]" * 16 + f".{FIXTURES[name].ext}"):
+        if old != keep:
+            with contextlib.suppress(OSError):
+                old.unlink()
 
 
 def _run(argv: list[str], what: str) -> None:
