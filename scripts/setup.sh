@@ -71,7 +71,7 @@ case "$MODE" in
     setup) log "done: activate with 'source $VENV/bin/activate', then 'harness --help'" ;;
     matrix)
         log "building the default matrix's assets (Debian packages -> cache)"
-        "$VENV/bin/harness" assets build --matrix matrix.yaml --tier quick
+        "$VENV/bin/harness" assets build --tier quick
         log "running the default matrix offline"
         exec "$VENV/bin/harness" run --matrix matrix.yaml --tier quick -j "$(nproc)" "$@" ;;
     test)

@@ -117,6 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     argv = pytest_argv(args, run_dir)
     log_path = run_dir / "pytest.log"
     console = Console()
+    if not console.is_terminal:   # CI logs: one line per cell, not wrapped at a guessed 80 columns
+        console = Console(width=200)
     console.print(f"[bold]harness run[/]: {len(cells)} cells, {args.jobs} job(s) -> {run_dir}")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
