@@ -63,6 +63,9 @@ class FixtureInfo:
 FIXTURES: dict[str, FixtureInfo] = {f.name: f for f in (
     FixtureInfo("fixture-pvh", "pvh", "PVH entry: checks hvm_start_info, then all probes",
                 ("pvh/main.c",) + PVH32),
+    FixtureInfo("fixture-pvh-iret", "pvh",
+                "fixture-pvh returning from traps with IRET: shows whether the host emulates iretd",
+                ("pvh/main.c",) + PVH32, defines=("FIXTURE_USE_IRET",)),
     FixtureInfo("fixture-bzimage", "bzimage",
                 "fake bzImage (HdrS 2.15, XLF_KERNEL_64): checks the zero page in 64-bit mode, then probes",
                 ("bzimage/entry64.S", "bzimage/main.c") + LIB64, output="bzimage"),
