@@ -92,6 +92,10 @@ struct kvm_run {
     union { struct kvm_sync_regs regs; char padding[2048]; } s;
 };
 
+struct kvm_xsave { uint32_t region[1024]; };
+struct kvm_xcr { uint32_t xcr; uint32_t reserved; uint64_t value; };
+struct kvm_xcrs { uint32_t nr_xcrs; uint32_t flags; struct kvm_xcr xcrs[16]; uint64_t padding[16]; };
+
 int ioctl(int fd, unsigned long request, ...);
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 int munmap(void *addr, size_t length);
@@ -161,6 +165,10 @@ KVM_GET_MP_STATE = _ior(0x98, "struct kvm_mp_state")
 KVM_SET_MP_STATE = _iow(0x99, "struct kvm_mp_state")
 KVM_GET_VCPU_EVENTS = _ior(0x9F, "struct kvm_vcpu_events")
 KVM_SET_VCPU_EVENTS = _iow(0xA0, "struct kvm_vcpu_events")
+KVM_GET_XSAVE = _ior(0xA4, "struct kvm_xsave")
+KVM_SET_XSAVE = _iow(0xA5, "struct kvm_xsave")
+KVM_GET_XCRS = _ior(0xA6, "struct kvm_xcrs")
+KVM_SET_XCRS = _iow(0xA7, "struct kvm_xcrs")
 
 # capabilities (KVM_CHECK_EXTENSION)
 CAPS = {
@@ -228,4 +236,5 @@ IOCTLS = {name: value for name, value in dict(globals()).items()
                        "KVM_ENABLE_CAP", "KVM_X86_SET_MSR_FILTER", "KVM_RUN", "KVM_GET_REGS", "KVM_SET_REGS",
                        "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_TRANSLATE", "KVM_GET_MSRS", "KVM_SET_MSRS",
                        "KVM_SET_CPUID2", "KVM_GET_MP_STATE", "KVM_SET_MP_STATE", "KVM_GET_VCPU_EVENTS",
-                       "KVM_SET_VCPU_EVENTS"}}
+                       "KVM_SET_VCPU_EVENTS", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XCRS",
+                       "KVM_SET_XCRS"}}

@@ -64,7 +64,8 @@ class Machine:
         self.coalesced_serial = cfg.coalesce_serial and self.vm.coalesce(layout.COM1_PORT, 1, pio=True)
         self.cpuid_entries, self.masked = self._cpuid_table()
         self.run_cfg = RunConfig(io_bus=io_bus, mmio_bus=mmio_bus, msr=self.msr_policy, gaps=self.gaps,
-                                 recorder=self.recorder, emit=self.emit, rescue=cfg.rescue)
+                                 recorder=self.recorder, emit=self.emit, rescue=cfg.rescue,
+                                 cpuid_entries=self.cpuid_entries)
         self.loops: list[VcpuLoop] = []
         for i in range(cfg.vcpus):
             vcpu = self.vm.create_vcpu()

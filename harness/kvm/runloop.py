@@ -24,6 +24,7 @@ from harness.kvm.ffi import EXIT_NAMES, libc, ffi
 from harness.kvm.flight import FlightRecorder
 from harness.kvm.gapsink import GapSink
 from harness.kvm.msr import MsrPolicy
+from harness.kvm.rescue import Rescuer
 from harness.kvm.vcpu import Vcpu
 from harness.kvm.vm import Vm
 
@@ -34,6 +35,13 @@ _U64 = struct.Struct("<Q")
 _RING = struct.Struct("<II")             # kvm_coalesced_mmio_ring.first, .last
 _ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 MAX_REP_COUNT = 4096                    # a REP INS/OUTS exit never carries more than one page of data
+
+
+_RESCUE_HOW = {"int3": "injected #BP via KVM_SET_VCPU_EVENTS", "xgetbv": "XCR0 via KVM_GET_XCRS",
+               "xsetbv": "KVM_SET_XCRS", "xrstor": "guest memory -> KVM_SET_XSAVE",
+               "xrstor64": "guest memory -> KVM_SET_XSAVE", "xsave": "KVM_GET_XSAVE -> guest memory",
+               "xsave64": "KVM_GET_XSAVE -> guest memory", "xsaveopt": "KVM_GET_XSAVE -> guest memory",
+               "xsaveopt64": "KVM_GET_XSAVE -> guest memory"}
 
 
 class Bus(Protocol):
@@ -70,6 +78,7 @@ class RunConfig:
     recorder: FlightRecorder
     emit: Callable[[ev.VmEvent], None] = lambda event: None
     rescue: bool = True                  # emulate what the host emulator failed on, where we can
+    cpuid_entries: list[dict[str, int]] = field(default_factory=list)  # XSAVE layout for rescues
 
 
 class VcpuLoop:
@@ -79,6 +88,7 @@ class VcpuLoop:
         self.stop_requested = False
         self.stopped_by: StopInfo | None = None
         self._rep_ports: set[tuple[int, int]] = set()
+        self.rescuer = Rescuer(vcpu, vm.ram, cfg.cpuid_entries) if cfg.rescue else None
 
     # -- control ----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -299,7 +309,7 @@ class VcpuLoop:
         data_words = [f"{int(run.internal.data[i]):#x}" for i in range(ndata)]
         code, decoded, source = self._failed_instruction(rip)
         if self.cfg.rescue and suberror == k.KVM_INTERNAL_ERROR_EMULATION:
-            rescued = self._rescue(decoded, rip)
+            rescued = self._rescue(code, decoded, rip)
             if rescued:
                 return None
         detail = {"suberror": suberror, "suberror_name": k.INTERNAL_SUBERRORS.get(suberror, "other"),
@@ -314,19 +324,17 @@ class VcpuLoop:
         return StopInfo(STOP_EMULATION_FAILURE, self.vcpu.index,
                         {"insn": decoded["text"], "rip": f"{rip:#x}", "suberror": suberror})
 
-    def _rescue(self, decoded: dict[str, Any], rip: int) -> bool:
+    def _rescue(self, code: bytes, decoded: dict[str, Any], rip: int) -> bool:
         """Do in user space what the host emulator could not; True when the guest may go on."""
-        if decoded["mnemonic"] != "int3":
+        if self.rescuer is None:
             return False
-        # int3 is a trap: #BP is delivered with RIP after the instruction.
-        try:
-            self.vcpu.set_regs({"rip": rip + decoded["size"]})
-            self.vcpu.inject_exception(3)
-        except OSError:
+        done = self.rescuer.rescue(code, rip, decoded["bits"])
+        if done is None:
             return False
-        self.cfg.gaps.record(GapRecord(kind=gaps.RESCUED_INSTRUCTION, key="int3", first_rip=rip,
-                                       vcpu=self.vcpu.index, detail={"how": "injected #BP via KVM_SET_VCPU_EVENTS",
-                                                                     "bytes": decoded["bytes"]}))
+        self.cfg.gaps.record(GapRecord(kind=gaps.RESCUED_INSTRUCTION, key=done, first_rip=rip,
+                                       vcpu=self.vcpu.index, detail={"bytes": decoded["bytes"],
+                                                                     "insn": decoded["text"],
+                                                                     "how": _RESCUE_HOW.get(done, "emulated")}))
         return True
 
     def _fail_entry(self, rip: int) -> StopInfo:

@@ -356,3 +356,52 @@ def test_ram_above_the_hole_gets_its_own_slot():
     finally:
         vm.close()
         ram.close()
+
+
+XSAVE_GUEST = """
+    mov rax, cr4
+    or eax, 0x40600                 # OSXSAVE | OSFXSR | OSXMMEXCPT
+    mov cr4, rax
+    xor ecx, ecx
+    mov eax, 3                      # XCR0 = x87 | SSE
+    xor edx, edx
+    xsetbv
+    xor ecx, ecx
+    xgetbv
+    mov dx, 0x10
+    out dx, eax                     # 3
+    mov rsi, 0x5000                 # xsave area (64-byte aligned)
+    movdqu xmm0, [rip + pattern]
+    mov eax, 0xffffffff
+    mov edx, 0xffffffff
+    xsave [rsi]
+    mov eax, dword ptr [rsi + 160]  # XMM0 low dword as saved
+    mov dx, 0x10
+    out dx, eax
+    mov eax, dword ptr [rsi + 512]  # XSTATE_BV
+    out dx, eax
+    mov dword ptr [rsi + 160], 0x55667788
+    mov eax, 0xffffffff
+    mov edx, 0xffffffff
+    xrstor [rsi]
+    movdqu [rsi + 0x1000], xmm0
+    mov eax, dword ptr [rsi + 0x1000]
+    mov dx, 0x10
+    out dx, eax                     # what xrstor put into XMM0
+    hlt
+    .balign 16
+pattern: .long 0x11223344, 0, 0, 0
+"""
+
+
+def test_xsave_family_runs_or_is_rescued(guest):
+    io, dev = _bus()
+    run = guest(XSAVE_GUEST, bits=64, io=io)
+    assert run.stop.reason == "halt", run.stop
+    values = [w[2] for w in dev.writes]
+    assert values[0] == 3
+    assert values[1] == 0x11223344
+    assert values[2] & 0x2                       # SSE state marked as saved
+    assert values[3] == 0x55667788
+    rescued = {g["key"] for g in run.gaps("rescued-instruction")}
+    assert rescued <= {"xsetbv", "xgetbv", "xsave", "xrstor"}

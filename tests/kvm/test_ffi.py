@@ -16,7 +16,7 @@ STRUCTS = ["kvm_userspace_memory_region", "kvm_regs", "kvm_segment", "kvm_dtable
            "kvm_cpuid_entry2", "kvm_cpuid2", "kvm_msr_entry", "kvm_msrs", "kvm_msr_filter_range", "kvm_msr_filter",
            "kvm_pit_config", "kvm_irq_level", "kvm_enable_cap", "kvm_mp_state", "kvm_translation",
            "kvm_coalesced_mmio_zone", "kvm_coalesced_mmio", "kvm_coalesced_mmio_ring", "kvm_vcpu_events",
-           "kvm_sync_regs", "kvm_run"]
+           "kvm_sync_regs", "kvm_run", "kvm_xsave", "kvm_xcr", "kvm_xcrs"]
 # (struct, field path) for every field the code touches by offset or attribute.
 FIELDS = [
     ("kvm_run", "immediate_exit"), ("kvm_run", "exit_reason"), ("kvm_run", "io.direction"), ("kvm_run", "io.size"),
@@ -36,7 +36,7 @@ FIELDS = [
     ("kvm_coalesced_mmio", "data"), ("kvm_coalesced_mmio_ring", "coalesced_mmio"), ("kvm_coalesced_mmio_zone", "pio"),
     ("kvm_vcpu_events", "exception"), ("kvm_vcpu_events", "sipi_vector"), ("kvm_vcpu_events", "flags"),
     ("kvm_vcpu_events", "triple_fault"), ("kvm_vcpu_events", "exception_has_payload"),
-    ("kvm_vcpu_events", "exception_payload"), ("kvm_cpuid2", "entries"), ("kvm_msrs", "entries"),
+    ("kvm_vcpu_events", "exception_payload"), ("kvm_cpuid2", "entries"), ("kvm_msrs", "entries"), ("kvm_xcrs", "xcrs"), ("kvm_xcr", "value"),
 ]
 
 

@@ -1,0 +1,216 @@
+"""User-space rescues for instructions the host's emulator cannot execute (kvm_pvm's holes).
+
+When KVM_RUN ends in an emulation failure on an instruction we can perform from outside the
+guest with the vCPU's state ioctls, we do it, advance RIP and let the guest go on; the run loop
+records a rescued-instruction gap. Everything else stays a structured failure.
+
+  int3                         inject #BP (a trap: RIP after the instruction)
+  xgetbv / xsetbv              XCR0 through KVM_GET_XCRS / KVM_SET_XCRS
+  xsave / xsaveopt (64)        KVM_GET_XSAVE, components copied to guest memory, standard format
+  xrstor (64)                  guest memory copied into KVM_SET_XSAVE, standard format only
+Guest memory goes through KVM_TRANSLATE + GuestRam (bounds-checked) page by page; a fault we
+cannot represent (unmapped page, compacted format) is a failed rescue, never a host error.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import capstone
+from capstone import x86_const
+
+from harness.errors import GuestMemoryError
+from harness.kvm import ffi as k
+from harness.kvm.ffi import ffi
+from harness.kvm.system import ioctl
+
+if TYPE_CHECKING:
+    from harness.kvm.vcpu import Vcpu
+    from harness.memory import GuestRam
+
+LEGACY_SIZE, HEADER_SIZE = 512, 64
+_MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
+RESCUABLE = ("int3", "xgetbv", "xsetbv", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xrstor", "xrstor64")
+
+
+class RescueFailed(Exception):
+    """The instruction is one we handle, but not in this form / with this operand."""
+
+
+class Rescuer:
+    def __init__(self, vcpu: "Vcpu", ram: "GuestRam", cpuid_entries: list[dict[str, int]]) -> None:
+        self.vcpu, self.ram = vcpu, ram
+        # Standard-format XSAVE layout: component i at CPUID.(0xD, i).EBX, size EAX (i >= 2).
+        self.components = {e["index"]: (e["ebx"], e["eax"]) for e in cpuid_entries
+                           if e["function"] == 0xD and e["index"] >= 2 and e["eax"]}
+
+    def rescue(self, code: bytes, rip: int, bits: int) -> str | None:
+        """Perform the instruction at RIP if we can; its mnemonic when done, None otherwise."""
+        md = capstone.Cs(capstone.CS_ARCH_X86, _MODES.get(bits, capstone.CS_MODE_64))
+        md.detail = True
+        insn = next(md.disasm(code, rip), None)
+        if insn is None or insn.mnemonic not in RESCUABLE:
+            return None
+        try:
+            regs = self.vcpu.get_regs()
+            getattr(self, "_" + insn.mnemonic.removesuffix("64"))(insn, regs, bits)
+            if insn.mnemonic != "int3":
+                self.vcpu.set_regs({"rip": rip + insn.size})
+        except (RescueFailed, GuestMemoryError, OSError):
+            return None
+        return insn.mnemonic
+
+    # -- instructions ---------------------------------------------------------------------------
+    def _int3(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        self.vcpu.set_regs({"rip": insn.address + insn.size})
+        self.vcpu.inject_exception(3)
+
+    def _xgetbv(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        if regs["rcx"] & 0xFFFFFFFF != 0:
+            raise RescueFailed("only XCR0")
+        xcr0 = self.get_xcr0()
+        self.vcpu.set_regs({"rax": xcr0 & 0xFFFFFFFF, "rdx": xcr0 >> 32})
+
+    def _xsetbv(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        if regs["rcx"] & 0xFFFFFFFF != 0:
+            raise RescueFailed("only XCR0")
+        xcrs = ffi.new("struct kvm_xcrs *")
+        xcrs.nr_xcrs = 1
+        xcrs.xcrs[0].xcr = 0
+        xcrs.xcrs[0].value = (regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF)
+        ioctl(self.vcpu.fd, k.KVM_SET_XCRS, xcrs, what="KVM_SET_XCRS")  # KVM refuses invalid values: no rescue
+
+    def _xsave(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        addr = self.memory_operand(insn, regs, bits)
+        rfbm = self.get_xcr0() & ((regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF))
+        state = self.get_xsave()
+        for start, size in self.ranges(rfbm):
+            self.write_linear(addr + start, state[start:start + size])
+        header = self.read_linear(addr + LEGACY_SIZE, 8)
+        mem_bv = int.from_bytes(header, "little")
+        buf_bv = int.from_bytes(state[LEGACY_SIZE:LEGACY_SIZE + 8], "little")
+        self.write_linear(addr + LEGACY_SIZE, ((mem_bv & ~rfbm) | (buf_bv & rfbm)).to_bytes(8, "little"))
+
+    _xsaveopt = _xsave  # may always write what xsaveopt would skip
+
+    def _xrstor(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        addr = self.memory_operand(insn, regs, bits)
+        rfbm = self.get_xcr0() & ((regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF))
+        header = self.read_linear(addr + LEGACY_SIZE, 16)
+        xstate_bv = int.from_bytes(header[:8], "little")
+        xcomp_bv = int.from_bytes(header[8:16], "little")
+        if xcomp_bv >> 63:
+            raise RescueFailed("compacted format")
+        state = bytearray(self.get_xsave())
+        if rfbm & 0b110:  # MXCSR and its mask come with SSE or AVX state
+            state[24:32] = self.read_linear(addr + 24, 8)
+        for bit, (start, size) in self.components_in(rfbm):
+            if xstate_bv >> bit & 1:
+                state[start:start + size] = self.read_linear(addr + start, size)
+            else:
+                state[start:start + size] = _init_state(bit, size)
+        buf_bv = int.from_bytes(state[LEGACY_SIZE:LEGACY_SIZE + 8], "little")
+        state[LEGACY_SIZE:LEGACY_SIZE + 8] = ((buf_bv & ~rfbm) | (xstate_bv & rfbm)).to_bytes(8, "little")
+        self.set_xsave(bytes(state))
+
+    # -- state ---------------------------------------------------------------------------------
+    def get_xcr0(self) -> int:
+        xcrs = ffi.new("struct kvm_xcrs *")
+        ioctl(self.vcpu.fd, k.KVM_GET_XCRS, xcrs, what="KVM_GET_XCRS")
+        for i in range(min(xcrs.nr_xcrs, 16)):
+            if xcrs.xcrs[i].xcr == 0:
+                return int(xcrs.xcrs[i].value)
+        return 0x3
+
+    def get_xsave(self) -> bytes:
+        buf = ffi.new("struct kvm_xsave *")
+        ioctl(self.vcpu.fd, k.KVM_GET_XSAVE, buf, what="KVM_GET_XSAVE")
+        return bytes(ffi.buffer(buf))
+
+    def set_xsave(self, data: bytes) -> None:
+        buf = ffi.new("struct kvm_xsave *")
+        ffi.memmove(buf, data[:ffi.sizeof(buf[0])], min(len(data), ffi.sizeof(buf[0])))
+        ioctl(self.vcpu.fd, k.KVM_SET_XSAVE, buf, what="KVM_SET_XSAVE")
+
+    def components_in(self, rfbm: int) -> list[tuple[int, tuple[int, int]]]:
+        out: list[tuple[int, tuple[int, int]]] = []
+        if rfbm & 1:
+            out.append((0, (0, 24)))
+            out.append((0, (32, 128)))      # FCW..FDP, then ST0-7 (MXCSR at 24 belongs to SSE/AVX)
+        if rfbm & 2:
+            out.append((1, (160, 256)))     # XMM0-15
+        for bit, (offset, size) in sorted(self.components.items()):
+            if rfbm >> bit & 1:
+                if offset + size > 4096:
+                    raise RescueFailed(f"component {bit} beyond the 4 KiB kvm_xsave")
+                out.append((bit, (offset, size)))
+        return out
+
+    def ranges(self, rfbm: int) -> list[tuple[int, int]]:
+        out = [rng for _, rng in self.components_in(rfbm)]
+        if rfbm & 0b110:
+            out.append((24, 8))
+        return out
+
+    # -- guest memory ----------------------------------------------------------------------------
+    def memory_operand(self, insn: Any, regs: dict[str, int], bits: int) -> int:
+        mems = [op for op in insn.operands if op.type == x86_const.X86_OP_MEM]
+        if len(mems) != 1:
+            raise RescueFailed("no memory operand")
+        mem = mems[0].mem
+        addr = mem.disp
+        if mem.base != 0:
+            name = insn.reg_name(mem.base)
+            addr += insn.address + insn.size if name == "rip" else _reg(regs, name)
+        if mem.index != 0:
+            addr += _reg(regs, insn.reg_name(mem.index)) * mem.scale
+        if mem.segment != 0:
+            seg = insn.reg_name(mem.segment)
+            if seg in ("fs", "gs"):
+                addr += getattr(self.vcpu.get_sregs(), seg).base
+        mask = (1 << 64) - 1 if bits == 64 else 0xFFFFFFFF
+        return addr & mask
+
+    def _phys(self, linear: int) -> int:
+        if self.vcpu.get_sregs().cr0 & (1 << 31):
+            phys = self.vcpu.translate(linear)
+            if phys is None:
+                raise RescueFailed(f"linear {linear:#x} not mapped")
+            return phys
+        return linear
+
+    def read_linear(self, linear: int, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            at = linear + len(out)
+            chunk = min(size - len(out), 0x1000 - (at & 0xFFF))
+            out += self.ram.read(self._phys(at), chunk)
+        return bytes(out)
+
+    def write_linear(self, linear: int, data: bytes) -> None:
+        done = 0
+        while done < len(data):
+            at = linear + done
+            chunk = min(len(data) - done, 0x1000 - (at & 0xFFF))
+            self.ram.write(self._phys(at), data[done:done + chunk])
+            done += chunk
+
+
+_GPR64 = {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp"} | {f"r{i}" for i in range(8, 16)}
+_GPR32 = {"eax": "rax", "ebx": "rbx", "ecx": "rcx", "edx": "rdx", "esi": "rsi", "edi": "rdi", "esp": "rsp",
+          "ebp": "rbp", **{f"r{i}d": f"r{i}" for i in range(8, 16)}}
+
+
+def _reg(regs: dict[str, int], name: str) -> int:
+    if name in _GPR64:
+        return regs[name]
+    if name in _GPR32:
+        return regs[_GPR32[name]] & 0xFFFFFFFF
+    raise RescueFailed(f"address register {name}")
+
+
+def _init_state(bit: int, size: int) -> bytes:
+    """XRSTOR's initial configuration of a component (all zero except the x87 control word)."""
+    data = bytearray(size)
+    if bit == 0 and size == 24:
+        data[0:2] = (0x037F).to_bytes(2, "little")   # FCW
+    return bytes(data)
