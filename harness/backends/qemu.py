@@ -239,7 +239,10 @@ class QemuSession(ProcessSession):
 
     # -- stopping ---------------------------------------------------------------------------------
     def stop(self) -> SessionSummary:
-        if self.proc.poll() is None:
+        try:
+            # A console EOF usually means QEMU is exiting on its own: let it, so its exit is its own.
+            self.proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
             self._stopped_by_us = True
         code = self.terminate()
         self._done.wait(10.0)

@@ -1,0 +1,125 @@
+"""Real guests on QEMU TCG: Debian's cloud kernel to `login:` (amd64 bzImage and PVH, arm64),
+a guest reset reported as a RESET event, QEMU's own errors as results, the whole cell via the runner.
+
+The assets come from the default cache ($HARNESS_CACHE or ~/.cache/harness), built on first use
+from Debian packages (needs the Debian mirror once).
+"""
+import json
+import os
+import select
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.backends import events as ev
+from harness.backends.base import BootRequest
+from harness.backends.qemu import QemuBackend
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None or shutil.which("apt-get") is None,
+                                 reason="needs qemu-system-x86 and apt-get (apt-get install qemu-system-x86)")]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def asset(name: str) -> Path:
+    from harness.assets.recipes import build_asset
+    return build_asset(name).path
+
+
+def boot_until(session, pattern: bytes, timeout: float) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while pattern not in buf and time.monotonic() < deadline:
+        ready, _, _ = select.select([session.console_fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(session.console_fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+def events(request: BootRequest) -> list[ev.VmEvent]:
+    return ev.EventReader(request.events_path).poll()
+
+
+CASES = {
+    "amd64-bzimage": ("x86_64", "bzimage", "debian-cloud-kernel-amd64", "busybox-initramfs-amd64", "console=ttyS0"),
+    "amd64-pvh": ("x86_64", "pvh", "debian-cloud-kernel-amd64-vmlinux", "busybox-initramfs-amd64", "console=ttyS0"),
+    "arm64": ("aarch64", "image", "debian-cloud-kernel-arm64", "busybox-initramfs-arm64", "console=ttyAMA0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_linux_boots_to_login(tmp_path, case):
+    arch, boot, kernel, initrd, cmdline = CASES[case]
+    if shutil.which(f"qemu-system-{arch}") is None:
+        pytest.skip(f"qemu-system-{arch} not installed")
+    request = BootRequest(cell_id=case, guest=case, family="linux", arch=arch, boot=boot, kernel=asset(kernel),
+                          initrd=asset(initrd), cmdline=cmdline, workdir=tmp_path)
+    backend = QemuBackend("tcg")
+    backend.check(request)
+    session = backend.start(request)
+    try:
+        console = boot_until(session, b"login:", 90)
+    finally:
+        summary = session.stop()
+    assert b"Run /init as init process" in console
+    assert b"harness login:" in console, console[-2000:].decode(errors="replace")
+    assert summary.host["accel"] == "tcg" and summary.host["qemu_version"] != "unknown"
+    assert summary.extra["stopped_by_harness"] and summary.command[0] == f"qemu-system-{arch}"
+    types = [e.type for e in events(request)]
+    assert types[0] == ev.VM_START and types[-1] == ev.VM_EXIT
+    assert ev.RESET not in types  # we stopped it: that is not the guest resetting
+    assert json.loads(request.summary_path.read_text())["exit_code"] == summary.exit_code
+
+
+def test_guest_reset_is_a_reset_event(tmp_path):
+    request = BootRequest(cell_id="reset", guest="reset", family="linux", arch="x86_64", boot="pvh",
+                          kernel=asset("debian-cloud-kernel-amd64-vmlinux"), initrd=asset("busybox-initramfs-amd64"),
+                          cmdline="console=ttyS0", workdir=tmp_path)
+    session = QemuBackend("tcg").start(request)
+    try:
+        assert b"login:" in boot_until(session, b"login:", 90)
+        session.send(b"root\n")                        # no password in the busybox initramfs
+        boot_until(session, b"# ", 20)
+        session.send(b"reboot -f\n")                   # -no-reboot turns the reset into an exit
+        deadline = time.monotonic() + 30
+        while session.poll_exit() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert session.poll_exit() == 0
+    finally:
+        summary = session.stop()
+    types = [e.type for e in events(request)]
+    assert ev.RESET in types and types[-1] == ev.VM_EXIT
+    assert summary.extra["shutdown_reason"] == "guest-reset" and not summary.extra["stopped_by_harness"]
+
+
+def test_bad_kernel_is_a_result_not_a_crash(tmp_path):
+    bad = tmp_path / "not-a-kernel"
+    bad.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 4089)   # an ELF header and nothing behind it
+    request = BootRequest(cell_id="bad", guest="bad", family="linux", arch="x86_64", boot="pvh", kernel=bad,
+                          workdir=tmp_path / "w")
+    session = QemuBackend("tcg").start(request)
+    assert boot_until(session, b"never", 20) == b""   # console EOF: QEMU refused the file
+    summary = session.stop()
+    assert summary.exit_code not in (0, None)
+    assert "Error while loading elf kernel" in summary.stderr_tail
+    errors = [e for e in events(request) if e.type == ev.BACKEND_ERROR]
+    assert errors and "exited with" in errors[0].data["message"]
+
+
+def test_guest_file_cell_through_the_runner(tmp_path):
+    from harness.runner.execute import RunOptions, run_cell
+    from harness.runner.guestfile import load_guest
+    from harness.runner.matrix import Cell
+    guest = load_guest(REPO / "guests" / "linux-amd64-pvh.yaml")
+    asset("debian-cloud-kernel-amd64-vmlinux"), asset("busybox-initramfs-amd64")
+    cell = Cell(guest=guest, backend="qemu-tcg", cpu_profile="default", gap_policy="emulate", vcpus=1,
+                memory=256, tier="quick")
+    result = run_cell(cell, RunOptions(run_dir=tmp_path))
+    assert result.outcome == "pass", result.reason
+    assert [m.name for m in result.milestones] == ["kernel", "userspace", "login"]
+    assert result.host.get("accel") == "tcg"
