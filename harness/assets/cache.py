@@ -110,16 +110,41 @@ class AssetCache:
             return None
         return CacheEntry(name, sha, int(meta.get("size", -1)), blob, meta.get("provenance", {}))
 
-    def verify(self, name: str) -> CacheEntry | None:
-        """Re-hash the blob of `name`; a mismatch removes blob and index entry and returns None."""
+    def verify(self, name: str, *, full: bool = True) -> CacheEntry | None:
+        """Check the blob of `name`; a mismatch removes blob and index entry and returns None.
+
+        `full=False` (every cell's resolve) re-hashes only when the blob's size, mtime or inode
+        changed since it was last hashed: a 50 MB vmlinux is not re-read for each boot. `full`
+        (builds, `harness assets verify`) always re-hashes, which also catches silent bit rot.
+        """
         entry = self.lookup(name)
         if entry is None:
             return None
-        actual = sha256_file(entry.path)
-        if actual != entry.sha256 or (entry.size >= 0 and entry.path.stat().st_size != entry.size):
+        st = entry.path.stat()
+        if entry.size >= 0 and st.st_size != entry.size:
             self._discard(entry)
             return None
+        stamp = _stat_stamp(st)
+        if not full and self._read_stamp(entry.sha256) == stamp:
+            return entry
+        if sha256_file(entry.path) != entry.sha256:
+            self._discard(entry)
+            return None
+        self._write_stamp(entry.sha256, stamp)
         return entry
+
+    def _stamp_path(self, sha256: str) -> Path:
+        return self.root / "verified" / sha256
+
+    def _read_stamp(self, sha256: str) -> str | None:
+        try:
+            return self._stamp_path(sha256).read_text()
+        except OSError:
+            return None
+
+    def _write_stamp(self, sha256: str, stamp: str) -> None:
+        with contextlib.suppress(OSError):
+            atomic_write_bytes(self._stamp_path(sha256), stamp.encode())
 
     def names(self) -> list[str]:
         index = self.root / "index"
@@ -227,6 +252,10 @@ class AssetCache:
             with self.temp_dir(name) as work:
                 produced, provenance = builder(work)
                 return self.commit(name, produced, provenance, expected_sha256=expected_sha256)
+
+
+def _stat_stamp(st: os.stat_result) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_dev}"
 
 
 def check_name(name: str) -> str:

@@ -76,7 +76,7 @@ def _resolve_path(source: dict, guest: str) -> ResolvedAsset:
 def _resolve_asset(name: str, offline: bool, cache: AssetCache) -> ResolvedAsset:
     from harness.assets.recipes import build_asset, get_recipe
     get_recipe(name)  # an unknown name is a ConfigError-like AssetError listing the recipes
-    entry = cache.verify(name)
+    entry = cache.verify(name, full=False)
     if entry is None:
         if offline:
             raise AssetError(f"asset {name} is not built (or its cached copy was corrupt and was removed)",
@@ -88,7 +88,7 @@ def _resolve_asset(name: str, offline: bool, cache: AssetCache) -> ResolvedAsset
 def _resolve_url(source: dict, guest: str, cache: AssetCache) -> ResolvedAsset:
     name = url_cache_name(source)
     want = _wants_decompress(source)
-    entry = cache.verify(name + ".decompressed" if want else name)
+    entry = cache.verify(name + ".decompressed" if want else name, full=False)
     if entry is None:
         raise AssetError(f"guest {guest}: {source['url']} is not in the cache",
                          f"harness fetch {guest}   (or on an offline machine: harness import {guest} FILE)")

@@ -113,3 +113,17 @@ def test_sweep_tmp_removes_stale_dirs(tmp_path):
     stale.mkdir(parents=True)
     os.utime(stale, (0, 0))
     assert cache.sweep_tmp(older_than_s=60) == 1 and not stale.exists()
+
+
+def test_quick_verify_skips_rehash_until_the_blob_changes(tmp_path, monkeypatch):
+    from harness.assets import cache as cache_mod
+    cache = AssetCache(tmp_path)
+    entry = cache.get_or_build("x", _builder(b"content"))
+    assert cache.verify("x") is not None          # full: hashes and records the stamp
+    calls = []
+    real = cache_mod.sha256_file
+    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: calls.append(p) or real(p))
+    assert cache.verify("x", full=False) is not None and calls == []
+    os.chmod(entry.path, 0o644)
+    entry.path.write_bytes(b"CONTENT")             # same size, new mtime
+    assert cache.verify("x", full=False) is None and calls  # re-hashed, found corrupt, removed
