@@ -5,10 +5,12 @@ Two things break naive matching on real consoles (LAVA, labgrid and avocado-vt a
 - kernel log lines printed in the middle of a userspace line, e.g.
   ``host log[    5.123] random: crng init done\\nin: `` where getty was printing ``login: ``.
 
-The cleaner is incremental (an escape or a log line may straddle reads) and removes:
-- CSI (ESC [ ... final), OSC (ESC ] ... BEL/ST), two-byte ESC sequences, NUL and CR;
-- a timestamped Linux printk line ``[ seconds.micros] ... \\n`` that starts mid-line.
-A printk line at the start of a line is kept: milestones match those.
+The cleaner is incremental (an escape or a log line may straddle reads) and:
+- removes CSI (ESC [ ... final), OSC (ESC ] ... BEL/ST), two-byte ESC sequences, NUL and CR;
+  a terminal reset or clear-screen (ESC c, ESC [2J, ESC [H) counts as the start of a new line;
+- moves a timestamped Linux printk line ``[ seconds.micros] ... \\n`` that starts mid-line out of
+  the line it interrupted: the interrupted line is joined back together, and the log line is
+  emitted on its own right after it, so milestones can still match it. Nothing is lost.
 """
 from __future__ import annotations
 
@@ -17,13 +19,15 @@ import re
 _ESC = 0x1B
 _PRINTK_HEAD = re.compile(rb"\[\s*\d+\.\d+\]")
 _MAX_HELD = 4096  # never hold back more than this waiting for a sequence to finish
+_SCREEN_RESETS = {b"\x1bc", b"\x1b[2J", b"\x1b[H", b"\x1b[1;1H", b"\x1b[01;01H"}
 
 
 class ConsoleCleaner:
     def __init__(self) -> None:
         self._pending = b""       # bytes not yet decided (a possible escape or printk head)
         self._at_line_start = True
-        self._in_printk = False   # dropping an interleaved log line until its newline
+        self._in_printk = False   # inside an interleaved log line until its newline
+        self._moved = bytearray()  # interleaved log lines, emitted after the interrupted line ends
 
     def feed(self, data: bytes) -> bytes:
         buf = self._pending + data
@@ -34,9 +38,11 @@ class ConsoleCleaner:
             if self._in_printk:
                 j = buf.find(b"\n", i)
                 if j < 0:
-                    return bytes(out)       # still inside the log line; drop what we have
+                    self._moved.extend(_strip_cr(buf[i:]))   # still inside the log line
+                    return bytes(out)
                 self._in_printk = False
-                i = j + 1                   # the log line's newline goes with it
+                self._moved.extend(_strip_cr(buf[i:j + 1]))
+                i = j + 1
                 continue
             b = buf[i]
             if b == _ESC:
@@ -44,6 +50,9 @@ class ConsoleCleaner:
                 if end is None:             # incomplete: wait for more bytes
                     self._hold(buf[i:], out)
                     return bytes(out)
+                if buf[i:end] in _SCREEN_RESETS and not self._at_line_start:
+                    out.append(0x0A)        # the screen starts over: so does the line
+                    self._end_of_line(out)
                 i = end
                 continue
             if b in (0, 0x0D):
@@ -53,6 +62,7 @@ class ConsoleCleaner:
                 head = _PRINTK_HEAD.match(buf, i)
                 if head:
                     self._in_printk = True
+                    self._moved.extend(buf[i:head.end()])
                     i = head.end()
                     continue
                 if _could_be_printk_head(buf[i:]):
@@ -60,8 +70,17 @@ class ConsoleCleaner:
                     return bytes(out)
             out.append(b)
             self._at_line_start = b == 0x0A
+            if b == 0x0A:
+                self._end_of_line(out)
             i += 1
         return bytes(out)
+
+    def _end_of_line(self, out: bytearray) -> None:
+        """The interrupted line is complete: now the log lines that interrupted it."""
+        if self._moved and not self._in_printk:
+            out.extend(self._moved)
+            self._moved.clear()
+        self._at_line_start = True
 
     def _hold(self, tail: bytes, out: bytearray) -> None:
         if len(tail) > _MAX_HELD:       # not an escape after all: let it through
@@ -73,7 +92,8 @@ class ConsoleCleaner:
     def flush(self) -> bytes:
         """End of stream: whatever was held back is plain text."""
         rest, self._pending = self._pending, b""
-        return rest
+        moved, self._moved = bytes(self._moved), bytearray()
+        return rest + (b"\n" + moved if moved else b"")
 
 
 def _escape_end(buf: bytes, i: int) -> int | None:
@@ -101,3 +121,7 @@ def _escape_end(buf: bytes, i: int) -> int | None:
 def _could_be_printk_head(tail: bytes) -> bool:
     """True if `tail` (starting with '[') might still grow into '[  12.345678]'."""
     return len(tail) < 24 and re.fullmatch(rb"\[\s*\d*\.?\d*", tail) is not None
+
+
+def _strip_cr(data: bytes) -> bytes:
+    return data.replace(b"\r", b"").replace(b"\x00", b"")

@@ -7,10 +7,20 @@ def clean_all(data: bytes, size: int) -> bytes:
     return out + c.flush()
 
 
-def test_interleaved_printk_line_is_removed_from_a_prompt_at_every_split():
-    raw = b"\r\nguest log[    2.345678] random: crng init done\r\nin: "
+def test_interleaved_printk_line_is_moved_out_of_a_prompt_at_every_split():
+    raw = b"\r\nguest log[    2.345678] random: crng init done\r\nin: \nnext\n"
     for size in range(1, len(raw) + 1):
-        assert clean_all(raw, size) == b"\nguest login: ", size
+        assert clean_all(raw, size) == b"\nguest login: \n[    2.345678] random: crng init done\nnext\n", size
+
+
+def test_moved_log_line_is_flushed_at_end_of_stream():
+    assert clean_all(b"log[ 1.0] x\nin: ", 4) == b"login: \n[ 1.0] x\n"
+
+
+def test_clear_screen_starts_a_line_so_the_first_printk_is_kept():
+    raw = b"Probing EDD (edd=off to disable)... ok\x1bc\x1b[?7l\x1b[2J[    0.000000] Linux version 6.1\n"
+    for size in (1, 5, 100):
+        assert clean_all(raw, size) == b"Probing EDD (edd=off to disable)... ok\n[    0.000000] Linux version 6.1\n"
 
 
 def test_printk_line_at_line_start_is_kept():
