@@ -123,3 +123,23 @@ def test_guest_file_cell_through_the_runner(tmp_path):
     assert result.outcome == "pass", result.reason
     assert [m.name for m in result.milestones] == ["kernel", "userspace", "login"]
     assert result.host.get("accel") == "tcg"
+
+
+def test_debian_systemd_from_a_read_only_disk(tmp_path):
+    """Nightly guest: runs only when its disk is already built (it takes minutes to debootstrap)."""
+    from harness.assets.cache import AssetCache
+    from harness.runner.execute import RunOptions, run_cell
+    from harness.runner.guestfile import load_guest
+    from harness.runner.matrix import Cell
+    disk = AssetCache().lookup("debian-systemd-rootfs-amd64")
+    if disk is None or AssetCache().lookup("debian-systemd-initramfs-amd64") is None:
+        pytest.skip("nightly asset not built: harness assets build --tier nightly")
+    before = disk.path.stat().st_mtime_ns
+    guest = load_guest(REPO / "guests" / "debian-systemd-amd64.yaml")
+    cell = Cell(guest=guest, backend="qemu-tcg", cpu_profile="default", gap_policy="emulate", vcpus=1,
+                memory=guest.memory, tier="nightly")
+    result = run_cell(cell, RunOptions(run_dir=tmp_path))
+    assert result.outcome == "pass", result.reason
+    assert "root" in [m.name for m in result.milestones]
+    assert disk.path.stat().st_mtime_ns == before  # the image is never written: the overlay took the writes
+    assert AssetCache().verify("debian-systemd-rootfs-amd64") is not None
