@@ -143,3 +143,26 @@ def test_debian_systemd_from_a_read_only_disk(tmp_path):
     assert "root" in [m.name for m in result.milestones]
     assert disk.path.stat().st_mtime_ns == before  # the image is never written: the overlay took the writes
     assert AssetCache().verify("debian-systemd-rootfs-amd64") is not None
+
+
+def test_aarch64_firmware_boot_reaches_uefi(tmp_path):
+    """The BSD arm64 path (boot: firmware): UEFI from qemu-efi-aarch64 starts on a blank overlay'd disk."""
+    from harness.errors import BackendUnavailable
+    if shutil.which("qemu-system-aarch64") is None or shutil.which("qemu-img") is None:
+        pytest.skip("qemu-system-aarch64 / qemu-img not installed")
+    blank = tmp_path / "blank.img"
+    blank.write_bytes(b"\0" * (1 << 20))
+    request = BootRequest(cell_id="fw", guest="fw", family="other", arch="aarch64", boot="firmware", kernel=None,
+                          disk=blank, memory_mib=512, workdir=tmp_path / "w")
+    backend = QemuBackend("tcg")
+    try:
+        backend.check(request)
+    except BackendUnavailable as e:
+        pytest.skip(e.one_line())
+    session = backend.start(request)
+    try:
+        console = boot_until(session, b"UEFI firmware", 30)
+    finally:
+        session.stop()
+    assert b"UEFI firmware" in console
+    assert (tmp_path / "w" / "disk.qcow2").is_file() and blank.read_bytes() == b"\0" * (1 << 20)
