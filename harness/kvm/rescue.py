@@ -42,6 +42,9 @@ class Rescuer:
         # Standard-format XSAVE layout: component i at CPUID.(0xD, i).EBX, size EAX (i >= 2).
         self.components = {e["index"]: (e["ebx"], e["eax"]) for e in cpuid_entries
                            if e["function"] == 0xD and e["index"] >= 2 and e["eax"]}
+        # Compacted format: CPUID.(0xD, i).ECX bit 1 asks for 64-byte alignment of component i.
+        self.aligned = {e["index"] for e in cpuid_entries if e["function"] == 0xD and e["ecx"] & 2}
+        self.declined = ""   # why the last rescue attempt gave up (shown in the failure record)
 
     def rescue(self, code: bytes, rip: int, bits: int) -> str | None:
         """Perform the instruction at RIP if we can; its mnemonic when done, None otherwise."""
@@ -55,7 +58,8 @@ class Rescuer:
             getattr(self, "_" + insn.mnemonic.removesuffix("64"))(insn, regs, bits)
             if insn.mnemonic != "int3":
                 self.vcpu.set_regs({"rip": rip + insn.size})
-        except (RescueFailed, GuestMemoryError, OSError):
+        except (RescueFailed, GuestMemoryError, OSError) as exc:
+            self.declined = f"{insn.mnemonic}: {exc}"
             return None
         return insn.mnemonic
 
@@ -98,19 +102,35 @@ class Rescuer:
         header = self.read_linear(addr + LEGACY_SIZE, 16)
         xstate_bv = int.from_bytes(header[:8], "little")
         xcomp_bv = int.from_bytes(header[8:16], "little")
-        if xcomp_bv >> 63:
-            raise RescueFailed("compacted format")
+        compacted = self.compacted_offsets(xcomp_bv) if xcomp_bv >> 63 else None
         state = bytearray(self.get_xsave())
         if rfbm & 0b110:  # MXCSR and its mask come with SSE or AVX state
             state[24:32] = self.read_linear(addr + 24, 8)
         for bit, (start, size) in self.components_in(rfbm):
             if xstate_bv >> bit & 1:
-                state[start:start + size] = self.read_linear(addr + start, size)
+                src = start if compacted is None or bit < 2 else compacted.get(bit)
+                if src is None:
+                    raise RescueFailed(f"component {bit} in XSTATE_BV but not in XCOMP_BV")
+                state[start:start + size] = self.read_linear(addr + src, size)
             else:
                 state[start:start + size] = _init_state(bit, size)
         buf_bv = int.from_bytes(state[LEGACY_SIZE:LEGACY_SIZE + 8], "little")
         state[LEGACY_SIZE:LEGACY_SIZE + 8] = ((buf_bv & ~rfbm) | (xstate_bv & rfbm)).to_bytes(8, "little")
         self.set_xsave(bytes(state))
+
+    def compacted_offsets(self, xcomp_bv: int) -> dict[int, int]:
+        """Where each component of XCOMP_BV sits in a compacted-format area (SDM 13.4.3)."""
+        offsets, at = {}, LEGACY_SIZE + HEADER_SIZE
+        for bit in range(2, 63):
+            if not xcomp_bv >> bit & 1:
+                continue
+            if bit not in self.components:
+                raise RescueFailed(f"compacted component {bit} has no CPUID size")
+            if bit in self.aligned:
+                at = (at + 63) & ~63
+            offsets[bit] = at
+            at += self.components[bit][1]
+        return offsets
 
     # -- state ---------------------------------------------------------------------------------
     def get_xcr0(self) -> int:

@@ -314,7 +314,8 @@ class VcpuLoop:
                 return None
         detail = {"suberror": suberror, "suberror_name": k.INTERNAL_SUBERRORS.get(suberror, "other"),
                   "insn": decoded["text"], "bytes": code.hex(), "bytes_source": source, "bits": decoded["bits"],
-                  "data": data_words, "rip": f"{rip:#x}", "vcpu": self.vcpu.index, "registers": self._registers(),
+                  "data": data_words, "rescue_declined": self.rescuer.declined if self.rescuer else "",
+                  "rip": f"{rip:#x}", "vcpu": self.vcpu.index, "registers": self._registers(),
                   "flight_recorder": self.cfg.recorder.dump()}
         self.cfg.emit(ev.VmEvent(ev.HOST_EMULATION_FAILURE, time.monotonic(), detail))
         self.cfg.gaps.record(GapRecord(kind=gaps.HOST_EMULATION_FAILURE, key=decoded["mnemonic"], first_rip=rip,
@@ -328,6 +329,7 @@ class VcpuLoop:
         """Do in user space what the host emulator could not; True when the guest may go on."""
         if self.rescuer is None:
             return False
+        self.rescuer.declined = ""
         done = self.rescuer.rescue(code, rip, decoded["bits"])
         if done is None:
             return False
