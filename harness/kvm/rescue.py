@@ -4,6 +4,7 @@ When KVM_RUN ends in an emulation failure on an instruction we can perform from 
 guest with the vCPU's state ioctls, we do it, advance RIP and let the guest go on; the run loop
 records a rescued-instruction gap. Everything else stays a structured failure.
 
+  clac / stac                  clear / set RFLAGS.AC (SMAP)
   int3                         inject #BP (a trap: RIP after the instruction)
   xgetbv / xsetbv              XCR0 through KVM_GET_XCRS / KVM_SET_XCRS
   xsave / xsaveopt (64)        KVM_GET_XSAVE, components copied to guest memory, standard format
@@ -28,8 +29,9 @@ if TYPE_CHECKING:
     from harness.memory import GuestRam
 
 LEGACY_SIZE, HEADER_SIZE = 512, 64
+RFLAGS_AC = 1 << 18
 _MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
-RESCUABLE = ("int3", "xgetbv", "xsetbv", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xrstor", "xrstor64")
+RESCUABLE = ("clac", "stac", "int3", "xgetbv", "xsetbv", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xrstor", "xrstor64")
 
 
 class RescueFailed(Exception):
@@ -67,6 +69,12 @@ class Rescuer:
     def _int3(self, insn: Any, regs: dict[str, int], bits: int) -> None:
         self.vcpu.set_regs({"rip": insn.address + insn.size})
         self.vcpu.inject_exception(3)
+
+    def _clac(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        self.vcpu.set_regs({"rflags": regs["rflags"] & ~RFLAGS_AC})
+
+    def _stac(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        self.vcpu.set_regs({"rflags": regs["rflags"] | RFLAGS_AC})
 
     def _xgetbv(self, insn: Any, regs: dict[str, int], bits: int) -> None:
         if regs["rcx"] & 0xFFFFFFFF != 0:

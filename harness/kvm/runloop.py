@@ -37,7 +37,8 @@ _ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 MAX_REP_COUNT = 4096                    # a REP INS/OUTS exit never carries more than one page of data
 
 
-_RESCUE_HOW = {"int3": "injected #BP via KVM_SET_VCPU_EVENTS", "xgetbv": "XCR0 via KVM_GET_XCRS",
+_RESCUE_HOW = {"clac": "RFLAGS.AC cleared via KVM_SET_REGS", "stac": "RFLAGS.AC set via KVM_SET_REGS",
+               "int3": "injected #BP via KVM_SET_VCPU_EVENTS", "xgetbv": "XCR0 via KVM_GET_XCRS",
                "xsetbv": "KVM_SET_XCRS", "xrstor": "guest memory -> KVM_SET_XSAVE",
                "xrstor64": "guest memory -> KVM_SET_XSAVE", "xsave": "KVM_GET_XSAVE -> guest memory",
                "xsave64": "KVM_GET_XSAVE -> guest memory", "xsaveopt": "KVM_GET_XSAVE -> guest memory",

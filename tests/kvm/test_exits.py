@@ -405,3 +405,27 @@ def test_xsave_family_runs_or_is_rescued(guest):
     assert values[3] == 0x55667788
     rescued = {g["key"] for g in run.gaps("rescued-instruction")}
     assert rescued <= {"xsetbv", "xgetbv", "xsave", "xrstor"}
+
+
+def test_smap_clac_stac_run_or_are_rescued(guest):
+    io, dev = _bus()
+    run = guest("""
+        stac
+        pushfq
+        pop rax
+        shr eax, 18
+        and eax, 1
+        mov dx, 0x10
+        out dx, eax
+        clac
+        pushfq
+        pop rax
+        shr eax, 18
+        and eax, 1
+        mov dx, 0x10
+        out dx, eax
+        hlt""", bits=64, io=io)
+    if run.stop.reason != "halt":
+        pytest.skip(f"this CPU lacks SMAP (stac/clac #UD): {run.stop}")
+    assert [w[2] for w in dev.writes] == [1, 0]
+    assert {g["key"] for g in run.gaps("rescued-instruction")} <= {"clac", "stac"}
