@@ -8,7 +8,8 @@ records a rescued-instruction gap. Everything else stays a structured failure.
   int3                         inject #BP (a trap: RIP after the instruction)
   xgetbv / xsetbv              XCR0 through KVM_GET_XCRS / KVM_SET_XCRS
   xsave / xsaveopt (64)        KVM_GET_XSAVE, components copied to guest memory, standard format
-  xrstor (64)                  guest memory copied into KVM_SET_XSAVE, standard format only
+  xrstor(s) (64)               guest memory (standard or compacted) copied into KVM_SET_XSAVE
+  xsavec / xsaves (64)         KVM_GET_XSAVE -> compacted area (XCR0 components; no IA32_XSS state)
 Guest memory goes through KVM_TRANSLATE + GuestRam (bounds-checked) page by page; a fault we
 cannot represent (unmapped page, compacted format) is a failed rescue, never a host error.
 """
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 LEGACY_SIZE, HEADER_SIZE = 512, 64
 RFLAGS_AC = 1 << 18
 _MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
-RESCUABLE = ("clac", "stac", "int3", "xgetbv", "xsetbv", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xrstor", "xrstor64")
+RESCUABLE = ("clac", "stac", "int3", "xgetbv", "xsetbv", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xrstor", "xrstor64",
+             "xrstors", "xrstors64", "xsavec", "xsavec64", "xsaves", "xsaves64")
 
 
 class RescueFailed(Exception):
@@ -104,6 +106,23 @@ class Rescuer:
 
     _xsaveopt = _xsave  # may always write what xsaveopt would skip
 
+    def _xsavec(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        """Compacted save: XCOMP_BV = RFBM | bit 63, components packed after the header."""
+        addr = self.memory_operand(insn, regs, bits)
+        rfbm = self.get_xcr0() & ((regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF))
+        state = self.get_xsave()
+        offsets = self.compacted_offsets(rfbm)
+        for bit, (start, size) in self.components_in(rfbm):
+            dst = start if bit < 2 else offsets[bit]
+            self.write_linear(addr + dst, state[start:start + size])
+        if rfbm & 0b110:
+            self.write_linear(addr + 24, state[24:32])
+        buf_bv = int.from_bytes(state[LEGACY_SIZE:LEGACY_SIZE + 8], "little")
+        header = (buf_bv & rfbm).to_bytes(8, "little") + (rfbm | 1 << 63).to_bytes(8, "little")
+        self.write_linear(addr + LEGACY_SIZE, header)
+
+    _xsaves = _xsavec   # supervisor components (IA32_XSS) are not handled: XCR0 bits only
+
     def _xrstor(self, insn: Any, regs: dict[str, int], bits: int) -> None:
         addr = self.memory_operand(insn, regs, bits)
         rfbm = self.get_xcr0() & ((regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF))
@@ -139,6 +158,9 @@ class Rescuer:
             offsets[bit] = at
             at += self.components[bit][1]
         return offsets
+
+    def _xrstors(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        self._xrstor(insn, regs, bits)   # same compacted-format load, XCR0 components only
 
     # -- state ---------------------------------------------------------------------------------
     def get_xcr0(self) -> int:

@@ -42,7 +42,10 @@ _RESCUE_HOW = {"clac": "RFLAGS.AC cleared via KVM_SET_REGS", "stac": "RFLAGS.AC 
                "xsetbv": "KVM_SET_XCRS", "xrstor": "guest memory -> KVM_SET_XSAVE",
                "xrstor64": "guest memory -> KVM_SET_XSAVE", "xsave": "KVM_GET_XSAVE -> guest memory",
                "xsave64": "KVM_GET_XSAVE -> guest memory", "xsaveopt": "KVM_GET_XSAVE -> guest memory",
-               "xsaveopt64": "KVM_GET_XSAVE -> guest memory"}
+               "xsaveopt64": "KVM_GET_XSAVE -> guest memory", "xsavec": "KVM_GET_XSAVE -> compacted area",
+               "xsavec64": "KVM_GET_XSAVE -> compacted area", "xsaves": "KVM_GET_XSAVE -> compacted area",
+               "xsaves64": "KVM_GET_XSAVE -> compacted area", "xrstors": "compacted area -> KVM_SET_XSAVE",
+               "xrstors64": "compacted area -> KVM_SET_XSAVE"}
 
 
 class Bus(Protocol):

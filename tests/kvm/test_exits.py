@@ -429,3 +429,14 @@ def test_smap_clac_stac_run_or_are_rescued(guest):
         pytest.skip(f"this CPU lacks SMAP (stac/clac #UD): {run.stop}")
     assert [w[2] for w in dev.writes] == [1, 0]
     assert {g["key"] for g in run.gaps("rescued-instruction")} <= {"clac", "stac"}
+
+
+def test_xsavec_compacted_round_trip(guest):
+    io, dev = _bus()
+    run = guest(XSAVE_GUEST.replace("xsave [rsi]", "xsavec [rsi]").replace(
+        "mov eax, dword ptr [rsi + 512]  # XSTATE_BV", "mov eax, dword ptr [rsi + 524]  # XCOMP_BV high"),
+        bits=64, io=io)
+    if run.stop.reason != "halt":
+        pytest.skip(f"no XSAVEC here and not rescued: {run.stop}")
+    values = [w[2] for w in dev.writes]
+    assert values[1] == 0x11223344 and values[2] >> 31 == 1 and values[3] == 0x55667788
