@@ -128,7 +128,7 @@ class QemuSession(ProcessSession):
     """A running QEMU plus the thread that turns its log, stderr and QMP events into VmEvents."""
 
     def __init__(self, request: BootRequest, argv: list[str], *, accel: str, qmp_dir: Path) -> None:
-        self._writer = ev.EventWriter(request.events_path)
+        self._writer: ev.EventWriter | None = ev.EventWriter(request.events_path)
         self._lock = threading.Lock()
         self.host = {"qemu_version": qemu_version(argv[0]), "accel": accel, "binary": argv[0],
                      "machine": argv[argv.index("-M") + 1]}
@@ -147,6 +147,8 @@ class QemuSession(ProcessSession):
     # -- events --------------------------------------------------------------------------------
     def _emit(self, type_: str, data: dict[str, Any], t: float | None = None) -> None:
         with self._lock:
+            if self._writer is None:
+                return  # stop() has closed the file; a watcher this late has nothing to add
             self._writer.emit(ev.VmEvent(type_, time.monotonic() if t is None else t, data))
 
     def _gap(self, gap: GapRecord) -> None:
@@ -182,10 +184,14 @@ class QemuSession(ProcessSession):
                     qmp.connect()
                 for event in qmp.read_events(timeout=_POLL_S if not exited else 0.0):
                     self._on_qmp(event)
-                for line in log.lines():
-                    gap = parse_log_line(line)
-                    if gap is not None:
-                        self._gap(gap)
+                while True:  # after the exit, drain the whole log; while running, a bounded chunk
+                    lines = log.lines()
+                    for line in lines:
+                        gap = parse_log_line(line)
+                        if gap is not None:
+                            self._gap(gap)
+                    if not (exited and lines):
+                        break
                 self._check_stderr()
                 if exited:
                     break
@@ -247,7 +253,9 @@ class QemuSession(ProcessSession):
         code = self.terminate()
         self._done.wait(10.0)
         with self._lock:
-            self._writer.close()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         shutil.rmtree(self._qmp_dir, ignore_errors=True)
         summary = SessionSummary(
             exit_code=code, host=self.host, command=list(self.argv), stderr_tail=self.stderr_tail(),
