@@ -192,6 +192,11 @@ class QemuSession(ProcessSession):
                             self._gap(gap)
                     if not (exited and lines):
                         break
+                if exited and log.partial:  # a last line QEMU never finished
+                    gap = parse_log_line(log.partial.decode(errors="replace"))
+                    log.partial = b""
+                    if gap is not None:
+                        self._gap(gap)
                 self._check_stderr()
                 if exited:
                     break

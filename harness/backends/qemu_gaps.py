@@ -30,6 +30,8 @@ _RIP = re.compile(r"\bRIP=(?P<rip>[0-9a-fA-F]+)")
 _PC = re.compile(r"\bPC=(?P<pc>[0-9a-fA-F]+)")
 _CODE = re.compile(r"^Code=(?P<code>.*)$")
 _MAX_KEY = 160
+_WRITE = re.compile(r"(?:^|[\W_])write")
+_READ = re.compile(r"(?:^|[\W_])read(?!y)")
 
 
 def parse_log_line(line: str) -> GapRecord | None:
@@ -51,7 +53,8 @@ def parse_log_line(line: str) -> GapRecord | None:
     kind = QEMU_UNIMPLEMENTED if any(w in lowered for w in _UNIMP_WORDS) else QEMU_GUEST_ERROR
     m = _PREFIX.match(text)
     key = f"{m['dev']}: {_mask(m['msg'])}" if m else _mask(text)
-    access = "write" if re.search(r"\bwrite", lowered) else "read" if re.search(r"\bread", lowered) else ""
+    # "pl061_write: ...", "write to ...": the word may follow an underscore, so \b is not enough
+    access = "write" if _WRITE.search(lowered) else "read" if _READ.search(lowered) else ""
     return GapRecord(kind, key[:_MAX_KEY], access=access, detail={"line": text[:300]})
 
 

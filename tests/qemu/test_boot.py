@@ -166,3 +166,34 @@ def test_aarch64_firmware_boot_reaches_uefi(tmp_path):
         session.stop()
     assert b"UEFI firmware" in console
     assert (tmp_path / "w" / "disk.qcow2").is_file() and blank.read_bytes() == b"\0" * (1 << 20)
+
+
+def test_qemu_guest_errors_become_gap_events(tmp_path):
+    """A five-instruction arm64 guest writes to a PL061 offset that does not exist; QEMU logs it
+    under -d guest_errors and the backend turns the line into a qemu-guest-error gap."""
+    import struct
+    if shutil.which("qemu-system-aarch64") is None:
+        pytest.skip("qemu-system-aarch64 not installed")
+    code = struct.pack("<5I",
+                       0xD2A12060,   # mov  x0, #0x09030000   (virt's PL061 GPIO)
+                       0xF2810000,   # movk x0, #0x800        (no register there)
+                       0x52801FE1,   # mov  w1, #0xff
+                       0xB9000001,   # str  w1, [x0]
+                       0x14000000)   # b    .
+    kernel = tmp_path / "poke.bin"
+    kernel.write_bytes(code.ljust(4096, b"\0"))
+    request = BootRequest(cell_id="poke", guest="poke", family="other", arch="aarch64", boot="image",
+                          kernel=kernel, memory_mib=128, workdir=tmp_path / "w")
+    session = QemuBackend("tcg").start(request)
+    deadline = time.monotonic() + 20
+    log = request.workdir / "qemu.log"
+    while time.monotonic() < deadline and not (log.is_file() and log.stat().st_size):
+        time.sleep(0.1)
+    time.sleep(0.3)  # one watcher poll
+    summary = session.stop()
+    gaps = [e.data for e in events(request) if e.type == ev.GAP]
+    assert gaps, (request.workdir / "qemu.log").read_text()
+    g = gaps[0]
+    assert (g["kind"], g["key"], g["access"]) == ("qemu-guest-error", "pl061_write: Bad offset N", "write")
+    assert g["first_t"] is not None
+    assert [x["key"] for x in summary.extra["gaps"]] == ["pl061_write: Bad offset N"]
