@@ -75,7 +75,12 @@ class Apt:
                 return
             (lists / "partial").mkdir(parents=True, exist_ok=True)
             (self.state_dir / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-            _run(["apt-get", *self._options(), "-q", "update"], what=f"apt-get update for {self.arch}")
+            try:
+                _run(["apt-get", *self._options(), "-q", "update"], what=f"apt-get update for {self.arch}")
+            except AssetError:
+                if not stamp.exists():
+                    raise
+                return  # offline: yesterday's lists still name the packages we have cached
             stamp.write_text("")
 
     def show_field(self, package: str, field_name: str) -> str:
