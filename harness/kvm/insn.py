@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import functools
+
 import capstone
 
 from harness.errors import GuestMemoryError
@@ -55,9 +57,15 @@ def fetch(vcpu: "Vcpu", ram: "GuestRam", rip: int, sregs: Any, length: int = MAX
     return bytes(out), f"guest memory at {phys:#x}" if out else f"physical {phys:#x} is not RAM"
 
 
+@functools.lru_cache(maxsize=None)
+def _decoder(bits: int) -> capstone.Cs:
+    """One capstone handle per mode: building one costs more than decoding."""
+    return capstone.Cs(capstone.CS_ARCH_X86, _MODES.get(bits, capstone.CS_MODE_64))
+
+
 def decode(code: bytes, bits: int, address: int = 0) -> dict[str, Any]:
     """The first instruction in `code`: mnemonic, operands, size; `mnemonic` '(bad)' when undecodable."""
-    md = capstone.Cs(capstone.CS_ARCH_X86, _MODES.get(bits, capstone.CS_MODE_64))
+    md = _decoder(bits)
     for insn in md.disasm(code, address):
         return {"mnemonic": insn.mnemonic, "op_str": insn.op_str, "size": insn.size,
                 "text": f"{insn.mnemonic} {insn.op_str}".strip(), "bytes": code[:insn.size].hex(), "bits": bits}

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import functools
+
 import capstone
 from capstone import x86_const
 
@@ -36,6 +38,13 @@ RESCUABLE = ("clac", "stac", "int3", "xgetbv", "xsetbv", "xsave", "xsave64", "xs
              "xrstors", "xrstors64", "xsavec", "xsavec64", "xsaves", "xsaves64")
 
 
+@functools.lru_cache(maxsize=None)
+def _detail_decoder(bits: int) -> capstone.Cs:
+    md = capstone.Cs(capstone.CS_ARCH_X86, _MODES.get(bits, capstone.CS_MODE_64))
+    md.detail = True   # operands, for the memory address of xsave & co
+    return md
+
+
 class RescueFailed(Exception):
     """The instruction is one we handle, but not in this form / with this operand."""
 
@@ -52,8 +61,7 @@ class Rescuer:
 
     def rescue(self, code: bytes, rip: int, bits: int) -> str | None:
         """Perform the instruction at RIP if we can; its mnemonic when done, None otherwise."""
-        md = capstone.Cs(capstone.CS_ARCH_X86, _MODES.get(bits, capstone.CS_MODE_64))
-        md.detail = True
+        md = _detail_decoder(bits)
         insn = next(md.disasm(code, rip), None)
         if insn is None or insn.mnemonic not in RESCUABLE:
             return None

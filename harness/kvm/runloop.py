@@ -37,7 +37,9 @@ _ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 MAX_REP_COUNT = 4096                    # a REP INS/OUTS exit never carries more than one page of data
 
 
-_RESCUE_HOW = {"clac": "RFLAGS.AC cleared via KVM_SET_REGS", "stac": "RFLAGS.AC set via KVM_SET_REGS",
+_CLAC, _STAC = b"\x0f\x01\xca", b"\x0f\x01\xcb"
+_RFLAGS_AC = 1 << 18
+_RESCUE_HOW = {"clac": "RFLAGS.AC cleared in the synced registers", "stac": "RFLAGS.AC set in the synced registers",
                "int3": "injected #BP via KVM_SET_VCPU_EVENTS", "xgetbv": "XCR0 via KVM_GET_XCRS",
                "xsetbv": "KVM_SET_XCRS", "xrstor": "guest memory -> KVM_SET_XSAVE",
                "xrstor64": "guest memory -> KVM_SET_XSAVE", "xsave": "KVM_GET_XSAVE -> guest memory",
@@ -309,6 +311,8 @@ class VcpuLoop:
     def _internal_error(self, rip: int) -> StopInfo | None:
         run = self.vcpu.run
         suberror = int(run.internal.suberror)
+        if self.cfg.rescue and suberror == k.KVM_INTERNAL_ERROR_EMULATION and self._fast_rescue(rip):
+            return None
         ndata = min(int(run.internal.ndata), 16)
         data_words = [f"{int(run.internal.data[i]):#x}" for i in range(ndata)]
         code, decoded, source = self._failed_instruction(rip)
@@ -328,6 +332,25 @@ class VcpuLoop:
                                                                           "bytes", "bits", "registers")}))
         return StopInfo(STOP_EMULATION_FAILURE, self.vcpu.index,
                         {"insn": decoded["text"], "rip": f"{rip:#x}", "suberror": suberror})
+
+    def _fast_rescue(self, rip: int) -> bool:
+        """clac/stac without an ioctl: edit the synced registers, mark them dirty, KVM loads them on entry.
+        (Linux executes them on every user access once SMAP alternatives are patched in.)"""
+        run = self.vcpu.run
+        ef = run.emulation_failure
+        if not (self.vcpu.sync_regs and int(ef.ndata) >= 3 and int(ef.flags) & 1 and ef.insn_size >= 3):
+            return False
+        op = bytes(ef.insn_bytes[0:3])
+        if op not in (_CLAC, _STAC):
+            return False
+        regs = run.s.regs.regs
+        regs.rflags = (regs.rflags | _RFLAGS_AC) if op == _STAC else (regs.rflags & ~_RFLAGS_AC)
+        regs.rip = rip + 3
+        run.kvm_dirty_regs |= k.KVM_SYNC_X86_REGS
+        name = "stac" if op == _STAC else "clac"
+        self.cfg.gaps.record(GapRecord(kind=gaps.RESCUED_INSTRUCTION, key=name, first_rip=rip, vcpu=self.vcpu.index,
+                                       detail={"bytes": op.hex(), "insn": name, "how": _RESCUE_HOW[name]}))
+        return True
 
     def _rescue(self, code: bytes, decoded: dict[str, Any], rip: int) -> bool:
         """Do in user space what the host emulator could not; True when the guest may go on."""
