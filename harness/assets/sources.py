@@ -31,6 +31,8 @@ from harness.errors import AssetError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _TIMEOUT_S = 60
+_ATTEMPTS = 3
+_RETRY_DELAY_S = 1.0   # scaled by 2**attempt; tests set it to 0
 _CHUNK = 1 << 20
 _ROLES = ("kernel", "initrd", "disk", "firmware")
 
@@ -200,7 +202,7 @@ def fetch_source(source: dict, cache: AssetCache) -> CacheEntry:
     def build(work: Path) -> tuple[Path, dict[str, Any]]:
         algo, digest = expected_checksum(source)
         target = work / name
-        _download(str(source["url"]), target)
+        _download_with_retries(str(source["url"]), target)
         _check_digest(target, algo, digest, str(source["url"]))
         return target, {"url": source["url"], "checksum": f"{algo}:{digest}",
                         "checksum_url": source.get("checksum_url")}
@@ -289,6 +291,21 @@ def _maybe_decompress(source: dict, entry: CacheEntry, cache: AssetCache) -> Cac
         return target, {**entry.provenance, "decompressed_from": entry.sha256, "compression": fmt}
 
     return cache.get_or_build(entry.name + ".decompressed", build)
+
+
+def _download_with_retries(url: str, target: Path, attempts: int = _ATTEMPTS) -> None:
+    """Mirrors drop connections: try again from the start (a checksum mismatch is not retried)."""
+    import time
+    if urllib.parse.urlparse(url).scheme not in ("http", "https"):
+        _download(url, target)  # raises the one-line error at once: nothing to retry
+    for attempt in range(1, attempts + 1):
+        try:
+            _download(url, target)
+            return
+        except AssetError:
+            if attempt == attempts:
+                raise
+            time.sleep(min(2 ** attempt, 10) * _RETRY_DELAY_S)
 
 
 def _download(url: str, target: Path) -> None:

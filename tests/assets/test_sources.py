@@ -103,7 +103,8 @@ def test_checksum_mismatch_is_clear_and_stores_nothing(tmp_path, server, cache):
     _nothing_left(cache)
 
 
-def test_interrupted_download_leaves_nothing(tmp_path, server, cache):
+def test_interrupted_download_leaves_nothing(tmp_path, server, cache, monkeypatch):
+    monkeypatch.setattr(sources, "_RETRY_DELAY_S", 0.0)
     src = {"url": f"{server}/truncated.img", "sha256": SHA256}
     with pytest.raises(AssetError, match="truncated.img"):
         sources.fetch("g", cache=cache, guests_dir=_guest(tmp_path, "g", src))
@@ -176,3 +177,18 @@ def test_non_http_urls_are_refused(tmp_path, cache):
     with pytest.raises(AssetError, match="only http"):
         sources.fetch("g", cache=cache, guests_dir=_guest(tmp_path, "g", src))
     _nothing_left(cache)
+
+
+def test_a_dropped_connection_is_retried(tmp_path, server, cache, monkeypatch):
+    monkeypatch.setattr(sources, "_RETRY_DELAY_S", 0.0)
+    calls = []
+    real = sources._download
+
+    def flaky(url, target):
+        calls.append(url)
+        real(url.replace("/image.img", "/truncated.img") if len(calls) == 1 else url, target)
+
+    monkeypatch.setattr(sources, "_download", flaky)
+    src = {"url": f"{server}/image.img", "sha256": SHA256}
+    [entry] = sources.fetch("g", cache=cache, guests_dir=_guest(tmp_path, "g", src))
+    assert entry.sha256 == SHA256 and len(calls) == 2
