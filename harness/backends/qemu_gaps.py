@@ -78,9 +78,15 @@ class KvmFailure:
     def gap(self, t: float | None) -> GapRecord:
         raw = _code_at_rip(self.code)
         insn = decode_x86(raw)
-        return GapRecord(HOST_EMULATION_FAILURE, insn or raw or f"suberror-{self.suberror}", first_rip=self.rip,
+        # Keyed by mnemonic (with prefixes), like the built-in backend: the same failing
+        # instruction with other operands is the same gap; the operands stay in detail.
+        mnemonic = insn.split(" ", 2)[0] if insn else ""
+        if insn.startswith(("lock ", "rep ", "repne ", "repe ")):
+            mnemonic = " ".join(insn.split(" ", 2)[:2])
+        return GapRecord(HOST_EMULATION_FAILURE, mnemonic or raw or f"suberror-{self.suberror}", first_rip=self.rip,
                          fate=FATE_STOPPED, first_t=t,
-                         detail={"suberror": self.suberror, "bytes": raw, "code": self.code, "source": "qemu-kvm"})
+                         detail={"suberror": self.suberror, "insn": insn, "bytes": raw, "code": self.code,
+                                 "source": "qemu-kvm"})
 
 
 def parse_kvm_failure(stderr: str) -> KvmFailure | None:

@@ -136,6 +136,7 @@ def test_kvm_internal_error_becomes_a_stopped_host_emulation_gap():
     assert f.suberror == 1 and f.rip == 0xFFFFFFFF81234567
     gap = f.gap(1.0)
     assert gap.kind == HOST_EMULATION_FAILURE and gap.fate == FATE_STOPPED
-    assert gap.key.startswith("lock cmpxchg16b") and gap.detail["bytes"].startswith("f0480fc70e")
+    assert gap.key == "lock cmpxchg16b" and gap.detail["bytes"].startswith("f0480fc70e")
+    assert gap.detail["insn"] == "lock cmpxchg16b xmmword ptr [rsi]"
     assert parse_kvm_failure("qemu-system-x86_64: some other error") is None
     assert decode_x86("") == ""
