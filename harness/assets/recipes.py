@@ -149,6 +149,17 @@ def _kernel_amd64_vmlinux(ctx: BuildContext, work: Path) -> tuple[Path, dict[str
                  "file_sha256": sha256_file(out)}
 
 
+@_recipe("xen-hypervisor-amd64", "Debian 12's Xen 4.17 hypervisor, ELF32 with multiboot headers",
+         "x86_64", "kernel")
+def _xen_amd64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
+    import gzip
+    deb = fetch_deb(ctx, "x86_64", "xen-hypervisor-4.17-amd64")
+    packed = _one(_extracted(deb, work), "boot/xen-*-amd64.gz", "Xen image")
+    out = work / packed.name.removesuffix(".gz")
+    out.write_bytes(gzip.decompress(packed.read_bytes()))  # QEMU's multiboot loader wants the raw ELF
+    return out, {**deb.provenance(), "file": f"/boot/{packed.name}", "file_sha256": sha256_file(out)}
+
+
 # -- initramfs images ------------------------------------------------------------------------------
 def _busybox(ctx: BuildContext, work: Path, arch: str) -> tuple[Path, dict[str, Any]]:
     deb = fetch_deb(ctx, arch, "busybox-static")

@@ -31,7 +31,7 @@ def test_unknown_recipe_lists_the_known_ones():
 def test_catalog_has_the_promised_recipes():
     for name in ("debian-cloud-kernel-amd64", "debian-cloud-kernel-arm64", "debian-cloud-kernel-amd64-vmlinux",
                  "busybox-initramfs-amd64", "busybox-initramfs-arm64", "debian-systemd-rootfs-amd64",
-                 "debian-systemd-initramfs-amd64"):
+                 "debian-systemd-initramfs-amd64", "xen-hypervisor-amd64"):
         assert name in RECIPES
     assert RECIPES["debian-systemd-rootfs-amd64"].tier == "nightly"
 
