@@ -82,7 +82,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def pytest_argv(args: argparse.Namespace, run_dir: Path, collect_only: bool = False) -> list[str]:
-    argv = [sys.executable, "-m", "pytest", "-p", "harness.runner.plugin", str(args.matrix),
+    # Only the plugins a run needs: whatever else is installed (hypothesis's plugin alone costs ~2 s
+    # of start-up per worker) stays out, so runs are fast and the same on every machine.
+    argv = [sys.executable, "-m", "pytest", "-p", "xdist.plugin", "-p", "harness.runner.plugin", str(args.matrix),
             "--harness-run-dir", str(run_dir), "--harness-tier", args.tier, "-o", "testpaths=",
             "--rootdir", str(Path(args.matrix).resolve().parent), "-p", "no:cacheprovider"]
     if args.guests:
@@ -116,12 +118,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args)
     argv = pytest_argv(args, run_dir)
     log_path = run_dir / "pytest.log"
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     console = Console()
     if not console.is_terminal:   # CI logs: one line per cell, not wrapped at a guessed 80 columns
         console = Console(width=200)
     console.print(f"[bold]harness run[/]: {len(cells)} cells, {args.jobs} job(s) -> {run_dir}")
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         live = not args.no_live and console.is_terminal
         _follow(proc, run_dir, cells, console, live)
     _link_latest(run_dir)
@@ -141,7 +144,8 @@ def as_expected(result: CellResult) -> bool:
 def _dry_run(args: argparse.Namespace, cells: list[Cell]) -> int:
     if args.keyword:  # exact pytest -k semantics: ask pytest itself
         with tempfile.TemporaryDirectory(prefix="harness-dry-run-") as scratch:
-            out = subprocess.run(pytest_argv(args, Path(scratch), collect_only=True), capture_output=True, text=True)
+            out = subprocess.run(pytest_argv(args, Path(scratch), collect_only=True), capture_output=True, text=True,
+                                 env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
         ids = [l.split("::", 1)[1] for l in out.stdout.splitlines() if "::" in l]
         cells = [c for c in cells if c.id in ids]
     for c in cells:

@@ -61,6 +61,10 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from harness.runner.guestfile import BACKENDS, FAMILIES
+    from harness.runner.matrix import TIERS
+    for name in (*BACKENDS, *TIERS, *FAMILIES):   # cells are marked by backend, tier and OS family
+        config.addinivalue_line("markers", f"{name.replace('-', '_')}: harness cells of this kind")
     if _is_worker(config):
         config._harness_run_dir = Path(config.workerinput["harness_run_dir"])  # type: ignore[attr-defined]
         return
@@ -68,8 +72,9 @@ def pytest_configure(config: pytest.Config) -> None:
     run_dir = Path(run_dir) if run_dir else new_run_dir(Path("reports"))
     run_dir.mkdir(parents=True, exist_ok=True)
     config._harness_run_dir = run_dir  # type: ignore[attr-defined]
-    if any(str(a).endswith("matrix.yaml") for a in config.args):
-        _write_run_json(config, next(a for a in config.args if str(a).endswith("matrix.yaml")), None)
+    matrices = [a for a in config.args if str(a).endswith((".yaml", ".yml"))]
+    if matrices:
+        _write_run_json(config, matrices[0], None)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -91,7 +96,11 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if file_path.suffix in (".yaml", ".yml") and file_path.name.endswith("matrix.yaml"):
+    """A YAML file named *matrix.yaml, or any YAML file given on the command line, is a matrix."""
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    given = {Path(a).resolve() for a in parent.config.args}
+    if file_path.name.endswith("matrix.yaml") or file_path.resolve() in given:
         return MatrixFile.from_parent(parent, path=file_path)
     return None
 
