@@ -340,4 +340,4 @@ def _download_small(url: str) -> bytes:
             return resp.read(16 << 20)
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise AssetError(f"cannot read checksum file {url} ({e})",
-                         "check the network, or give sha256: inline in the guest file") from None
+                         "check the network; or download image and checksum elsewhere and run harness import GUEST FILE") from None
