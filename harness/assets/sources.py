@@ -213,7 +213,8 @@ def fetch_source(source: dict, cache: AssetCache) -> CacheEntry:
 
 def import_file(guest: str, role_or_file: str | Path, file: str | Path | None = None, *,
                 cache: AssetCache | None = None, guests_dir: Path | None = None,
-                opener: Callable[[str], bytes] | None = None) -> CacheEntry:
+                opener: Callable[[str], bytes] | None = None,
+                checksum_file: Path | None = None) -> CacheEntry:
     """Take a file the user downloaded themselves for `guest` into the cache.
 
     `import_file(guest, FILE)` matches FILE to the guest's url source by file name (or takes the
@@ -227,6 +228,12 @@ def import_file(guest: str, role_or_file: str | Path, file: str | Path | None = 
     if not path.is_file():
         raise AssetError(f"{path} does not exist", "give the path of the downloaded file")
     source = _pick_source(guest, sources, role, path)
+    if checksum_file is not None:
+        # The release's checksum file, downloaded alongside the image (offline machines).
+        local = Path(checksum_file).expanduser()
+        if not local.is_file():
+            raise AssetError(f"checksum file {local} does not exist", "give the path of the downloaded SHA256/SHA512")
+        opener = lambda _url: local.read_bytes()  # noqa: E731
     try:
         algo, digest = expected_checksum(source, opener=opener)
     except AssetError as e:

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file")
     p.add_argument("--role", choices=("kernel", "initrd", "disk", "firmware"), default=None,
                    help="which of the guest's sources the file is (default: matched by file name)")
+    p.add_argument("--checksum-file", default=None, metavar="FILE",
+                   help="the release's checksum file (SHA256, SHA512, CHECKSUM.SHA256), when the machine is offline")
     p.set_defaults(func=cmd_import)
 
 
@@ -93,9 +95,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from harness.assets.sources import import_file
     if args.role:
-        entry = import_file(args.guest, args.role, args.file)
+        entry = import_file(args.guest, args.role, args.file, checksum_file=args.checksum_file)
     else:
-        entry = import_file(args.guest, args.file)
+        entry = import_file(args.guest, args.file, checksum_file=args.checksum_file)
     print(f"  {entry.name}: sha256 {entry.sha256}  {entry.size:,d} B")
     checksum = str(entry.provenance.get("checksum", ""))
     if checksum.startswith("unchecked"):

@@ -54,3 +54,17 @@ def test_import_for_a_catalog_guest(tmp_path, monkeypatch, capsys):
     assert main(["import", "netbsd-amd64", str(f)]) == 0
     captured = capsys.readouterr()
     assert hashlib.sha256(PAYLOAD).hexdigest() in captured.out and "unchecked" in captured.err
+
+
+def test_import_with_a_local_checksum_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    f = tmp_path / "bsd.rd"
+    f.write_bytes(PAYLOAD)
+    sums = tmp_path / "SHA256"
+    sums.write_text(f"SHA256 (bsd.rd) = {'0' * 64}\n")
+    assert main(["import", "openbsd-amd64", str(f), "--checksum-file", str(sums)]) == 2
+    assert "expected " + "0" * 64 in capsys.readouterr().err
+    sums.write_text(f"SHA256 (bsd.rd) = {hashlib.sha256(PAYLOAD).hexdigest()}\n")
+    assert main(["import", "openbsd-amd64", str(f), "--checksum-file", str(sums)]) == 0
+    captured = capsys.readouterr()
+    assert hashlib.sha256(PAYLOAD).hexdigest() in captured.out and "unchecked" not in captured.err
