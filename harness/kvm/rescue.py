@@ -5,6 +5,8 @@ guest with the vCPU's state ioctls, we do it, advance RIP and let the guest go o
 records a rescued-instruction gap. Everything else stays a structured failure.
 
   clac / stac                  clear / set RFLAGS.AC (SMAP)
+  popcnt                       computed here (register or memory source), flags as the SDM says
+  rdtscp                       guest TSC and TSC_AUX through KVM_GET_MSRS
   int3                         inject #BP (a trap: RIP after the instruction)
   xgetbv / xsetbv              XCR0 through KVM_GET_XCRS / KVM_SET_XCRS
   xsave / xsaveopt (64)        KVM_GET_XSAVE, components copied to guest memory, standard format
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 LEGACY_SIZE, HEADER_SIZE = 512, 64
 RFLAGS_AC = 1 << 18
 _MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
-RESCUABLE = ("clac", "stac", "int3", "xgetbv", "xsetbv", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xrstor", "xrstor64",
+RESCUABLE = ("clac", "stac", "popcnt", "rdtscp", "int3", "xgetbv", "xsetbv", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xrstor", "xrstor64",
              "xrstors", "xrstors64", "xsavec", "xsavec64", "xsaves", "xsaves64")
 
 
@@ -85,6 +87,30 @@ class Rescuer:
 
     def _stac(self, insn: Any, regs: dict[str, int], bits: int) -> None:
         self.vcpu.set_regs({"rflags": regs["rflags"] | RFLAGS_AC})
+
+    def _popcnt(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        dst, src = insn.operands
+        if dst.type != x86_const.X86_OP_REG:
+            raise RescueFailed("popcnt destination is not a register")
+        width = src.size
+        if src.type == x86_const.X86_OP_REG:
+            value = _reg_any(regs, insn.reg_name(src.reg))
+        elif src.type == x86_const.X86_OP_MEM:
+            value = int.from_bytes(self.read_linear(self.memory_operand(insn, regs, bits), width), "little")
+        else:
+            raise RescueFailed("popcnt source")
+        count = bin(value & ((1 << (8 * width)) - 1)).count("1")
+        name = insn.reg_name(dst.reg)
+        update = _reg_write(regs, name, count)
+        # popcnt clears OF SF ZF AF CF PF, then sets ZF when the source was zero.
+        update["rflags"] = (regs["rflags"] & ~0x8D5) | (0x40 if count == 0 else 0)
+        self.vcpu.set_regs(update)
+
+    def _rdtscp(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        from harness.kvm.msr import _host_msr
+        tsc = _host_msr(self.vcpu, 0x10, 0)
+        aux = _host_msr(self.vcpu, 0xC0000103, 0)   # IA32_TSC_AUX
+        self.vcpu.set_regs({"rax": tsc & 0xFFFFFFFF, "rdx": tsc >> 32 & 0xFFFFFFFF, "rcx": aux & 0xFFFFFFFF})
 
     def _xgetbv(self, insn: Any, regs: dict[str, int], bits: int) -> None:
         if regs["rcx"] & 0xFFFFFFFF != 0:
@@ -264,6 +290,28 @@ def _reg(regs: dict[str, int], name: str) -> int:
     if name in _GPR32:
         return regs[_GPR32[name]] & 0xFFFFFFFF
     raise RescueFailed(f"address register {name}")
+
+
+_GPR16 = {name[1:]: name for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp")}
+_GPR16.update({f"r{i}w": f"r{i}" for i in range(8, 16)})
+
+
+def _reg_any(regs: dict[str, int], name: str) -> int:
+    if name in _GPR16:
+        return regs[_GPR16[name]] & 0xFFFF
+    return _reg(regs, name)
+
+
+def _reg_write(regs: dict[str, int], name: str, value: int) -> dict[str, int]:
+    """The register update for writing `value` to `name` with x86 width rules (32-bit writes zero-extend)."""
+    if name in _GPR64:
+        return {name: value}
+    if name in _GPR32:
+        return {_GPR32[name]: value & 0xFFFFFFFF}
+    if name in _GPR16:
+        full = _GPR16[name]
+        return {full: (regs[full] & ~0xFFFF) | (value & 0xFFFF)}
+    raise RescueFailed(f"destination register {name}")
 
 
 def _init_state(bit: int, size: int) -> bytes:

@@ -440,3 +440,34 @@ def test_xsavec_compacted_round_trip(guest):
         pytest.skip(f"no XSAVEC here and not rescued: {run.stop}")
     values = [w[2] for w in dev.writes]
     assert values[1] == 0x11223344 and values[2] >> 31 == 1 and values[3] == 0x55667788
+
+
+def test_popcnt_and_rdtscp_run_or_are_rescued(guest):
+    io, dev = _bus()
+    run = guest("""
+        mov rdi, 0xf0f0000000000001
+        popcnt rax, rdi
+        mov dx, 0x10
+        out dx, eax
+        mov dword ptr [0x5000], 0x7
+        popcnt ebx, dword ptr [0x5000]
+        mov eax, ebx
+        out dx, eax
+        xor edi, edi
+        popcnt rax, rdi
+        pushfq
+        pop rax
+        shr eax, 6
+        and eax, 1
+        out dx, eax
+        rdtscp
+        or eax, edx
+        mov dx, 0x10
+        out dx, eax
+        hlt""", bits=64, io=io)
+    if run.stop.reason != "halt":
+        pytest.skip(f"this CPU lacks popcnt/rdtscp: {run.stop}")
+    values = [w[2] for w in dev.writes]
+    assert values[:3] == [9, 3, 1]        # counts, then ZF for a zero source
+    assert values[3] != 0                 # a TSC
+    assert {g["key"] for g in run.gaps("rescued-instruction")} <= {"popcnt", "rdtscp"}
