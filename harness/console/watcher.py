@@ -140,7 +140,7 @@ class ConsoleWatcher:
                 message = _text(self.child.after + self._rest_of_failure())
                 self._check_events()
                 failure = Failure(pattern.name, message.strip()[:2000], round(t, 6), raw_offset)
-                return WatchOutcome(FAIL, f"{pattern.name}: {failure.message.splitlines()[0][:200]}", self.hits,
+                return WatchOutcome(FAIL, f"{pattern.name}: {_headline(failure.message)}", self.hits,
                                     failure=failure, events=self.seen_events)
             elif pattern.role == "dialog":
                 assert pattern.dialog is not None
@@ -249,6 +249,15 @@ class ConsoleWatcher:
                             near_miss=near_miss(m.name, m.pattern, self.hits[-1].name if self.hits else None,
                                                 self.stream.last_lines(20)),
                             events=self.seen_events)
+
+
+def _headline(message: str) -> str:
+    """The line that says what failed; a header line like Xen's 'Panic on CPU 0:' takes the next one too."""
+    lines = [l.strip() for l in message.splitlines() if l.strip()]
+    head = lines[0] if lines else ""
+    if head.endswith(":") and len(lines) > 1:
+        head = f"{head} {lines[1]}"
+    return head[:200]
 
 
 def _re(pattern: str) -> re.Pattern[bytes]:
