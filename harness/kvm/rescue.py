@@ -7,6 +7,7 @@ records a rescued-instruction gap. Everything else stays a structured failure.
   clac / stac                  clear / set RFLAGS.AC (SMAP)
   popcnt                       computed here (register or memory source), flags as the SDM says
   rdtscp                       guest TSC and TSC_AUX through KVM_GET_MSRS
+  wait fninit fnstsw fnstcw fldcw   x87 control/status words in the KVM_GET/SET_XSAVE legacy area
   int3                         inject #BP (a trap: RIP after the instruction)
   xgetbv / xsetbv              XCR0 through KVM_GET_XCRS / KVM_SET_XCRS
   xsave / xsaveopt (64)        KVM_GET_XSAVE, components copied to guest memory, standard format
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 LEGACY_SIZE, HEADER_SIZE = 512, 64
 RFLAGS_AC = 1 << 18
 _MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
-RESCUABLE = ("clac", "stac", "popcnt", "rdtscp", "int3", "xgetbv", "xsetbv", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xrstor", "xrstor64",
+RESCUABLE = ("clac", "stac", "popcnt", "rdtscp", "wait", "fninit", "fnstsw", "fnstcw", "fldcw", "int3", "xgetbv", "xsetbv", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xrstor", "xrstor64",
              "xrstors", "xrstors64", "xsavec", "xsavec64", "xsaves", "xsaves64")
 
 
@@ -111,6 +112,37 @@ class Rescuer:
         tsc = _host_msr(self.vcpu, 0x10, 0)
         aux = _host_msr(self.vcpu, 0xC0000103, 0)   # IA32_TSC_AUX
         self.vcpu.set_regs({"rax": tsc & 0xFFFFFFFF, "rdx": tsc >> 32 & 0xFFFFFFFF, "rcx": aux & 0xFFFFFFFF})
+
+    # x87 control/status through the legacy area of KVM_GET/SET_XSAVE: FCW at 0, FSW at 2, abridged FTW at 4.
+    def _wait(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        state = self.get_xsave()
+        if int.from_bytes(state[2:4], "little") & 0x80:   # FSW.ES: a pending x87 exception (#MF) is due
+            raise RescueFailed("pending x87 exception")
+
+    def _fninit(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        state = bytearray(self.get_xsave())
+        state[0:24] = _init_state(0, 24)
+        self.set_xsave(bytes(state))
+
+    def _fnstsw(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        self._store_x87_word(insn, regs, bits, 2)
+
+    def _fnstcw(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        self._store_x87_word(insn, regs, bits, 0)
+
+    def _store_x87_word(self, insn: Any, regs: dict[str, int], bits: int, offset: int) -> None:
+        word = self.get_xsave()[offset:offset + 2]
+        op = insn.operands[0]
+        if op.type == x86_const.X86_OP_REG:
+            self.vcpu.set_regs(_reg_write(regs, insn.reg_name(op.reg), int.from_bytes(word, "little")))
+        else:
+            self.write_linear(self.memory_operand(insn, regs, bits), word)
+
+    def _fldcw(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+        word = self.read_linear(self.memory_operand(insn, regs, bits), 2)
+        state = bytearray(self.get_xsave())
+        state[0:2] = word
+        self.set_xsave(bytes(state))
 
     def _xgetbv(self, insn: Any, regs: dict[str, int], bits: int) -> None:
         if regs["rcx"] & 0xFFFFFFFF != 0:

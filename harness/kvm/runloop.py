@@ -39,7 +39,9 @@ MAX_REP_COUNT = 4096                    # a REP INS/OUTS exit never carries more
 
 _CLAC, _STAC = b"\x0f\x01\xca", b"\x0f\x01\xcb"
 _RFLAGS_AC = 1 << 18
-_RESCUE_HOW = {"popcnt": "computed in user space", "rdtscp": "TSC and TSC_AUX via KVM_GET_MSRS", "clac": "RFLAGS.AC cleared in the synced registers", "stac": "RFLAGS.AC set in the synced registers",
+_RESCUE_HOW = {"wait": "no x87 exception pending: nothing to do", "fninit": "x87 state reset via KVM_SET_XSAVE",
+               "fnstsw": "FSW from KVM_GET_XSAVE", "fnstcw": "FCW from KVM_GET_XSAVE",
+               "fldcw": "FCW into KVM_SET_XSAVE", "popcnt": "computed in user space", "rdtscp": "TSC and TSC_AUX via KVM_GET_MSRS", "clac": "RFLAGS.AC cleared in the synced registers", "stac": "RFLAGS.AC set in the synced registers",
                "int3": "injected #BP via KVM_SET_VCPU_EVENTS", "xgetbv": "XCR0 via KVM_GET_XCRS",
                "xsetbv": "KVM_SET_XCRS", "xrstor": "guest memory -> KVM_SET_XSAVE",
                "xrstor64": "guest memory -> KVM_SET_XSAVE", "xsave": "KVM_GET_XSAVE -> guest memory",

@@ -471,3 +471,28 @@ def test_popcnt_and_rdtscp_run_or_are_rescued(guest):
     assert values[:3] == [9, 3, 1]        # counts, then ZF for a zero source
     assert values[3] != 0                 # a TSC
     assert {g["key"] for g in run.gaps("rescued-instruction")} <= {"popcnt", "rdtscp"}
+
+
+def test_x87_control_words_run_or_are_rescued(guest):
+    io, dev = _bus()
+    run = guest("""
+        fninit
+        fwait
+        fnstcw word ptr [0x5000]
+        movzx eax, word ptr [0x5000]
+        mov dx, 0x10
+        out dx, eax
+        mov word ptr [0x5002], 0x027f
+        fldcw word ptr [0x5002]
+        fnstcw word ptr [0x5004]
+        movzx eax, word ptr [0x5004]
+        mov dx, 0x10
+        out dx, eax
+        fnstsw ax
+        and eax, 0xffff
+        mov dx, 0x10
+        out dx, eax
+        hlt""", bits=64, io=io)
+    assert run.stop.reason == "halt", run.stop
+    assert [w[2] for w in dev.writes] == [0x37F, 0x27F, 0]
+    assert {g["key"] for g in run.gaps("rescued-instruction")} <= {"wait", "fninit", "fnstsw", "fnstcw", "fldcw"}
