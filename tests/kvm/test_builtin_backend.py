@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_as, needs_kvm
-from guests import assemble
+from kvm_guests import needs_as, needs_kvm
+from kvm_guests import assemble
 from harness.backends import events as ev
 from harness.backends.base import BootRequest, get_backend
 from harness.backends.builtin import BuiltinBackend, read_summary

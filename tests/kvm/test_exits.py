@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from guests import FakeBus, FakeDevice
+from kvm_guests import FakeBus, FakeDevice
 from harness import layout
 from harness.errors import ConfigError
 from harness.kvm.msr import MTRRCAP_VALUE, PAT_RESET_VALUE
@@ -324,7 +324,7 @@ def test_memory_is_shared_with_guest(guest):
     from harness.kvm.machine import Machine, MachineConfig
     from harness.kvm.rawboot import load_raw
     from harness.memory import GuestRam
-    from guests import assemble
+    from kvm_guests import assemble
     ram = GuestRam(4 << 20)
     ram.write(0x5000, b"\x11\x22\x33\x44")
     io, dev = _bus()

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from conftest import needs_as, needs_kvm, run_guest
-from guests import FakeBus, FakeDevice, assemble
+from kvm_guests import needs_as, needs_kvm, run_guest
+from kvm_guests import FakeBus, FakeDevice, assemble
 from harness import layout
 
 pytestmark = [needs_kvm, needs_as]

@@ -7,7 +7,7 @@ import pytest
 
 from harness.errors import KvmUnavailable
 from harness.kvm.system import host_info, kvm_module, open_kvm
-from conftest import needs_kvm
+from kvm_guests import needs_kvm
 
 
 def test_absent_device_says_load_kvm(tmp_path):
