@@ -79,7 +79,7 @@ class ChildVm:
         self.devices = build_devices(self)
         opts = req.options or {}
         cfg = MachineConfig(vcpus=req.vcpus, cpu_profile=req.cpu_profile, gap_policy=req.gap_policy,
-                            coalesce_serial=bool(opts.get("coalesce_serial", True)),
+                            coalesce_serial=bool(opts.get("coalesce_serial", False)),
                             rescue=bool(opts.get("rescue", True)))
         self.machine = Machine(self.ram, self.devices.io_bus, self.devices.mmio_bus, cfg, emit=self.emit)
         entry, self.boot_info = load_guest(req, self.ram)

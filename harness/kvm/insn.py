@@ -70,3 +70,20 @@ def decode(code: bytes, bits: int, address: int = 0) -> dict[str, Any]:
         return {"mnemonic": insn.mnemonic, "op_str": insn.op_str, "size": insn.size,
                 "text": f"{insn.mnemonic} {insn.op_str}".strip(), "bytes": code[:insn.size].hex(), "bits": bits}
     return {"mnemonic": "(bad)", "op_str": "", "size": 0, "text": "(bad)", "bytes": code.hex(), "bits": bits}
+
+
+_LEGACY_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
+_STRING_IO_OPCODES = frozenset(b"\x6c\x6d\x6e\x6f")   # INSB, INSW/D, OUTSB, OUTSW/D
+
+
+def is_rep_string_io(code: bytes) -> bool:
+    """True for REP INS/OUTS: a REP prefix among the legacy prefixes (and an optional REX), then 6C-6F."""
+    rep = False
+    for i, byte in enumerate(code[:15]):
+        if byte in _LEGACY_PREFIXES:
+            rep = rep or byte in (0xF2, 0xF3)
+            continue
+        if 0x40 <= byte <= 0x4F and i + 1 < len(code):   # REX (64-bit code); harmless to skip elsewhere too
+            byte = code[i + 1]
+        return rep and byte in _STRING_IO_OPCODES
+    return False

@@ -35,7 +35,10 @@ class MachineConfig:
     gap_policy: str = "emulate"
     irqchip: bool = True
     pit: bool = True
-    coalesce_serial: bool = True       # COM1 THR writes go through the coalesced PIO ring
+    # COM1 THR writes through the coalesced PIO ring: far fewer exits, but the guest's REP OUTS to
+    # the UART and its THRE interrupts become invisible/late, so the backend turns it on per guest
+    # (option coalesce_serial) rather than by default. Without it output is one exit per byte.
+    coalesce_serial: bool = True
     rescue: bool = True
     kvm_path: str = KVM_PATH
 

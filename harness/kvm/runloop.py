@@ -96,6 +96,9 @@ class VcpuLoop:
         self.stop_requested = False
         self.stopped_by: StopInfo | None = None
         self._rep_ports: set[tuple[int, int]] = set()
+        # RIPs of port-I/O instructions already classified. KVM may deliver REP OUTS one element
+        # per exit (count == 1, as kvm_pvm does), so the instruction itself tells a string op apart.
+        self._io_rips: set[int] = set()
         self.rescuer = Rescuer(vcpu, vm.ram, cfg.cpuid_entries) if cfg.rescue else None
 
     # -- control ----------------------------------------------------------------------------
@@ -145,6 +148,7 @@ class VcpuLoop:
         ring_words = vm.ring_view if has_ring else None   # first, last of the coalesced ring as one read
         ring_unpack = _RING.unpack_from
         mmio_write = cfg.mmio_bus.write
+        io_rips = self._io_rips
         while True:
             if self.stop_requested:
                 return StopInfo(STOP_REQUESTED, index)
@@ -165,7 +169,10 @@ class VcpuLoop:
                     drain(io_write, mmio_write)
             if reason == 2:  # KVM_EXIT_IO
                 direction, size, port, count, off = io_unpack(buf, 32)
-                record((2, port, u64(buf, _RIP_OFFSET)[0] if sync else 0, monotonic(), index))
+                rip = u64(buf, _RIP_OFFSET)[0] if sync else 0
+                record((2, port, rip, monotonic(), index))
+                if rip not in io_rips:  # first exit from this instruction: is it REP INS/OUTS?
+                    self._classify_io_instruction(rip, direction, size, port, count)
                 if count == 1:
                     if direction:
                         value = buf[off] if size == 1 else int.from_bytes(buf[off:off + size], "little")
@@ -193,15 +200,30 @@ class VcpuLoop:
                                        values=[value], access=access, vcpu=self.vcpu.index,
                                        detail={"size": size}))
 
+    def _classify_io_instruction(self, rip: int, direction: int, size: int, port: int, count: int) -> None:
+        self._io_rips.add(rip)
+        if count > 1 or not self.vcpu.sync_regs:
+            return  # _string_io records it / without synced registers the RIP is not known
+        try:
+            code, _ = insn.fetch(self.vcpu, self.vm.ram, rip, self.vcpu.get_sregs())
+        except Exception:  # a failed fetch must never stop the guest: the instruction just stays unclassified
+            return
+        if insn.is_rep_string_io(code):
+            self._record_rep_string_io(direction, size, port, count, rip)
+
+    def _record_rep_string_io(self, direction: int, size: int, port: int, count: int, rip: int) -> None:
+        if (port, direction) in self._rep_ports:  # once per port and direction
+            return
+        self._rep_ports.add((port, direction))
+        self.cfg.gaps.record(GapRecord(kind=gaps.REP_STRING_IO, key=f"{port:#x}", first_rip=rip,
+                                       access="write" if direction else "read", vcpu=self.vcpu.index,
+                                       detail={"size": size, "count": count}))
+
     def _string_io(self, direction: int, size: int, port: int, count: int, off: int) -> None:
         buf = self.vcpu.run_buffer
         if size not in _ONES or count > MAX_REP_COUNT or off + count * size > len(buf):
             return  # not a shape KVM produces; never index past the page for it
-        if (port, direction) not in self._rep_ports:  # once per port and direction: the count path is seen
-            self._rep_ports.add((port, direction))
-            self.cfg.gaps.record(GapRecord(kind=gaps.REP_STRING_IO, key=f"{port:#x}",
-                                           first_rip=self.vcpu.current_rip(), access="write" if direction else "read",
-                                           vcpu=self.vcpu.index, detail={"size": size, "count": count}))
+        self._record_rep_string_io(direction, size, port, count, self.vcpu.current_rip())
         io_read, io_write = self.cfg.io_bus.read, self.cfg.io_bus.write
         for i in range(count):
             at = off + i * size

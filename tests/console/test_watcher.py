@@ -6,7 +6,7 @@ import time
 from harness.backends import events as ev
 from harness.runner.guestfile import Dialog
 
-from conftest import TRANSCRIPTS, chunks
+from console_scripted import TRANSCRIPTS, chunks
 
 LINUX_MILESTONES = [("kernel", r"Linux version \d", 5), ("userspace", r"Run /init as init process", 5),
                     ("login", r"login: ", 5)]

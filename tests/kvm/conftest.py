@@ -1,21 +1,2 @@
-"""Shared fixture for the KVM core tests; the helpers live in kvm_guests.py (a unique module name, so
-`pytest tests/` with other directories' conftest modules does not shadow them)."""
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from kvm_guests import HAVE_AS, HAVE_KVM, run_guest  # noqa: E402
-
-
-@pytest.fixture
-def guest():
-    if not HAVE_KVM:
-        pytest.skip("needs a usable /dev/kvm (absent or no permission)")
-    if not HAVE_AS:
-        pytest.skip("needs GNU as/ld (binutils) to assemble test guests")
-    return run_guest
+"""Fixtures for tests/kvm live in kvm_support.py (a unique module name: test files import helpers from it)."""
+from kvm_support import *  # noqa: F401,F403

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, harness
+from runner_repo import REPO, harness
 
 pytestmark = [pytest.mark.slow, pytest.mark.kvm,
               pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
@@ -71,11 +71,11 @@ def test_real_run_reports_every_probe_under_its_kind(tmp_path: Path):
     kinds = {(g["kind"], g["key"]) for g in cell["gaps"]}
     for expected in [("tsc-msr", "0x10"), ("mtrr-probe", "0xfe"), ("mtrr-probe", "0x2ff"), ("mtrr-probe", "0x277"),
                      ("msr-read", "0x4b564dff"), ("io-port", "0x510"), ("pci-config", "00:1f.0"),
-                     ("i8042-wait", "0x64")]:
+                     ("i8042-wait", "0x64"), ("rep-string-io", "0x3f8")]:
         assert expected in kinds, f"{expected} missing from {sorted(kinds)}"
     assert [m["name"] for m in cell["milestones"]] == ["entry", "handoff", "probes", "login"]
     assert [p["name"] for p in cell["phases"]] == ["entry", "handoff", "probes", "login"]
     assert cell["boot_timer"], "the fixture marks each milestone on the boot-timer port"
     assert cell["host"].get("kvm_module") or cell["host"].get("module"), cell["host"]
     html = (out / "index.html").read_text()
-    assert "fixture-pvh@builtin" in html and "mtrr-probe" in html
+    assert "fixture-pvh@builtin" in html and "rep-string-io" in html

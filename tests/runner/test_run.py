@@ -10,7 +10,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from conftest import REPO, harness, make_repo
+from runner_repo import REPO, harness, make_repo
 
 from harness.runner.result import load_results
 
