@@ -104,7 +104,7 @@ def _boot_request(cell: Cell, workdir: Path, options: RunOptions) -> tuple[BootR
         paths[key] = asset.path
         provenance[key] = {"path": str(asset.path), "sha256": asset.sha256, **asset.provenance}
     cmdline = " ".join(x for x in (guest.cmdline, cell.cmdline_append) if x)
-    options_ = dict(guest.qemu)
+    options_ = dict(guest.builtin if cell.backend == "builtin" else guest.qemu)
     if paths["firmware"]:
         options_["firmware"] = str(paths["firmware"])
     request = BootRequest(cell_id=cell.id, guest=guest.name, family=guest.family, arch=guest.arch,

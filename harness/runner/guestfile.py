@@ -14,7 +14,8 @@ from harness.runner import yamlfile as y
 
 FAMILIES = ("linux", "netbsd", "openbsd", "freebsd", "fixture", "xen", "other")
 ARCHES = ("x86_64", "aarch64")
-BOOT_METHODS = ("bzimage", "pvh", "multiboot", "netbsd", "openbsd", "freebsd", "firmware", "image", "auto")
+BOOT_METHODS = ("bzimage", "pvh", "multiboot", "netbsd", "openbsd", "freebsd", "firmware", "image", "raw", "auto")
+BUILTIN_OPTIONS = ("coalesce_serial", "rescue", "raw_mode")
 BACKENDS = ("builtin", "qemu-tcg", "qemu-kvm", "replay")
 DEFAULT_BACKENDS = ("builtin", "qemu-tcg", "qemu-kvm")
 SOURCE_KINDS = ("path", "fixture", "asset", "url")
@@ -22,7 +23,7 @@ SOURCE_KEYS = ("path", "fixture", "asset", "url", "sha256", "sha512", "checksum_
                "decompress", "filename")
 
 GUEST_KEYS = ("family", "arch", "boot", "description", "kernel", "initrd", "disk", "firmware", "cmdline",
-              "memory", "vcpus", "backends", "qemu", "milestones", "dialogs", "failures", "keepalive",
+              "memory", "vcpus", "backends", "qemu", "builtin", "milestones", "dialogs", "failures", "keepalive",
               "hang_timeout", "banner", "expected_gaps", "fetch_hint")
 
 
@@ -63,7 +64,8 @@ class GuestSpec:
     memory: int = 256
     vcpus: int = 1
     backends: list[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))
-    qemu: dict[str, Any] = field(default_factory=dict)
+    qemu: dict[str, Any] = field(default_factory=dict)       # options for the qemu-* backends
+    builtin: dict[str, Any] = field(default_factory=dict)    # options for the built-in backend
     dialogs: list[Dialog] = field(default_factory=list)
     failures: list[FailurePattern] = field(default_factory=list)
     keepalive: list[str] = field(default_factory=list)
@@ -93,6 +95,7 @@ def load_guest(path: Path) -> GuestSpec:
         banner=y.get_typed(data, "banner", str, None, what),
         keepalive=y.get_str_list(data, "keepalive", [], what),
         qemu=dict(y.get_typed(data, "qemu", dict, {}, what)),
+        builtin=_builtin_options(data, what),
         fetch_hint=y.get_typed(data, "fetch_hint", str, "", what),
         milestones=_milestones(data, what),
         dialogs=_dialogs(data, what),
@@ -192,6 +195,13 @@ def _expected_gaps(data: y.YMap, what: str) -> list[dict[str, str]]:
         y.check_keys(g, ("kind", "key", "access", "note"), w, required=("kind", "key"))
         out.append({k: str(v) for k, v in g.items()})
     return out
+
+
+def _builtin_options(data: y.YMap, what: str) -> dict[str, Any]:
+    options = y.get_typed(data, "builtin", dict, {}, what)
+    if options:
+        y.check_keys(options, BUILTIN_OPTIONS, f"{what}.builtin")
+    return dict(options)
 
 
 def _source(data: y.YMap, key: str, what: str) -> dict[str, Any] | None:
