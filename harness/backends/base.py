@@ -93,7 +93,7 @@ class ProcessSession(BackendSession):
         self._stderr_path = request.workdir / "backend.stderr.log"
         self._stderr = open(self._stderr_path, "wb")
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                     env=env, start_new_session=True, bufsize=0)
+                                     env=env, start_new_session=True, bufsize=0, preexec_fn=_die_with_parent)
         self.start_time = time.monotonic()
 
     @property
@@ -136,6 +136,21 @@ class ProcessSession(BackendSession):
         except OSError:
             return ""
         return data[-max_bytes:].decode(errors="replace")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the runner dies. A VM child runs in its own session
+    (so a hung guest can be killed as a group), which also means a killed runner's Ctrl-C or kill -9
+    would not reach it; without this, a guest spinning in `b .` outlives the run forever."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:   # the parent died before prctl took effect
+            os._exit(1)
+    except OSError:
+        pass
 
 
 class Backend(ABC):
