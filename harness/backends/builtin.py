@@ -20,15 +20,9 @@ ARCHES = ("x86_64",)
 
 
 def supported_boot_methods() -> set[str]:
-    """Boot methods the child can load: raw always; the loaders' methods when harness.boot has them."""
-    methods = {"raw"}
-    try:
-        from harness import boot
-        if hasattr(boot, "load"):
-            methods |= set(getattr(boot, "METHODS", ())) | {"auto"}
-    except ImportError:
-        pass
-    return methods
+    """Boot methods the child can load: the loaders' methods, auto-detection, and raw test images."""
+    from harness import boot
+    return set(boot.METHODS) | {"auto", "raw"}
 
 
 class BuiltinSession(ProcessSession):

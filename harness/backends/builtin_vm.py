@@ -153,17 +153,6 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 # -- devices and loaders -------------------------------------------------------------------------------
-class _Devices:
-    """The fallback device set while harness.devices.build_x86_devices is not there: buses + COM1."""
-
-    def __init__(self, io_bus: Any, mmio_bus: Any, uart: Any, closers: list[Any]) -> None:
-        self.io_bus, self.mmio_bus, self.uart, self._closers = io_bus, mmio_bus, uart, closers
-
-    def close(self) -> None:
-        for dev in self._closers:
-            dev.close()
-
-
 def console_write(data: bytes) -> None:
     try:
         os.write(1, data)
@@ -176,18 +165,8 @@ def build_devices(child: ChildVm) -> Any:
     ctx = DeviceContext(set_irq=lambda gsi, level: child.machine.set_irq(gsi, level) if child.machine else None,
                         emit=child.emit,
                         gap=lambda gap: child.machine.gaps.record(gap) if child.machine else None)
-    try:
-        from harness.devices import build_x86_devices  # type: ignore[attr-defined]
-    except ImportError:
-        build_x86_devices = None
-    if build_x86_devices is not None:
-        return build_x86_devices(ctx, console_write, memory_bytes=child.request.memory_mib * layout.MiB)
-    from harness.devices.bus import Bus
-    from harness.devices.uart16550 import Uart16550
-    io_bus, mmio_bus = Bus("io"), Bus("mmio")
-    uart = Uart16550(ctx, layout.COM1_IRQ, console_write)
-    io_bus.register(layout.COM1_PORT, 8, uart, "com1")
-    return _Devices(io_bus, mmio_bus, uart, [])
+    from harness.devices import build_x86_devices
+    return build_x86_devices(ctx, console_write, memory_bytes=child.request.memory_mib * layout.MiB)
 
 
 def load_guest(req: BootRequest, ram: Any) -> tuple[Any, dict[str, Any]]:
@@ -197,11 +176,7 @@ def load_guest(req: BootRequest, ram: Any) -> tuple[Any, dict[str, Any]]:
     if req.boot == RAW_BOOT:
         from harness.kvm.rawboot import load_raw
         return load_raw(ram, req.kernel, mode=str((req.options or {}).get("raw_mode", "real16")))
-    try:
-        from harness.boot import load  # type: ignore[attr-defined]
-    except ImportError:
-        raise BackendUnavailable(f"boot method {req.boot!r} has no loader in this build",
-                                 "use boot: raw, or a backend that supports it (qemu-tcg)") from None
+    from harness.boot import load
     plan = load(req.boot, ram, req.kernel, req.initrd, req.cmdline, req.vcpus)
     return plan.entry, dict(plan.info)
 

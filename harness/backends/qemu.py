@@ -293,13 +293,8 @@ def boot_method(request: BootRequest) -> str:
         return "image"
     if request.kernel is None:
         return "firmware"
-    try:
-        from harness.boot import detect_method  # the loaders' detector knows every format
-        return detect_method(Path(request.kernel))
-    except ImportError:
-        with open(request.kernel, "rb") as f:
-            head = f.read(0x210)
-        return "bzimage" if head[0x202:0x206] == b"HdrS" else "pvh"
+    from harness.boot import detect_method  # the loaders' detector knows every format
+    return detect_method(Path(request.kernel))
 
 
 def _validate_request(request: BootRequest) -> None:

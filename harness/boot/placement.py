@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import layout
-from harness.boot.image import ElfImage, ElfSegment
+from harness.boot.image import ElfImage
 from harness.errors import KernelImageError
 from harness.memory import GuestRam
 

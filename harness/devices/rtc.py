@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import calendar
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable

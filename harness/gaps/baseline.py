@@ -135,11 +135,7 @@ def _guest_expected_gaps(guest: str, root: Path) -> list[dict[str, Any]]:
     path = root / "guests" / f"{guest}.yaml"
     if not path.exists():
         return []
-    try:
-        from harness.runner.guestfile import load_guest
-    except ImportError:  # the guest-file loader is optional for reading baselines
-        data = yaml.safe_load(path.read_text()) or {}
-        return list(data.get("expected_gaps") or []) if isinstance(data, dict) else []
+    from harness.runner.guestfile import load_guest
     return list(load_guest(path).expected_gaps)
 
 

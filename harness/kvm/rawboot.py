@@ -2,12 +2,10 @@
 
 The image is copied to GUEST_LOAD and entered in 16-bit real mode with CS=DS=SS=0 (or in
 flat 32-bit protected mode with a GDT at layout.GDT_ADDR). The state is an EntryState as the
-loaders (harness.boot.entry) produce it; when that module is not importable a structurally
-identical local one is used, since Vcpu.set_entry only reads attributes.
+loaders (harness.boot.entry) produce it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,38 +17,7 @@ GUEST_LOAD = 0x10000          # 64 KiB: above the IVT/BDA, below BOOT_STACK... r
 RAW_MAX = 0x80000             # must stay below the EBDA
 REAL_STACK = 0xFFF0           # SS=0, SP: top of the first 64 KiB segment
 
-try:  # the loaders' types when they exist
-    from harness.boot.entry import EntryState, Segment  # type: ignore
-except ImportError:  # pragma: no cover - depends on the loaders engineer's progress
-    @dataclass
-    class Segment:  # type: ignore[no-redef]
-        base: int
-        limit: int
-        selector: int
-        type: int
-        present: int
-        dpl: int
-        db: int
-        s: int
-        l: int
-        g: int
-        avl: int = 0
-        unusable: int = 0
-
-    @dataclass
-    class EntryState:  # type: ignore[no-redef]
-        mode: str
-        rip: int
-        gprs: dict[str, int] = field(default_factory=dict)
-        cr0: int = 0
-        cr3: int = 0
-        cr4: int = 0
-        efer: int = 0
-        gdt_base: int = 0
-        gdt_limit: int = 0xFFFF
-        idt_base: int = 0
-        idt_limit: int = 0xFFFF
-        segments: dict[str, Any] = field(default_factory=dict)
+from harness.boot.entry import EntryState, Segment
 
 
 def _seg(selector: int, base: int, limit: int, type_: int, db: int = 0, g: int = 0, s: int = 1) -> Any:
@@ -99,16 +66,10 @@ def _entry_for(ram: GuestRam, mode: str) -> Any:
         return real_mode_entry()
     if mode not in ("protected32", "long64"):
         raise KernelImageError(f"raw guest mode {mode!r} is unknown", "use real16, protected32 or long64")
-    try:  # the loaders' GDT / page tables, so raw guests see exactly what real kernels see
-        from harness.boot import entry as boot_entry  # type: ignore
-    except ImportError:
-        boot_entry = None
-    if boot_entry is not None:
-        make = boot_entry.protected32_entry if mode == "protected32" else boot_entry.long64_entry
-        return make(ram, GUEST_LOAD, rsp=layout.BOOT_STACK_TOP)
-    if mode == "long64":
-        raise KernelImageError("long64 raw guests need harness.boot.entry", "use real16 or protected32")
-    return protected_entry(ram)
+    # The loaders' GDT and page tables, so raw guests see exactly what real kernels see.
+    from harness.boot import entry as boot_entry
+    make = boot_entry.protected32_entry if mode == "protected32" else boot_entry.long64_entry
+    return make(ram, GUEST_LOAD, rsp=layout.BOOT_STACK_TOP)
 
 
 def _read(path: Path) -> bytes:

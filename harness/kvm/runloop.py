@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from harness.backends import events as ev
-from harness.errors import GuestMemoryError
 from harness.gaps import record as gaps
 from harness.gaps.record import GapRecord
 from harness.kvm import ffi as k

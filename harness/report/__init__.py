@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness.report.diff import RunDiff, diff_results, diff_runs
 from harness.report.merge import merge_runs
-from harness.report.run import RunData, load_run
+from harness.report.run import load_run
 from harness.runner.result import write_json_atomic
 
 __all__ = ["write_reports", "merge_runs", "diff_runs", "RunDiff", "load_run"]

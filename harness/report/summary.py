@@ -90,7 +90,7 @@ def render_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | No
             out.append("None.")
         fixed = [(c.cell_id, g) for c in baseline.cells for g in c.gaps_fixed]
         if fixed:
-            out += ["", f"Gaps fixed since the baseline: "
+            out += ["", "Gaps fixed since the baseline: "
                     + ", ".join(f"{md(g['kind'])} {md(g['key'])} ({md(cid)})" for cid, g in fixed)]
     out += ["", f"Full report: `{str(run.run_dir / 'index.html').replace('`', '')}`", ""]
     return "\n".join(out)
