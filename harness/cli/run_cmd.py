@@ -113,8 +113,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not cells:
         raise ConfigError(f"{args.matrix}: no cells in tier {args.tier}" + (f" shard {args.shard}" if args.shard else ""),
                           "check the matrix entries, --tier and --shard")
+    cells = select_keyword(args, cells)
     if args.dry_run:
-        return _dry_run(args, cells)
+        return _dry_run(cells)
     run_dir = _run_dir(args)
     argv = pytest_argv(args, run_dir)
     log_path = run_dir / "pytest.log"
@@ -141,13 +142,21 @@ def as_expected(result: CellResult) -> bool:
     return result.outcome == result.params.get("expect", PASS)
 
 
-def _dry_run(args: argparse.Namespace, cells: list[Cell]) -> int:
-    if args.keyword:  # exact pytest -k semantics: ask pytest itself
-        with tempfile.TemporaryDirectory(prefix="harness-dry-run-") as scratch:
-            out = subprocess.run(pytest_argv(args, Path(scratch), collect_only=True), capture_output=True, text=True,
-                                 env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
-        ids = [l.split("::", 1)[1] for l in out.stdout.splitlines() if "::" in l]
-        cells = [c for c in cells if c.id in ids]
+def select_keyword(args: argparse.Namespace, cells: list[Cell]) -> list[Cell]:
+    """The cells a `-k` expression selects, with pytest's exact semantics (pytest itself is asked)."""
+    if not args.keyword:
+        return cells
+    with tempfile.TemporaryDirectory(prefix="harness-select-") as scratch:
+        out = subprocess.run(pytest_argv(args, Path(scratch), collect_only=True), capture_output=True, text=True,
+                             env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    ids = {l.split("::", 1)[1] for l in out.stdout.splitlines() if "::" in l}
+    selected = [c for c in cells if c.id in ids]
+    if not selected:
+        raise ConfigError(f"-k {args.keyword!r} selects no cell", "check the expression against `harness list`")
+    return selected
+
+
+def _dry_run(cells: list[Cell]) -> int:
     for c in cells:
         print(c.id)
     print(f"{len(cells)} cells (dry run: nothing booted)")
