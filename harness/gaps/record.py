@@ -32,6 +32,9 @@ KINDS = (MSR_READ, MSR_WRITE, MTRR_PROBE, TSC_MSR, IO_PORT, REP_STRING_IO, MMIO,
          HOST_EMULATION_FAILURE, RESCUED_INSTRUCTION, MASKED_CPUID, TRIPLE_FAULT, FAIL_ENTRY,
          QEMU_UNIMPLEMENTED, QEMU_GUEST_ERROR, UNKNOWN_EXIT)
 
+# Gap policies: how the built-in hypervisor answers an MSR it does not provide (a matrix axis).
+GAP_POLICIES = ("gp", "zero", "emulate")   # inject #GP | read 0, ignore writes | answer as hardware
+
 # What happened to the guest after the gap.
 FATE_CONTINUED = "continued"   # the guest went on (value answered, write ignored, rescue applied)
 FATE_GP_INJECTED = "gp-injected"

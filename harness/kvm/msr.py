@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from harness import layout
 from harness.errors import ConfigError
-from harness.gaps.record import (FATE_CONTINUED, FATE_GP_INJECTED, MSR_READ, MSR_WRITE, MTRR_PROBE, TSC_MSR,
-                                 GapRecord)
+from harness.gaps.record import (FATE_CONTINUED, FATE_GP_INJECTED, GAP_POLICIES, MSR_READ, MSR_WRITE, MTRR_PROBE,
+                                 TSC_MSR, GapRecord)
 from harness.kvm import ffi as k
 from harness.kvm.ffi import ffi
 from harness.kvm.system import ioctl
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from harness.kvm.vcpu import Vcpu
     from harness.kvm.vm import Vm
 
-POLICIES = ("gp", "zero", "emulate")
+POLICIES = GAP_POLICIES
 MTRRCAP_VALUE = 0x508                  # 8 variable ranges, fixed ranges supported, WC supported
 PAT_RESET_VALUE = 0x0007040600070406
 # Ranges the filter denies in the kernel, so the guest's access exits to us: (first index, count).

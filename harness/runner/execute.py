@@ -84,9 +84,9 @@ def _attempt(cell: Cell, options: RunOptions, attempt: int) -> CellResult:
         result.duration_s = round(time.monotonic() - wall_start, 3)
         return result
     session = backend.start(request)
-    watch, summary, stream = _watch(cell, session, request, options)
+    watch, summary = _watch(cell, session, request, options)
     result.duration_s = round(time.monotonic() - wall_start, 3)
-    _fill(result, cell, watch, summary, session.start_time, stream, request)
+    _fill(result, cell, watch, summary, session.start_time)
     return result
 
 
@@ -115,7 +115,7 @@ def _boot_request(cell: Cell, workdir: Path, options: RunOptions) -> tuple[BootR
 
 
 def _watch(cell: Cell, session: Any, request: BootRequest,
-           options: RunOptions) -> tuple[WatchOutcome, SessionSummary, ConsoleStream]:
+           options: RunOptions) -> tuple[WatchOutcome, SessionSummary]:
     guest = cell.guest
     banner = guest.banner or banner_pattern(guest.family)
     stream = ConsoleStream(session.console_fd, request.workdir / "console.log", session.start_time, options.echo,
@@ -137,11 +137,10 @@ def _watch(cell: Cell, session: Any, request: BootRequest,
     summary = session.stop()
     stream.close()
     watch.events.extend(reader.poll())   # what arrived while stopping (final counts, late gaps)
-    return watch, summary, stream
+    return watch, summary
 
 
-def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionSummary, start_time: float,
-          stream: ConsoleStream, request: BootRequest) -> None:
+def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionSummary, start_time: float) -> None:
     from harness.gaps.baseline import baseline_path, compare, read_baseline_file
     from harness.gaps.ledger import build_ledger, gaps_from_events
     from harness.report.profile import phases_from_snapshots
@@ -178,7 +177,6 @@ def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionS
         result.failure = Failure("new-gap", result.reason)
     if result.outcome == ERROR and summary.stderr_tail:
         result.reason += f"; backend stderr: {summary.stderr_tail.strip().splitlines()[-1][:300]}"
-    write_json_atomic(request.workdir / "result-meta.json", {"console_bytes": stream.raw_bytes})
 
 
 def _progress(options: RunOptions, cell: Cell, info: dict) -> None:

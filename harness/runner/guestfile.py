@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.backends.base import BACKEND_NAMES
 from harness.errors import ConfigError
 from harness.runner import yamlfile as y
 
@@ -16,7 +17,7 @@ FAMILIES = ("linux", "netbsd", "openbsd", "freebsd", "fixture", "xen", "other")
 ARCHES = ("x86_64", "aarch64")
 BOOT_METHODS = ("bzimage", "pvh", "multiboot", "netbsd", "openbsd", "freebsd", "firmware", "image", "raw", "auto")
 BUILTIN_OPTIONS = ("coalesce_serial", "rescue", "raw_mode")
-BACKENDS = ("builtin", "qemu-tcg", "qemu-kvm", "replay")
+BACKENDS = BACKEND_NAMES
 DEFAULT_BACKENDS = ("builtin", "qemu-tcg", "qemu-kvm")
 SOURCE_KINDS = ("path", "fixture", "asset", "url")
 SOURCE_KEYS = ("path", "fixture", "asset", "url", "sha256", "sha512", "checksum_url", "checksum_format",

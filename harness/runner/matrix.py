@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.gaps.record import GAP_POLICIES
+from harness.kvm.cpuid import PROFILES as CPU_PROFILE_TABLE
 from harness.runner import yamlfile as y
 from harness.runner.guestfile import BACKENDS, GuestSpec
 
 TIERS = ("quick", "nightly")
-GAP_POLICIES = ("gp", "zero", "emulate")
-CPU_PROFILES = ("default", "minimal", "pvm-safe")
+CPU_PROFILES = tuple(CPU_PROFILE_TABLE)
 OUTCOME_EXPECTATIONS = ("pass", "fail", "gap", "timeout")
 MATRIX_KEYS = ("version", "timeout_scale", "retries", "fail_on_new_gaps", "entries", "exclude", "include",
                "overrides", "hang_timeout")
