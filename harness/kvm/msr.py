@@ -80,6 +80,7 @@ class MsrPolicy:
     def __init__(self, policy: str) -> None:
         self.policy = check_policy(policy)
         self._stored: dict[int, int] = {layout.MSR_PAT: PAT_RESET_VALUE}
+        self._written: set[int] = set()   # MSRs the guest wrote through a user-space exit
         self._lock = threading.Lock()
 
     def read(self, vcpu: "Vcpu", index: int) -> int | None:
@@ -108,7 +109,17 @@ class MsrPolicy:
         else:
             with self._lock:
                 self._stored[index] = value
+                self._written.add(index)
         return True
+
+    def guest_value(self, vcpu: "Vcpu", index: int) -> int | None:
+        """What the guest's own RDMSR of `index` would return now, for rescues that read an MSR
+        (rdtscp: TSC_AUX). A guest write that exited to user space (KVM refused the MSR, as kvm_pvm
+        does TSC_AUX) lives here, and so do the reads that follow it; otherwise KVM holds the MSR."""
+        with self._lock:
+            if index in self._written:
+                return self._stored[index]
+        return read_host_msr(vcpu, index)
 
     def gap(self, index: int, write: bool, value: int, ok: bool, rip: int, vcpu: int, reason: int) -> GapRecord:
         return GapRecord(kind=gap_kind(index, write), key=f"{index:#x}", first_rip=rip, values=[value],
@@ -130,13 +141,19 @@ def _msrs_buffer(index: int, value: int = 0):
     return buf, msrs
 
 
-def _host_msr(vcpu: "Vcpu", index: int, default: int) -> int:
+def read_host_msr(vcpu: "Vcpu", index: int) -> int | None:
+    """The MSR's value through KVM_GET_MSRS (host-initiated), None when KVM cannot read it."""
     buf, msrs = _msrs_buffer(index)
     try:
         n = ioctl(vcpu.fd, k.KVM_GET_MSRS, msrs, what="KVM_GET_MSRS")
     except OSError:
-        return default
-    return int(msrs.entries[0].data) if n == 1 else default
+        return None
+    return int(msrs.entries[0].data) if n == 1 else None
+
+
+def _host_msr(vcpu: "Vcpu", index: int, default: int) -> int:
+    value = read_host_msr(vcpu, index)
+    return default if value is None else value
 
 
 def _host_set_msr(vcpu: "Vcpu", index: int, value: int) -> None:

@@ -15,6 +15,13 @@ records a rescued-instruction gap. Everything else stays a structured failure.
   xsavec / xsaves (64)         KVM_GET_XSAVE -> compacted area (XCR0 components; no IA32_XSS state)
 Guest memory goes through KVM_TRANSLATE + GuestRam (bounds-checked) page by page; a fault we
 cannot represent (unmapped page, compacted format) is a failed rescue, never a host error.
+
+Every state write is read back through the ioctl KVM loads the guest from (KVM_GET_REGS,
+KVM_GET_XSAVE, KVM_GET_XCRS, KVM_GET_VCPU_EVENTS) before the rescue counts: a write the host
+silently dropped must end the run as a host-emulation-failure gap, not as a guest that goes on
+with state it never had. An XSAVE image holds a component only where its XSTATE_BV bit is set
+(otherwise KVM restores the component's init state, e.g. FCW 0x37F), so a write into a component
+sets that bit.
 """
 from __future__ import annotations
 
@@ -28,13 +35,21 @@ from capstone import x86_const
 from harness.errors import GuestMemoryError
 from harness.kvm import ffi as k
 from harness.kvm.ffi import ffi
+from harness.kvm.msr import read_host_msr
 from harness.kvm.system import ioctl
 
 if TYPE_CHECKING:
+    from harness.kvm.msr import MsrPolicy
     from harness.kvm.vcpu import Vcpu
     from harness.memory import GuestRam
 
 LEGACY_SIZE, HEADER_SIZE = 512, 64
+XSTATE_BV = slice(LEGACY_SIZE, LEGACY_SIZE + 8)
+# Regions of the legacy area and the XSTATE_BV bit that owns each (SDM 13.4.1): x87 is bit 0;
+# MXCSR (with its mask) and XMM0-15 are saved and restored with SSE state, bit 1.
+LEGACY_REGIONS = ((0, 24, 0), (24, 32, 1), (32, 160, 0), (160, 416, 1))
+MASK64 = (1 << 64) - 1
+SOFT_EXCEPTIONS = (3, 4)   # #BP and #OF: raised by int3 / into
 RFLAGS_AC = 1 << 18
 _MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
 RESCUABLE = ("clac", "stac", "popcnt", "rdtscp", "wait", "fninit", "fnstsw", "fnstcw", "fldcw", "int3", "xgetbv", "xsetbv", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xrstor", "xrstor64",
@@ -53,8 +68,9 @@ class RescueFailed(Exception):
 
 
 class Rescuer:
-    def __init__(self, vcpu: "Vcpu", ram: "GuestRam", cpuid_entries: list[dict[str, int]]) -> None:
-        self.vcpu, self.ram = vcpu, ram
+    def __init__(self, vcpu: "Vcpu", ram: "GuestRam", cpuid_entries: list[dict[str, int]],
+                 msr: "MsrPolicy | None" = None) -> None:
+        self.vcpu, self.ram, self.msr = vcpu, ram, msr
         # Standard-format XSAVE layout: component i at CPUID.(0xD, i).EBX, size EAX (i >= 2).
         self.components = {e["index"]: (e["ebx"], e["eax"]) for e in cpuid_entries
                            if e["function"] == 0xD and e["index"] >= 2 and e["eax"]}
@@ -70,26 +86,29 @@ class Rescuer:
             return None
         try:
             regs = self.vcpu.get_regs()
-            getattr(self, "_" + insn.mnemonic.removesuffix("64"))(insn, regs, bits)
-            if insn.mnemonic != "int3":
-                self.vcpu.set_regs({"rip": rip + insn.size})
+            handler = getattr(self, "_" + insn.mnemonic.removesuffix("64"))
+            update = handler(insn, regs, bits) or {}
+            # Every rescued instruction completes (int3 is a trap: RIP after it, then #BP is delivered).
+            self.set_regs_verified({**update, "rip": rip + insn.size})
+            if insn.mnemonic == "int3":
+                self.inject_verified(3)
         except (RescueFailed, GuestMemoryError, OSError) as exc:
             self.declined = f"{insn.mnemonic}: {exc}"
             return None
         return insn.mnemonic
 
     # -- instructions ---------------------------------------------------------------------------
+    # Each handler returns the register update it wants (RIP is added by `rescue`), or None.
     def _int3(self, insn: Any, regs: dict[str, int], bits: int) -> None:
-        self.vcpu.set_regs({"rip": insn.address + insn.size})
-        self.vcpu.inject_exception(3)
+        return None   # the #BP is injected by `rescue`, after the RIP write (KVM_SET_REGS drops pending exceptions)
 
-    def _clac(self, insn: Any, regs: dict[str, int], bits: int) -> None:
-        self.vcpu.set_regs({"rflags": regs["rflags"] & ~RFLAGS_AC})
+    def _clac(self, insn: Any, regs: dict[str, int], bits: int) -> dict[str, int]:
+        return {"rflags": regs["rflags"] & ~RFLAGS_AC}
 
-    def _stac(self, insn: Any, regs: dict[str, int], bits: int) -> None:
-        self.vcpu.set_regs({"rflags": regs["rflags"] | RFLAGS_AC})
+    def _stac(self, insn: Any, regs: dict[str, int], bits: int) -> dict[str, int]:
+        return {"rflags": regs["rflags"] | RFLAGS_AC}
 
-    def _popcnt(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+    def _popcnt(self, insn: Any, regs: dict[str, int], bits: int) -> dict[str, int]:
         dst, src = insn.operands
         if dst.type != x86_const.X86_OP_REG:
             raise RescueFailed("popcnt destination is not a register")
@@ -105,13 +124,12 @@ class Rescuer:
         update = _reg_write(regs, name, count)
         # popcnt clears OF SF ZF AF CF PF, then sets ZF when the source was zero.
         update["rflags"] = (regs["rflags"] & ~0x8D5) | (0x40 if count == 0 else 0)
-        self.vcpu.set_regs(update)
+        return update
 
-    def _rdtscp(self, insn: Any, regs: dict[str, int], bits: int) -> None:
-        from harness.kvm.msr import _host_msr
-        tsc = _host_msr(self.vcpu, 0x10, 0)
-        aux = _host_msr(self.vcpu, 0xC0000103, 0)   # IA32_TSC_AUX
-        self.vcpu.set_regs({"rax": tsc & 0xFFFFFFFF, "rdx": tsc >> 32 & 0xFFFFFFFF, "rcx": aux & 0xFFFFFFFF})
+    def _rdtscp(self, insn: Any, regs: dict[str, int], bits: int) -> dict[str, int]:
+        tsc = self.get_msr(0x10)
+        aux = self.get_msr(0xC0000103)   # IA32_TSC_AUX
+        return {"rax": tsc & 0xFFFFFFFF, "rdx": tsc >> 32 & 0xFFFFFFFF, "rcx": aux & 0xFFFFFFFF}
 
     # x87 control/status through the legacy area of KVM_GET/SET_XSAVE: FCW at 0, FSW at 2, abridged FTW at 4.
     def _wait(self, insn: Any, regs: dict[str, int], bits: int) -> None:
@@ -120,44 +138,49 @@ class Rescuer:
             raise RescueFailed("pending x87 exception")
 
     def _fninit(self, insn: Any, regs: dict[str, int], bits: int) -> None:
-        state = bytearray(self.get_xsave())
+        old = self.get_xsave()
+        state = bytearray(old)
         state[0:24] = _init_state(0, 24)
-        self.set_xsave(bytes(state))
+        self.put_xsave(old, state)
 
-    def _fnstsw(self, insn: Any, regs: dict[str, int], bits: int) -> None:
-        self._store_x87_word(insn, regs, bits, 2)
+    def _fnstsw(self, insn: Any, regs: dict[str, int], bits: int) -> dict[str, int] | None:
+        return self._store_x87_word(insn, regs, bits, 2)
 
-    def _fnstcw(self, insn: Any, regs: dict[str, int], bits: int) -> None:
-        self._store_x87_word(insn, regs, bits, 0)
+    def _fnstcw(self, insn: Any, regs: dict[str, int], bits: int) -> dict[str, int] | None:
+        return self._store_x87_word(insn, regs, bits, 0)
 
-    def _store_x87_word(self, insn: Any, regs: dict[str, int], bits: int, offset: int) -> None:
+    def _store_x87_word(self, insn: Any, regs: dict[str, int], bits: int, offset: int) -> dict[str, int] | None:
         word = self.get_xsave()[offset:offset + 2]
         op = insn.operands[0]
         if op.type == x86_const.X86_OP_REG:
-            self.vcpu.set_regs(_reg_write(regs, insn.reg_name(op.reg), int.from_bytes(word, "little")))
-        else:
-            self.write_linear(self.memory_operand(insn, regs, bits), word)
+            return _reg_write(regs, insn.reg_name(op.reg), int.from_bytes(word, "little"))
+        self.write_linear(self.memory_operand(insn, regs, bits), word)
+        return None
 
     def _fldcw(self, insn: Any, regs: dict[str, int], bits: int) -> None:
         word = self.read_linear(self.memory_operand(insn, regs, bits), 2)
-        state = bytearray(self.get_xsave())
+        old = self.get_xsave()
+        state = bytearray(old)
         state[0:2] = word
-        self.set_xsave(bytes(state))
+        self.put_xsave(old, state)
 
-    def _xgetbv(self, insn: Any, regs: dict[str, int], bits: int) -> None:
+    def _xgetbv(self, insn: Any, regs: dict[str, int], bits: int) -> dict[str, int]:
         if regs["rcx"] & 0xFFFFFFFF != 0:
             raise RescueFailed("only XCR0")
         xcr0 = self.get_xcr0()
-        self.vcpu.set_regs({"rax": xcr0 & 0xFFFFFFFF, "rdx": xcr0 >> 32})
+        return {"rax": xcr0 & 0xFFFFFFFF, "rdx": xcr0 >> 32}
 
     def _xsetbv(self, insn: Any, regs: dict[str, int], bits: int) -> None:
         if regs["rcx"] & 0xFFFFFFFF != 0:
             raise RescueFailed("only XCR0")
+        value = (regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF)
         xcrs = ffi.new("struct kvm_xcrs *")
         xcrs.nr_xcrs = 1
         xcrs.xcrs[0].xcr = 0
-        xcrs.xcrs[0].value = (regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF)
+        xcrs.xcrs[0].value = value
         ioctl(self.vcpu.fd, k.KVM_SET_XCRS, xcrs, what="KVM_SET_XCRS")  # KVM refuses invalid values: no rescue
+        if self.get_xcr0() != value:
+            raise RescueFailed(f"KVM_SET_XCRS did not take: XCR0 reads back {self.get_xcr0():#x}, wrote {value:#x}")
 
     def _xsave(self, insn: Any, regs: dict[str, int], bits: int) -> None:
         addr = self.memory_operand(insn, regs, bits)
@@ -196,9 +219,10 @@ class Rescuer:
         xstate_bv = int.from_bytes(header[:8], "little")
         xcomp_bv = int.from_bytes(header[8:16], "little")
         compacted = self.compacted_offsets(xcomp_bv) if xcomp_bv >> 63 else None
-        state = bytearray(self.get_xsave())
-        if rfbm & 0b110:  # MXCSR and its mask come with SSE or AVX state
-            state[24:32] = self.read_linear(addr + 24, 8)
+        old = self.get_xsave()
+        state = bytearray(old)
+        if rfbm & 0b110:  # MXCSR comes with SSE or AVX state; MXCSR_MASK in memory is ignored, as XRSTOR does
+            state[24:28] = self.read_linear(addr + 24, 4)
         for bit, (start, size) in self.components_in(rfbm):
             if xstate_bv >> bit & 1:
                 src = start if compacted is None or bit < 2 else compacted.get(bit)
@@ -207,9 +231,9 @@ class Rescuer:
                 state[start:start + size] = self.read_linear(addr + src, size)
             else:
                 state[start:start + size] = _init_state(bit, size)
-        buf_bv = int.from_bytes(state[LEGACY_SIZE:LEGACY_SIZE + 8], "little")
-        state[LEGACY_SIZE:LEGACY_SIZE + 8] = ((buf_bv & ~rfbm) | (xstate_bv & rfbm)).to_bytes(8, "little")
-        self.set_xsave(bytes(state))
+        buf_bv = int.from_bytes(state[XSTATE_BV], "little")
+        state[XSTATE_BV] = ((buf_bv & ~rfbm) | (xstate_bv & rfbm)).to_bytes(8, "little")
+        self.put_xsave(old, state)
 
     def compacted_offsets(self, xcomp_bv: int) -> dict[int, int]:
         """Where each component of XCOMP_BV sits in a compacted-format area (SDM 13.4.3)."""
@@ -246,6 +270,53 @@ class Rescuer:
         buf = ffi.new("struct kvm_xsave *")
         ffi.memmove(buf, data[:ffi.sizeof(buf[0])], min(len(data), ffi.sizeof(buf[0])))
         ioctl(self.vcpu.fd, k.KVM_SET_XSAVE, buf, what="KVM_SET_XSAVE")
+
+    def put_xsave(self, old: bytes, new: bytearray) -> None:
+        """Write `new` (edited from `old`, a KVM_GET_XSAVE image) so that the guest sees every edit.
+
+        A component whose bytes changed gets its XSTATE_BV bit: with the bit clear, KVM (like XRSTOR)
+        loads the component's init state instead of the bytes. Then the image is read back and every
+        changed range compared: what did not take is a failed rescue."""
+        changed = self.changed_ranges(old, new)
+        bv = int.from_bytes(new[XSTATE_BV], "little")
+        for _, _, bit in changed:
+            bv |= 1 << bit
+        new[XSTATE_BV] = bv.to_bytes(8, "little")
+        self.set_xsave(bytes(new))
+        back = self.get_xsave()
+        for start, end, bit in changed:
+            if back[start:end] != new[start:end]:
+                raise RescueFailed(f"KVM_SET_XSAVE did not take: bytes {start}..{end} (component {bit}) read back "
+                                   f"{back[start:end][:8].hex()}, wrote {bytes(new[start:end][:8]).hex()}")
+
+    def changed_ranges(self, old: bytes, new: bytes | bytearray) -> list[tuple[int, int, int]]:
+        """(start, end, XSTATE_BV bit) of every component region that differs between two images."""
+        regions = list(LEGACY_REGIONS) + [(off, off + size, bit) for bit, (off, size) in self.components.items()]
+        return [(start, end, bit) for start, end, bit in regions if old[start:end] != new[start:end]]
+
+    def set_regs_verified(self, update: dict[str, int]) -> None:
+        self.vcpu.set_regs(update)
+        back = self.vcpu.get_regs()
+        wrong = [f"{name}={back[name]:#x} (wrote {value & MASK64:#x})" for name, value in update.items()
+                 if back[name] != value & MASK64]
+        if wrong:
+            raise RescueFailed("KVM_SET_REGS did not take: " + ", ".join(wrong))
+
+    def inject_verified(self, vector: int) -> None:
+        self.vcpu.inject_exception(vector)
+        events = self.vcpu.get_events()
+        # KVM_GET_VCPU_EVENTS reports a queued soft exception (#BP, #OF) with injected=0 (it would be
+        # re-raised by re-executing its instruction after a migration): for those the vector is all it shows.
+        queued = events.exception.injected or events.exception.pending or vector in SOFT_EXCEPTIONS
+        if not queued or events.exception.nr != vector:
+            raise RescueFailed(f"KVM_SET_VCPU_EVENTS did not queue exception {vector}")
+
+    def get_msr(self, index: int) -> int:
+        """The MSR as the guest's RDMSR sees it (the policy holds MSRs KVM refused), else KVM's."""
+        value = self.msr.guest_value(self.vcpu, index) if self.msr else read_host_msr(self.vcpu, index)
+        if value is None:
+            raise RescueFailed(f"KVM_GET_MSRS could not read MSR {index:#x}")
+        return value
 
     def components_in(self, rfbm: int) -> list[tuple[int, tuple[int, int]]]:
         out: list[tuple[int, tuple[int, int]]] = []

@@ -98,7 +98,7 @@ class VcpuLoop:
         # RIPs of port-I/O instructions already classified. KVM may deliver REP OUTS one element
         # per exit (count == 1, as kvm_pvm does), so the instruction itself tells a string op apart.
         self._io_rips: set[int] = set()
-        self.rescuer = Rescuer(vcpu, vm.ram, cfg.cpuid_entries) if cfg.rescue else None
+        self.rescuer = Rescuer(vcpu, vm.ram, cfg.cpuid_entries, cfg.msr) if cfg.rescue else None
 
     # -- control ----------------------------------------------------------------------------
     def request_stop(self) -> None:

@@ -37,6 +37,33 @@ def assemble(source: str, bits: int = 16, origin: int | None = None) -> bytes:
         return (d / "g.bin").read_bytes()
 
 
+# 64-bit guests: SSE and XSAVE enabled, XCR0 = x87 | SSE.
+SSE_ON = """
+    mov rax, cr4
+    or eax, 0x40600                 # OSXSAVE | OSFXSR | OSXMMEXCPT
+    mov cr4, rax
+    xor ecx, ecx
+    mov eax, 3                      # XCR0 = x87 | SSE
+    xor edx, edx
+    xsetbv
+"""
+
+# 64-bit guests: vector 3 (#BP) of an IDT at 0x3000 -> label `handler`; the guest defines `handler` and `idtr`.
+IDT64 = """
+    lea rax, [rip + handler]
+    mov rdi, 0x3000 + 3 * 16
+    mov word ptr [rdi], ax
+    mov word ptr [rdi + 2], 0x10
+    mov word ptr [rdi + 4], 0x8e00
+    shr rax, 16
+    mov word ptr [rdi + 6], ax
+    shr rax, 16
+    mov dword ptr [rdi + 8], eax
+    mov dword ptr [rdi + 12], 0
+    lidt [rip + idtr]
+"""
+
+
 @dataclass
 class FakeDevice:
     """Remembers writes, answers reads with a fixed value."""
@@ -127,3 +154,89 @@ def run_guest(source: str, bits: int = 16, *, io: FakeBus | None = None, mmio: F
     finally:
         machine.close()
         ram.close()
+
+
+@dataclass
+class DrillRun(GuestRun):
+    drilled: list[str] = field(default_factory=list)   # the mnemonics handed to the rescuer, in order
+
+    def rescued(self) -> list[str]:
+        return [g["key"] for g in self.gaps("rescued-instruction")]
+
+
+def drill_guest(source: str, bits: int = 64, *, io: FakeBus | None = None, payload: bool = True,
+                timeout: float = 10.0, memory: int = 4 << 20) -> DrillRun:
+    """Run a guest in which every `hlt` hands the instruction after it to the rescuer, as if the host's
+    emulator had failed on it: the run loop's own KVM_EXIT_INTERNAL_ERROR handling is called with an
+    emulation-failure payload holding that instruction (`payload=False`: no bytes, the run loop fetches
+    them from guest memory, and clac/stac take the ioctl path instead of the synced-register one).
+
+    Which instructions a host's emulator fails on differs between hosts of one kind (kvm_pvm), so
+    the tests that run an instruction natively cannot promise to exercise its rescue; a drill does,
+    on every host, and the guest itself then checks the architectural result with instructions
+    that do not involve the rescue of the drilled one. A `hlt` followed by anything the rescuer does
+    not know ends the drill."""
+    import threading
+
+    from harness.kvm import ffi as k
+    from harness.kvm import insn
+    from harness.kvm.machine import Machine, MachineConfig
+    from harness.kvm.rawboot import load_raw
+    from harness.kvm.rescue import RESCUABLE
+    from harness.kvm.runloop import STOP_HALT, install_kick_handler
+    from harness.memory import GuestRam
+    io = io or FakeBus()
+    ram = GuestRam(memory)
+    events: list[Any] = []
+    machine = Machine(ram, io, FakeBus(), MachineConfig(irqchip=False, pit=False), emit=events.append)
+    drilled: list[str] = []
+    try:
+        entry, _ = load_raw(ram, assemble(source, bits), mode={16: "real16", 32: "protected32", 64: "long64"}[bits])
+        machine.set_entry(entry)
+        install_kick_handler()
+        loop = machine.loops[0]
+        watchdog = threading.Timer(timeout, loop.request_stop)
+        watchdog.start()
+        try:
+            while True:
+                stop = loop.run()
+                if stop.reason != STOP_HALT:
+                    break
+                vcpu = loop.vcpu
+                rip = vcpu.get_regs()["rip"]
+                sregs = vcpu.get_sregs()
+                code, _ = insn.fetch(vcpu, ram, rip, sregs)
+                decoded = insn.decode(code, insn.cpu_mode_bits(sregs), rip)
+                if decoded["mnemonic"] not in RESCUABLE:
+                    break
+                drilled.append(decoded["mnemonic"])
+                _fake_emulation_failure(vcpu.run, code[:decoded["size"]] if payload else b"", k)
+                stop = loop._cold_exit(k.KVM_EXIT_INTERNAL_ERROR)   # the run loop's handling of that exit
+                if stop is not None:
+                    break
+        finally:
+            watchdog.cancel()
+        return DrillRun(stop, machine.summary(), events, io, drilled=drilled)
+    finally:
+        machine.close()
+        ram.close()
+
+
+def _fake_emulation_failure(run: Any, code: bytes, k: Any) -> None:
+    """Fill kvm_run as KVM does for an emulation failure (suberror 1, flags, instruction bytes)."""
+    run.exit_reason = k.KVM_EXIT_INTERNAL_ERROR
+    ef = run.emulation_failure
+    ef.suberror = k.KVM_INTERNAL_ERROR_EMULATION
+    ef.ndata = 3 if code else 0
+    ef.flags = k.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES if code else 0
+    ef.insn_size = len(code)
+    for i, byte in enumerate(code):
+        ef.insn_bytes[i] = byte
+
+
+@functools.lru_cache(maxsize=None)
+def host_label() -> str:
+    """Which host a host-dependent result was proven on (KVM module, kernel, CPU model)."""
+    from harness.kvm.system import host_info
+    info = host_info()
+    return f"{info['kvm_module']} on Linux {info['kernel_release']}, {info['cpu_model'] or 'unknown CPU'}"

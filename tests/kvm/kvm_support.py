@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kvm_guests import HAVE_AS, HAVE_KVM, run_guest  # noqa: E402
+from kvm_guests import HAVE_AS, HAVE_KVM, host_label, run_guest  # noqa: E402
 
 
 @pytest.fixture
@@ -19,3 +19,11 @@ def guest():
     if not HAVE_AS:
         pytest.skip("needs GNU as/ld (binutils) to assemble test guests")
     return run_guest
+
+
+@pytest.fixture(autouse=True)
+def _record_kvm_host(record_property):
+    """Results here depend on the host's KVM (kvm_pvm's emulator differs between machines of one kind):
+    every test's JUnit entry names the host it ran on."""
+    if HAVE_KVM:
+        record_property("kvm_host", host_label())
