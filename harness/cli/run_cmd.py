@@ -23,9 +23,11 @@ from rich.table import Table
 from harness.errors import ConfigError
 from harness.runner.guestfile import load_guests
 from harness.runner.matrix import Cell, load_matrix, parse_shard, select_shard
+from harness.runner.known_issues import cell_ok, known_issue_note
 from harness.runner.plugin import new_run_dir
 from harness.runner.result import PASS, CellResult, load_results
 
+PYTEST_USAGE_ERROR = 4   # pytest.ExitCode.USAGE_ERROR
 OUTCOME_STYLE = {"pass": "green", "fail": "red", "gap": "magenta", "timeout": "yellow", "error": "bold red",
                  "running": "cyan", "pending": "dim"}
 
@@ -39,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--resume", action="store_true", help="re-run only cells that did not pass in --report-dir "
                      "(default: the newest run under reports/)")
     run.add_argument("--repeat", type=int, default=1, help="boot each cell N times (median and spread)")
+    run.add_argument("--retry-failures", type=int, default=0, metavar="N",
+                     help="boot a cell that failed up to N more times: a later pass marks it flaky, "
+                          "failing every try confirms a regression")
     run.add_argument("--online", action="store_true", help="allow downloads of missing assets during the run")
     run.add_argument("--dry-run", action="store_true", help="print the cells that would run, boot nothing")
     run.add_argument("--no-live", action="store_true", help="plain progress lines instead of the live table")
@@ -102,6 +107,8 @@ def pytest_argv(args: argparse.Namespace, run_dir: Path, collect_only: bool = Fa
         argv.append("--harness-resume")
     if args.repeat > 1:
         argv += ["--harness-repeat", str(args.repeat)]
+    if args.retry_failures > 0:
+        argv += ["--harness-retry-failures", str(args.retry_failures)]
     if args.online:
         argv.append("--harness-online")
     argv += ["--junitxml", str(run_dir / "pytest-junit.xml"), "-q", "-rN"]
@@ -131,15 +138,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _link_latest(run_dir)
     results = {r.cell_id: r for r in load_results(run_dir)}
     _print_summary(console, run_dir, results, proc.returncode)
-    everything_passed = proc.returncode == 0 and results and all(as_expected(r) for r in results.values())
+    everything_passed = proc.returncode == 0 and results and all(cell_ok(r) for r in results.values())
     if proc.returncode not in (0, 1):
         console.print(f"[red]pytest exited with {proc.returncode}; see {log_path}[/]")
     return 0 if everything_passed else 1
-
-
-def as_expected(result: CellResult) -> bool:
-    """A cell passes when its outcome is the one the matrix expects (pass, unless overridden)."""
-    return result.outcome == result.params.get("expect", PASS)
 
 
 def select_keyword(args: argparse.Namespace, cells: list[Cell]) -> list[Cell]:
@@ -149,6 +151,11 @@ def select_keyword(args: argparse.Namespace, cells: list[Cell]) -> list[Cell]:
     with tempfile.TemporaryDirectory(prefix="harness-select-") as scratch:
         out = subprocess.run(pytest_argv(args, Path(scratch), collect_only=True), capture_output=True, text=True,
                              env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    if out.returncode == PYTEST_USAGE_ERROR:   # pytest lists every item before it rejects a bad -k
+        said = [l for l in (out.stderr + out.stdout).splitlines() if "expression" in l or l.startswith("ERROR")]
+        raise ConfigError(f"-k {args.keyword!r} is not a valid expression: "
+                          f"{(said[-1] if said else out.stderr.strip()).removeprefix('ERROR: ')}",
+                          "use pytest -k syntax: words joined by and/or/not, e.g. -k 'fixture-pvh and gp'")
     ids = {l.split("::", 1)[1] for l in out.stdout.splitlines() if "::" in l}
     selected = [c for c in cells if c.id in ids]
     if not selected:
@@ -259,7 +266,7 @@ def _print_summary(console: Console, run_dir: Path, results: dict, returncode: i
                   + f" ({len(results)} cells)")
     for r in sorted(results.values(), key=lambda r: r.cell_id):
         if r.outcome != PASS:
-            note = "expected" if as_expected(r) else "UNEXPECTED"
+            note = known_issue_note(r) or ("expected" if cell_ok(r) else "UNEXPECTED")
             console.print(f"  [{OUTCOME_STYLE.get(r.outcome, '')}]{r.outcome}[/] ({note}) {r.cell_id}: {r.reason}",
                           highlight=False)
     for name in ("index.html", "results.json", "junit.xml", "summary.md"):

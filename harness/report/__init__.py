@@ -25,11 +25,15 @@ def write_reports(run_dir: Path, baseline_dir: Path | None = None) -> dict[str, 
 
     run_dir = Path(run_dir)
     run = load_run(run_dir)
+    from harness.report.triage import build_triage
+
     baseline: RunDiff | None = None
+    base = None
     if baseline_dir is not None:
         base = load_run(Path(baseline_dir))
         baseline = diff_results(base.run_id, base.results, run.run_id, run.results)
     results = build_results(run, baseline)
+    results["triage"] = build_triage(run, base.results if base else None)
     paths = {
         "results": run_dir / "results.json",
         "junit": run_dir / "junit.xml",

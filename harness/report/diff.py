@@ -13,6 +13,7 @@ from typing import Any
 
 from harness.gaps.baseline import compare
 from harness.gaps.ledger import dedup
+from harness.report.flakes import RegressionCall, regression_call
 from harness.report.profile import CellVerdict, RegressionPolicy, compare_cell, repeat_groups
 from harness.report.run import load_run
 from harness.runner.result import CellResult
@@ -26,6 +27,7 @@ class CellChange:
     verdict: CellVerdict
     gaps_new: list[dict[str, Any]] = field(default_factory=list)
     gaps_fixed: list[dict[str, Any]] = field(default_factory=list)
+    call: RegressionCall | None = None     # a new failure: confirmed only when it repeated (report.flakes)
 
     @property
     def milestones_lost(self) -> list[str]:
@@ -45,7 +47,9 @@ class CellChange:
 
     @property
     def regression(self) -> bool:
-        return self.verdict.regression
+        if self.call is None:
+            return self.verdict.regression
+        return self.call.confirmed or any(p.regression for p in self.verdict.phases)
 
     @property
     def changed(self) -> bool:
@@ -57,7 +61,8 @@ class CellChange:
                 "regression": self.regression, "reasons": self.verdict.reasons(),
                 "milestones_lost": self.milestones_lost, "milestones_gained": self.milestones_gained,
                 "slower": self.slower, "faster": self.faster,
-                "gaps_new": self.gaps_new, "gaps_fixed": self.gaps_fixed, "timing": self.verdict.to_dict()}
+                "gaps_new": self.gaps_new, "gaps_fixed": self.gaps_fixed, "timing": self.verdict.to_dict(),
+                "call": self.call.to_json() if self.call else None}
 
 
 @dataclass
@@ -95,6 +100,8 @@ class RunDiff:
             lines.append(f"{mark:10} {c.cell_id}")
             if c.outcome_a != c.outcome_b:
                 lines.append(f"           outcome {c.outcome_a} -> {c.outcome_b}")
+            if c.call:
+                lines.append(f"           {c.call.describe()}")
             for r in c.verdict.reasons():
                 if not r.startswith("outcome"):
                     lines.append(f"           {r}")
@@ -130,7 +137,7 @@ def diff_results(a_name: str, a: list[CellResult], b_name: str, b: list[CellResu
         gd = compare(_union_gaps(gb[cid]), expected)
         out.cells.append(CellChange(cid, _summary_outcome(ga[cid]), _summary_outcome(gb[cid]),
                                     compare_cell(ga[cid], gb[cid], policy), gd.new,
-                                    [e["_gap"] for e in gd.fixed]))
+                                    [e["_gap"] for e in gd.fixed], regression_call(ga[cid], gb[cid])))
     return out
 
 

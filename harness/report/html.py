@@ -20,7 +20,10 @@ from typing import Any
 from harness.gaps.baseline import GapDiff
 from harness.report.diff import RunDiff
 from harness.report.profile import phases_from_snapshots
+from harness.report.culprit import culprit_of
 from harness.report.results import cell_ok
+from harness.runner.known_issues import known_issue_note
+from harness.runner.tries import passed_on_retry
 from harness.report.run import CellView, RunData
 from harness.runner.result import OUTCOMES, Phase
 
@@ -189,7 +192,7 @@ def _baseline(diff: RunDiff | None, keys_to_anchor: dict[str, str]) -> str:
         gaps = ", ".join([f"+{g['kind']} {g['key']}" for g in c.gaps_new] + [f"-{g['kind']} {g['key']}"
                                                                               for g in c.gaps_fixed])
         why = "; ".join(c.verdict.reasons() + [f"milestone {m} gained" for m in c.milestones_gained]
-                        + [f"phase {m} faster" for m in c.faster])
+                        + [f"phase {m} faster" for m in c.faster] + ([c.call.describe()] if c.call else []))
         verdict = _badge("fail", "regression") if c.regression else _badge("pass", "changed")
         rows.append(f"<tr><td>{verdict}</td><td>{link}</td><td class=num>{c.verdict.n_new}/{c.verdict.n_base}</td>"
                     f"<td>{esc(c.outcome_a)} → {esc(c.outcome_b)}</td>"
@@ -202,6 +205,43 @@ def _baseline(diff: RunDiff | None, keys_to_anchor: dict[str, str]) -> str:
     return (f'<section id="baseline"><h2>Against baseline {esc(diff.a)}: {len(diff.regressions)} regressed</h2>'
             f'<p class="hint">Timing method:</p><ul class="hint">{methods}</ul>{table}'
             f'{"<ul>" + only + "</ul>" if only else ""}</section>')
+
+
+def _link(key: str, anchors: dict[str, str]) -> str:
+    return f'<a href="#{anchors[key]}">{esc(key)}</a>' if key in anchors else esc(key)
+
+
+def _triage(results: dict[str, Any], anchors: dict[str, str]) -> str:
+    """Culprits of the failing cells, known issues, flakes: results.json's triage section."""
+    t = results.get("triage") or {}
+    bad = [c for c in t.get("culprits", []) if not c["ok"]]
+    rows = "".join(f'<tr><td>{_badge(c["outcome"])}</td><td>{_link(c["cell"], anchors)}</td>'
+                   f'<td><b>{esc(c["party"])}</b>{" (suspected)" if c["evidence"] == "suspected" else ""}</td>'
+                   f'<td class=mono>{esc(c["gap"]["kind"] + " " + str(c["gap"]["key"])) if c.get("gap") else ""}</td>'
+                   f'<td>{esc(c["why"])}</td></tr>' for c in bad)
+    parts = ['<h3>Culprits</h3>' + (f'<table class="data"><thead><tr><th></th><th>cell</th><th>culprit</th><th>gap</th>'
+                                    f'<th>why</th></tr></thead><tbody>{rows}</tbody></table>' if rows
+                                    else "<p>No failing cell.</p>")]
+    issues = t.get("known_issues", [])
+    rows = "".join(f'<tr><td>{_badge("fail" if k["status"] == "expired" else "pass", k["status"])}</td>'
+                   f'<td>{_link(k["cell"], anchors)}</td><td>{esc(k["outcome"])}</td>'
+                   f'<td><a href="{esc(k["url"])}" rel="noreferrer">{esc(k["title"])}</a></td><td>{esc(k["until"])}</td></tr>'
+                   for k in issues)
+    parts.append('<h3>Known issues</h3>' + (f'<table class="data"><thead><tr><th>status</th><th>cell</th><th>outcome</th>'
+                                            f'<th>issue</th><th>until</th></tr></thead><tbody>{rows}</tbody></table>'
+                                            if rows else "<p>None.</p>"))
+    for title, key in (("Flaky cells", "flakes"), ("Flaky across this run and the baseline", "flakes_across_runs")):
+        flakes = t.get(key)
+        if flakes is None:
+            continue
+        rows = "".join(f'<tr><td>{_link(f["cell_id"], anchors)}</td><td class=num>{f["tries"]}</td>'
+                       f'<td class=num>{f["failed"]}</td><td class=num>{f["rate"]:.0%}</td>'
+                       f'<td class=num>{f["passed_on_retry"]}</td><td>{esc(", ".join(f["outcomes"]))}</td></tr>'
+                       for f in flakes)
+        parts.append(f'<h3>{title}</h3>' + (f'<table class="data"><thead><tr><th>cell</th><th>tries</th><th>failed</th>'
+                                            f'<th>flake rate</th><th>passed on retry</th><th>outcomes</th></tr></thead>'
+                                            f'<tbody>{rows}</tbody></table>' if rows else "<p>None.</p>"))
+    return f'<section id="triage"><h2>Triage</h2>{"".join(parts)}</section>'
 
 
 # ---------------------------------------------------------------------------- per cell
@@ -410,6 +450,13 @@ def _cell(view: CellView) -> str:
     failure = (f'<p class="failure"><b>{esc(r.failure.kind)}</b>: {esc(r.failure.message)}</p>'
                if r.failure else "")
     reason = f'<p class="reason">{esc(r.reason)}</p>' if r.reason else ""
+    culprit = culprit_of(r)
+    if culprit:
+        reason += f'<p class="reason"><b>culprit: {esc(culprit.label())}</b> — {esc(culprit.why)}</p>'
+    if known_issue_note(r):
+        reason += f'<p class="reason"><b>{esc(known_issue_note(r))}</b></p>'
+    if passed_on_retry(r):
+        reason += f'<p class="reason"><b>flaky</b>: passed on try {len(r.tries)}</p>'
     cmd = (f'<details><summary>Command</summary><pre class="console small">{esc(" ".join(r.command))}</pre></details>'
            if r.command else "")
     milestones = ", ".join(m.name for m in r.milestones)
@@ -514,7 +561,7 @@ def render_html(run: RunData, results: dict[str, Any], baseline: RunDiff | None)
             '<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>Boot matrix {esc(run.run_id)}</title><style>{CSS}</style><script>{JS_HEAD}</script></head>"
             f"<body>{_header(run, results)}<main><div id=errors hidden></div>{_heatmap(run)}"
-            f"{_baseline(baseline, anchors)}{_run_gaps(results, anchors)}{_timing(results)}"
+            f"{_triage(results, anchors)}{_baseline(baseline, anchors)}{_run_gaps(results, anchors)}{_timing(results)}"
             f'<section id="cells-head">{_filters(run)}</section>{cells}</main>'
             f"<script>{JS_BODY}</script></body></html>\n")
 

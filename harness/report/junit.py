@@ -10,7 +10,10 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from harness.report.culprit import culprit_of
 from harness.report.results import cell_new_gaps, cell_ok
+from harness.runner.known_issues import known_issue_note
+from harness.runner.tries import passed_on_retry, tries_of
 from harness.report.run import CellView, RunData
 from harness.runner.result import ERROR
 
@@ -47,15 +50,43 @@ def _testcase(parent: ET.Element, view: CellView) -> tuple[int, int]:
     tc = ET.SubElement(parent, "testcase", classname=xml_safe(f"{r.backend}.{r.guest}"), name=xml_safe(view.key),
                        time=f"{r.duration_s:.3f}")
     failures = errors = 0
+    _properties(tc, view)
     if not cell_ok(r):
         tag = "error" if r.outcome == ERROR else "failure"
-        el = ET.SubElement(tc, tag, message=xml_safe(f"{r.outcome}: {r.reason}"[:500]), type=r.outcome)
-        el.text = _details(view)
+        culprit = culprit_of(r)
+        # type= is whose fault it is (guest | hypervisor | harness): what a CI's test view groups by
+        el = ET.SubElement(tc, tag, message=xml_safe(f"{r.outcome}: {r.reason}"[:500]),
+                           type=culprit.party if culprit else r.outcome)
+        el.text = (f"culprit: {culprit.label()}: {culprit.why}\n" if culprit else "") + _details(view)
         failures, errors = (0, 1) if tag == "error" else (1, 0)
+    elif passed_on_retry(r):
+        # Surefire's rerun convention, which Jenkins and GitLab show as "flaky": the test passed,
+        # and each failed try is kept beside it.
+        for t in tries_of(r)[:-1]:
+            flaky = ET.SubElement(tc, "flakyFailure", message=xml_safe(f"{t.outcome}: {t.reason}"[:500]),
+                                  type=t.outcome)
+            flaky.text = xml_safe(f"passed on retry; this try's console: {t.console_log}")
     console = view.console_path
     out = ET.SubElement(tc, "system-out")
     out.text = xml_safe(f"console: {console if console else '(none)'}\nparams: {r.params}\n")
     return failures, errors
+
+
+def _properties(tc: ET.Element, view: CellView) -> None:
+    r = view.result
+    props: list[tuple[str, str]] = []
+    if passed_on_retry(r):
+        props.append(("flaky", f"passed on retry (try {len(tries_of(r))})"))
+    note = known_issue_note(r)
+    if note:
+        props.append(("known_issue", note))
+    culprit = culprit_of(r)
+    if culprit:
+        props.append(("culprit", culprit.label()))
+    if props:
+        el = ET.SubElement(tc, "properties")
+        for name, value in props:
+            ET.SubElement(el, "property", name=name, value=xml_safe(value))
 
 
 def build_junit(run: RunData) -> ET.ElementTree:

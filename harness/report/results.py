@@ -11,16 +11,14 @@ from harness.gaps.runs import cell_gaps
 from harness.report.diff import RunDiff
 from harness.report.profile import milestone_stats, repeat_groups
 from harness.report.run import CellView, RunData
-from harness.runner.result import OUTCOMES, PASS, CellResult
+from harness.report.culprit import culprit_of
+from harness.runner.known_issues import cell_ok, known_issue_status
+from harness.runner.result import OUTCOMES, CellResult
+
+__all__ = ["build_results", "cell_ok", "cell_new_gaps"]
 
 RESULTS_SCHEMA = "harness.results"
 RESULTS_SCHEMA_VERSION = 1
-
-
-def cell_ok(result: CellResult) -> bool:
-    """Passed, or ended as the matrix said it would (an override `expect: gap`)."""
-    expect = result.params.get("expect") if isinstance(result.params, dict) else None
-    return result.outcome == PASS or (bool(expect) and result.outcome == expect)
 
 
 def cell_new_gaps(result: CellResult) -> list[dict[str, Any]]:
@@ -32,7 +30,10 @@ def _cell_entry(view: CellView) -> dict[str, Any]:
     d["gaps"] = cell_gaps(view.result)
     for g in d["gaps"]:
         g["id"] = gap_id(view.family, g)
-    d.update({"key": view.key, "slug": view.slug, "family": view.family, "ok": cell_ok(view.result)})
+    culprit = culprit_of(view.result)
+    d.update({"key": view.key, "slug": view.slug, "family": view.family, "ok": cell_ok(view.result),
+              "culprit": culprit.to_json() if culprit else None,
+              "known_issue_status": known_issue_status(view.result)})
     return d
 
 

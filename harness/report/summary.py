@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from harness.report.culprit import culprit_of
 from harness.report.diff import RunDiff
 from harness.report.results import cell_new_gaps, cell_ok
 from harness.report.run import RunData
@@ -55,17 +56,19 @@ def render_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | No
     failing = [c for c in run.cells if not cell_ok(c.result)]
     out += ["", f"## Failing cells ({len(failing)})", ""]
     if failing:
-        out += ["| cell | outcome | reason | last milestone |", "|---|---|---|---|"]
+        out += ["| cell | outcome | culprit | reason | last milestone |", "|---|---|---|---|---|"]
         for c in failing[:MAX_ROWS]:
             r = c.result
             last = r.milestones[-1].name if r.milestones else "-"
-            out.append(f"| {md(c.key)} | {r.outcome} | {md(r.reason or (r.failure.message if r.failure else ''))} "
-                       f"| {md(last)} |")
+            culprit = culprit_of(r)
+            out.append(f"| {md(c.key)} | {r.outcome} | {md(culprit.label() if culprit else '-')} "
+                       f"| {md(r.reason or (r.failure.message if r.failure else ''))} | {md(last)} |")
         if len(failing) > MAX_ROWS:
             out.append(f"\n… and {len(failing) - MAX_ROWS} more (see index.html)")
     else:
         out.append("None.")
 
+    out += triage_markdown(results.get("triage") or {})
     new = _group_new_gaps(run)
     out += ["", f"## New gaps ({len(new)})", ""]
     if new:
@@ -85,15 +88,51 @@ def render_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | No
         if baseline.regressions:
             out += ["| cell | why |", "|---|---|"]
             for change in baseline.regressions:
-                out.append(f"| {md(change.cell_id)} | {md('; '.join(change.verdict.reasons()), 400)} |")
+                why = change.verdict.reasons() + ([change.call.describe()] if change.call else [])
+                out.append(f"| {md(change.cell_id)} | {md('; '.join(why), 600)} |")
         else:
             out.append("None.")
+        held = [c for c in baseline.cells if c.call and not c.call.confirmed]
+        if held:
+            out += ["", "New failures not called regressions:", ""]
+            out += [f"- {md(c.cell_id)}: {md(c.call.describe(), 400)}" for c in held]
         fixed = [(c.cell_id, g) for c in baseline.cells for g in c.gaps_fixed]
         if fixed:
             out += ["", "Gaps fixed since the baseline: "
                     + ", ".join(f"{md(g['kind'])} {md(g['key'])} ({md(cid)})" for cid, g in fixed)]
     out += ["", f"Full report: `{str(run.run_dir / 'index.html').replace('`', '')}`", ""]
     return "\n".join(out)
+
+
+def triage_markdown(triage: dict[str, Any]) -> list[str]:
+    """Known issues and flakes (culprits are a column of the failing cells)."""
+    out: list[str] = []
+    by_party = triage.get("by_party") or {}
+    if any(by_party.values()):
+        out += ["", "Culprits of the failing cells: " + ", ".join(f"{n} {p}" for p, n in by_party.items() if n)]
+    issues = triage.get("known_issues") or []
+    out += ["", f"## Known issues ({len(issues)})", ""]
+    if issues:
+        out += ["| status | cell | outcome | issue | until |", "|---|---|---|---|---|"]
+        for k in issues:
+            status = {"expired": "**EXPIRED**", "fixed": "fixed"}.get(k["status"], k["status"])
+            out.append(f"| {status} | {md(k['cell'])} | {k['outcome']} | {md(k['title'])} <{md(k['url'])}> "
+                       f"| {md(k['until'])} |")
+    else:
+        out.append("None.")
+    for title, key in (("Flaky cells", "flakes"), ("Flaky across this run and the baseline", "flakes_across_runs")):
+        flakes = triage.get(key)
+        if flakes is None:
+            continue
+        out += ["", f"## {title} ({len(flakes)})", ""]
+        if flakes:
+            out += ["| cell | tries | failed | flake rate | passed on retry | outcomes |", "|---|---:|---:|---:|---:|---|"]
+            for f in flakes:
+                out.append(f"| {md(f['cell_id'])} | {f['tries']} | {f['failed']} | {f['rate']:.0%} "
+                           f"| {f['passed_on_retry']} | {md(', '.join(f['outcomes']))} |")
+        else:
+            out.append("None.")
+    return out
 
 
 def write_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | None, path: Path) -> Path:

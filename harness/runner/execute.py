@@ -23,7 +23,9 @@ from harness.console.stream import ConsoleStream
 from harness.console.watcher import ConsoleWatcher, WatchConfig, WatchOutcome
 from harness.errors import HarnessError
 from harness.gaps.record import GapRecord
+from harness.report.culprit import classify
 from harness.runner.matrix import Cell
+from harness.runner.tries import Try, another_try
 from harness.runner.result import (ERROR, FAIL, PASS, CellResult, Failure, cell_slug, write_json_atomic,
                                    write_result)
 
@@ -39,21 +41,40 @@ class RunOptions:
     progress: Progress | None = None
     keep_workdir: bool = True
     extra_events: list[Any] = field(default_factory=list)
+    failure_retries: int = 0          # boot an unexpected failure again, up to this many times (flakes)
+    gap_overrides: dict[str, str] = field(default_factory=dict)   # built-in: MSR index -> policy (bisection)
+    commands: list[Any] | None = None  # commands to run after the prompt, instead of the guest file's
 
 
 def run_cell(cell: Cell, options: RunOptions) -> CellResult:
-    """Boot one cell, retrying infrastructure errors; write and return its result."""
-    attempts = 0
+    """Boot one cell, retrying infrastructure errors (and failures, if asked); write and return its result."""
+    tries: list[Try] = []
     while True:
-        attempts += 1
-        result = _attempt(cell, options, attempts)
-        if result.outcome != ERROR or attempts > cell.retries:
+        result = _attempt(cell, options, len(tries) + 1)
+        tries.append(Try.of(result))
+        if not another_try(tries, result, cell.retries, options.failure_retries):
             break
-        _progress(options, cell, {"retrying": attempts, "reason": result.reason})
-    result.attempts = attempts
+        _keep_try(options.run_dir, cell, options.repeat_index, tries)
+        _progress(options, cell, {"retrying": len(tries), "reason": result.reason})
+    result.attempts, result.tries = len(tries), [t.to_json() for t in tries]
+    if cell.known_issue is not None:
+        result.known_issue = cell.known_issue.to_json()
+    culprit = classify(result)
+    result.culprit = culprit.to_json() if culprit else None
     write_result(options.run_dir, result)
     _progress(options, cell, {"done": True, "outcome": result.outcome})
     return result
+
+
+def _keep_try(run_dir: Path, cell: Cell, repeat_index: int, tries: list[Try]) -> None:
+    """Move the last try's work directory aside (`<cell>-tryK`) so the next try starts clean and both stay."""
+    src = workdir_of(run_dir, cell.id, repeat_index)
+    dst = src.with_name(f"{src.name}-try{len(tries)}")
+    if dst.exists():
+        shutil.rmtree(dst)
+    if src.exists():
+        src.rename(dst)
+        tries[-1].console_log = str((dst / "console.log").relative_to(run_dir))
 
 
 def workdir_of(run_dir: Path, cell_id: str, repeat_index: int = 0) -> Path:

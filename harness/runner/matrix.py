@@ -17,6 +17,7 @@ from harness.gaps.record import GAP_POLICIES
 from harness.kvm.cpuid import PROFILES as CPU_PROFILE_TABLE
 from harness.runner import yamlfile as y
 from harness.runner.guestfile import BACKENDS, GuestSpec
+from harness.runner.known_issues import KnownIssue, parse_known_issue
 
 TIERS = ("quick", "nightly")
 CPU_PROFILES = tuple(CPU_PROFILE_TABLE)
@@ -25,7 +26,8 @@ MATRIX_KEYS = ("version", "timeout_scale", "retries", "fail_on_new_gaps", "entri
                "overrides", "hang_timeout")
 ENTRY_KEYS = ("guests", "backends", "cpu_profiles", "gap_policies", "vcpus", "memory", "tier")
 CELL_AXES = ("guest", "backend", "cpu_profile", "gap_policy", "vcpus", "memory", "tier")
-OVERRIDE_SET_KEYS = ("timeout_scale", "expect", "retries", "fail_on_new_gaps", "cmdline_append", "hang_timeout")
+OVERRIDE_SET_KEYS = ("timeout_scale", "expect", "retries", "fail_on_new_gaps", "cmdline_append", "hang_timeout",
+                     "known_issue")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Cell:
     expect: str = "pass"            # the outcome this cell is expected to have (e.g. gap on a host with holes)
     cmdline_append: str = ""
     hang_timeout: float | None = None
+    known_issue: KnownIssue | None = None     # an override's tracked reason for failing, until a date
 
     @property
     def id(self) -> str:
@@ -181,8 +184,11 @@ def load_matrix(path: Path, guests: dict[str, GuestSpec]) -> Matrix:
         if "expect" in settings and settings["expect"] not in OUTCOME_EXPECTATIONS:
             raise y.fail(settings, "expect", f"{w}.set.expect is {settings['expect']!r}",
                          f"allowed: {', '.join(OUTCOME_EXPECTATIONS)}")
+        values = dict(settings)
+        if "known_issue" in settings:
+            values["known_issue"] = parse_known_issue(settings["known_issue"], settings, f"{w}.set.known_issue")
         matrix.overrides.append((_rule(y.require_map(o["match"], o, "match", f"{w}.match"), f"{w}.match"),
-                                 dict(settings)))
+                                 values))
     return matrix
 
 

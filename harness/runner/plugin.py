@@ -22,6 +22,7 @@ import pytest
 from harness.errors import HarnessError
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guestfile import load_guests
+from harness.runner.known_issues import EXPIRED, KNOWN, known_issue_note, known_issue_status
 from harness.runner.matrix import Cell, load_matrix, select_shard
 from harness.runner.result import PASS, CellResult, cell_slug, write_json_atomic
 
@@ -36,6 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--harness-guests", default=None, help="guest directory (default: guests/ beside the matrix)")
     group.addoption("--harness-resume", action="store_true", help="skip cells that passed in --harness-run-dir")
     group.addoption("--harness-repeat", type=int, default=1, help="boot every cell N times (boot-time statistics)")
+    group.addoption("--harness-retry-failures", type=int, default=0,
+                    help="boot a cell that did not end as expected up to N more times (flake detection)")
     group.addoption("--harness-online", action="store_true", help="allow asset downloads during the run")
 
 
@@ -77,16 +80,28 @@ def pytest_configure(config: pytest.Config) -> None:
         _write_run_json(config, matrices[0], None)
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
-    """pytest-xdist: the controller does not collect; the first worker's list says how many cells run."""
-    config = node.config
+def _record_selected(config: pytest.Config, n_items: int) -> None:
+    """run.json cells_selected: the cells this run set out to boot, after -k and --shard (not the matrix size)."""
     run_json = config._harness_run_dir / "run.json"  # type: ignore[attr-defined]
     if run_json.exists():
         data = json.loads(run_json.read_text())
-        if data.get("cells_selected") is None:
-            data["cells_selected"] = len(ids) // max(1, config.getoption("harness_repeat"))
-            write_json_atomic(run_json, data)
+        data["cells_selected"] = n_items // max(1, config.getoption("harness_repeat"))
+        write_json_atomic(run_json, data)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Without xdist the controller collects: count the cell items that survived -k deselection."""
+    if not _is_worker(session.config) and hasattr(session.config, "_harness_run_dir"):
+        cells = [i for i in session.items if isinstance(i, CellItem)]
+        if cells:
+            _record_selected(session.config, len(cells))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """pytest-xdist: the controller does not collect; a worker's list (after -k) says how many cells run."""
+    _record_selected(node.config, len(ids))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -117,7 +132,7 @@ class MatrixFile(pytest.File):
         except HarnessError as e:
             raise MatrixError(e.one_line()) from None
         if not _is_worker(config):
-            _write_run_json(config, self.path, len(cells))
+            _write_run_json(config, self.path, None)   # cells_selected: after -k, in pytest_collection_finish
         repeat = max(1, config.getoption("harness_repeat"))
         # Longest first (as QEMU's functional tests do): a multi-second Linux boot started last
         # would leave one worker busy while the others idle. The estimate is the guest's budget.
@@ -148,6 +163,7 @@ def _write_run_json(config: pytest.Config, matrix_path: Path | str, cell_count: 
                              "tier": config.getoption("harness_tier"),
                              "shard": config.getoption("harness_shard"),
                              "repeat": config.getoption("harness_repeat"),
+                             "retry_failures": config.getoption("harness_retry_failures"),
                              "cells_selected": cell_count if cell_count is not None else previous.get("cells_selected"),
                              "started_at": previous.get("started_at") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                              "resumed": bool(config.getoption("harness_resume")) or bool(previous),
@@ -169,12 +185,16 @@ class CellItem(pytest.Item):
         if self.config.getoption("harness_resume") and _passed_before(run_dir, self.cell, self.repeat_index):
             pytest.skip("passed in the run being resumed")
         options = RunOptions(run_dir=run_dir, offline=not self.config.getoption("harness_online"),
-                             repeat_index=self.repeat_index)
+                             repeat_index=self.repeat_index,
+                             failure_retries=max(0, self.config.getoption("harness_retry_failures")))
         self.result = run_cell(self.cell, options)
         outcome = self.result.outcome
+        status = known_issue_status(self.result)
         if outcome == PASS:
             return
-        if outcome == self.cell.expect:
+        if status == KNOWN:
+            pytest.xfail(known_issue_note(self.result))
+        if outcome == self.cell.expect and status != EXPIRED:
             pytest.xfail(f"expected {outcome}: {self.result.reason}")
         raise CellFailed(self.result)
 
@@ -204,6 +224,8 @@ def _passed_before(run_dir: Path, cell: Cell, repeat_index: int) -> bool:
 
 def format_failure(result: CellResult, run_dir: Path) -> str:
     lines = [f"{result.outcome.upper()}: {result.reason}"]
+    if known_issue_note(result):
+        lines.append(known_issue_note(result))
     if result.milestones:
         lines.append("milestones: " + ", ".join(f"{m.name} @{m.t:.2f}s" for m in result.milestones))
     if result.failure:

@@ -90,6 +90,12 @@ class CellResult:
     console_log: str = ""                  # path relative to the run directory
     attempts: int = 1
     repeat_index: int = 0
+    # issue 14: each a small record's to_json() (harness.report.culprit.Culprit, runner.known_issues.KnownIssue,
+    # runner.flakes.Try, runner.guest_shell.CommandResult), kept as plain dicts so old readers ignore them
+    culprit: dict[str, Any] | None = None
+    known_issue: dict[str, Any] | None = None
+    tries: list[dict[str, Any]] = field(default_factory=list)      # every attempt's outcome, oldest first
+    commands: list[dict[str, Any]] = field(default_factory=list)   # commands run after the prompt
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

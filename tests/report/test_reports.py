@@ -35,12 +35,13 @@ def test_junit_parses_with_right_counts(tmp_path):
     assert (suites["qemu-tcg"].get("failures"), suites["qemu-tcg"].get("errors")) == ("1", "1")
     cases = {c.get("name"): c for c in root.iter("testcase")}
     gap = cases["linux-amd64-pvh@builtin/default/emulate/1c/64M"].find("failure")
-    assert gap.get("type") == "gap"
+    assert gap.get("type") == "hypervisor" and gap.get("message").startswith("gap:")   # type= is the culprit
+    assert gap.text.startswith("culprit: hypervisor")
     assert "near miss: waiting for milestone 'probes'" in gap.text
     assert "new gap: host-emulation-failure xrstor" in gap.text
     assert "<script>" in gap.text and "\x00" not in gap.text       # text, and XML-safe
     timeout = cases["netbsd-10@qemu-tcg/default/emulate/1c/64M"]
-    assert timeout.find("failure").get("type") == "timeout"
+    assert timeout.find("failure").get("type") == "guest"
     assert "console.log" in timeout.find("system-out").text
     assert cases["fixture-pvh@builtin/default/gp/1c/64M"].find("failure") is None
 
@@ -192,7 +193,7 @@ def test_summary_neutralises_markdown_from_guests(tmp_path):
     summary = write_reports(run)["summary"].read_text()
     row = next(line for line in summary.splitlines() if line.startswith("| fixture-pvh"))
     assert r"panic \| \[click\](http://evil) \<b\>x\</b\> second line" in row
-    assert row.count(" | ") == 3          # still four columns
+    assert row.count(" | ") == 4          # still five columns (cell, outcome, culprit, reason, milestone)
 
 
 def test_run_without_finished_cells_renders(tmp_path):
