@@ -62,6 +62,9 @@ MSR_MTRRCAP = 0xFE
 MSR_MTRR_FIRST, MSR_MTRR_LAST = 0x200, 0x2FF   # variable/fixed ranges, PAT (0x277), MTRRdefType (0x2FF)
 MSR_PAT = 0x277
 MSR_MTRR_DEF_TYPE = 0x2FF
+# fixture-msr-gate's required MSR: unknown to KVM and to the built-in policy tables (it exits to
+# user space), so gap policy gp refuses it and the fixture panics; emulate/zero answer 0.
+FIXTURE_GATE_MSR = 0x4B564DFE
 
 
 def ram_regions(memory_bytes: int) -> list[tuple[int, int]]:

@@ -86,6 +86,9 @@ FIXTURES: dict[str, FixtureInfo] = {f.name: f for f in (
                 ("fail/panic.c",) + PVH32),
     FixtureInfo("fixture-hang", "pvh", "prints its entry, then spins silently with interrupts off",
                 ("fail/hang.c",) + PVH32),
+    FixtureInfo("fixture-msr-gate", "pvh",
+                "runs the probes, then panics if reading FIXTURE_GATE_MSR faults: dies under gap policy gp only",
+                ("fail/msr_gate.c",) + PVH32),
     FixtureInfo("fixture-reboot-loop", "pvh", "prints a distinctive banner, then resets through the 8042 (0xFE)",
                 ("fail/reboot_loop.c",) + PVH32),
 )}

@@ -28,6 +28,7 @@ from harness.errors import BackendUnavailable, HarnessError
 SNAPSHOT_PERIOD_S = 0.1
 EXIT_OK, EXIT_VM_ERROR, EXIT_SETUP_ERROR = 0, 1, 2
 RAW_BOOT = "raw"              # flat binary entered in real mode (tests, benchmarks, fixtures)
+GAP_OVERRIDES_OPTION = "gap_overrides"   # spec option set by the runner (gap bisection), not a guest-file key
 
 
 # -- spec ---------------------------------------------------------------------------------------
@@ -80,7 +81,8 @@ class ChildVm:
         opts = req.options or {}
         cfg = MachineConfig(vcpus=req.vcpus, cpu_profile=req.cpu_profile, gap_policy=req.gap_policy,
                             coalesce_serial=bool(opts.get("coalesce_serial", False)),
-                            rescue=bool(opts.get("rescue", True)))
+                            rescue=bool(opts.get("rescue", True)),
+                            gap_overrides=gap_overrides(opts))
         self.machine = Machine(self.ram, self.devices.io_bus, self.devices.mmio_bus, cfg, emit=self.emit)
         entry, self.boot_info = load_guest(req, self.ram)
         self.machine.set_entry(entry)
@@ -144,6 +146,17 @@ class ChildVm:
             self.machine.close()
         if self.devices is not None:
             self.devices.close()
+
+
+def gap_overrides(options: dict[str, Any]) -> dict[int, str]:
+    """The spec's `gap_overrides` ({"0x4b564dfe": "emulate"}: MSR key as in gap records -> policy)."""
+    out = {}
+    for key, policy in (options.get(GAP_OVERRIDES_OPTION) or {}).items():
+        try:
+            out[int(str(key), 0)] = str(policy)
+        except ValueError:
+            raise HarnessError(f"gap override key {key!r} is not an MSR index", "give MSR indexes like 0x4b564dfe") from None
+    return out
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

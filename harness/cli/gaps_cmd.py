@@ -3,6 +3,7 @@
     harness gaps [RUN...] [--guest G] [--kind K] [--format table|json|csv]
     harness gaps diff A B [--format table|json]     exit 1 when B has gaps A had not
     harness gaps accept RUN [--guest G] [--out FILE]
+    harness gaps bisect CELL [--matrix M] [--out DIR]   which single gap decides a failing builtin cell
 """
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guest", help="only this guest")
     p.add_argument("--kind", choices=KINDS, metavar="KIND", help=f"only this gap kind ({', '.join(KINDS)})")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    p.add_argument("--out", type=Path, help="accept: write this file instead of baselines/<guest>.yaml")
+    p.add_argument("--out", type=Path, help="accept: write this file instead of baselines/<guest>.yaml; "
+                   "bisect: the directory for its boots (default reports/bisect-<time>)")
+    p.add_argument("--matrix", default="matrix.yaml", help="bisect: the matrix the cell is in")
+    p.add_argument("--to", default="emulate,zero", help="bisect: policies to try instead of gp, in order")
     p.set_defaults(func=run)
 
 
@@ -46,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
         if len(words) > 2:
             raise HarnessError("`harness gaps accept` takes one run", "harness gaps accept RUN [--guest G]")
         return _accept(resolve_run(words[1] if len(words) == 2 else None), args.guest, args.out)
+    if words and words[0] == "bisect":
+        if len(words) != 2:
+            raise HarnessError("`harness gaps bisect` takes one cell id", "harness gaps bisect 'GUEST@builtin/...'")
+        return _bisect(words[1], Path(args.matrix), args.out, args.to, args.format)
     runs = [resolve_run(w) for w in words] or [resolve_run(None)]
     return _list(runs, args.guest, args.kind, args.format)
 
@@ -108,3 +116,23 @@ def _accept(run_dir: Path, guest: str | None, out: Path | None) -> int:
     for path in accept_run(run_dir, guest=guest, out=out):
         print(f"wrote {path}")
     return 0
+
+
+def _bisect(cell_id: str, matrix: Path, out: Path | None, to: str, fmt: str) -> int:
+    from harness.runner.bisect import TARGETS, bisect_cell, write_report
+    from harness.runner.guestfile import load_guests
+    from harness.runner.matrix import find_cell, load_matrix
+    from harness.runner.plugin import new_run_dir
+
+    targets = tuple(t.strip() for t in to.split(",") if t.strip())
+    bad = [t for t in targets if t not in TARGETS]
+    if bad or not targets:
+        raise HarnessError(f"--to {to!r}: unknown policy {', '.join(bad) or '(none)'}", "use --to emulate,zero")
+    guests = load_guests(matrix.parent / "guests")
+    cell = find_cell(load_matrix(matrix, guests).cells(guests, "nightly"), cell_id)
+    out_dir = out or new_run_dir(Path("reports") / "bisect")
+    report = bisect_cell(cell, out_dir, targets, say=lambda line: print(line, file=sys.stderr, flush=True))
+    path = write_report(report, out_dir)
+    print(json.dumps(report.to_json(), indent=1) if fmt == "json" else report.to_text())
+    print(f"boots and bisect.json: {path.parent}", file=sys.stderr)
+    return 0 if report.deciding else 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import resource
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from harness import layout
@@ -41,6 +41,7 @@ class MachineConfig:
     coalesce_serial: bool = True
     rescue: bool = True
     kvm_path: str = KVM_PATH
+    gap_overrides: dict[int, str] = field(default_factory=dict)   # MSR index -> policy, beside gap_policy
 
 
 class Machine:
@@ -62,7 +63,7 @@ class Machine:
             raise ConfigError(f"{cfg.vcpus} vCPUs asked, this KVM allows {max_vcpus}", f"use at most {max_vcpus}")
         self.gaps = GapSink(self._on_new_gap)
         self.recorder = FlightRecorder()
-        self.msr_policy = msr.MsrPolicy(cfg.gap_policy)
+        self.msr_policy = msr.MsrPolicy(cfg.gap_policy, cfg.gap_overrides)
         self.msr_status = msr.install(self.vm)
         self.coalesced_serial = cfg.coalesce_serial and self.vm.coalesce(layout.COM1_PORT, 1, pio=True)
         self.cpuid_entries, self.masked = self._cpuid_table()

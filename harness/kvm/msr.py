@@ -75,19 +75,28 @@ def install(vm: "Vm") -> dict[str, bool]:
 
 
 class MsrPolicy:
-    """Answers MSR exits by policy; state (stored MTRRs) is per VM."""
+    """Answers MSR exits by policy; state (stored MTRRs) is per VM.
 
-    def __init__(self, policy: str) -> None:
+    `overrides` gives single MSRs another policy than the VM's (index -> policy): how gap
+    bisection (harness.gaps.bisect) changes one gap at a time.
+    """
+
+    def __init__(self, policy: str, overrides: dict[int, str] | None = None) -> None:
         self.policy = check_policy(policy)
+        self.overrides = {int(i): check_policy(p) for i, p in (overrides or {}).items()}
         self._stored: dict[int, int] = {layout.MSR_PAT: PAT_RESET_VALUE}
         self._written: set[int] = set()   # MSRs the guest wrote through a user-space exit
         self._lock = threading.Lock()
 
+    def policy_for(self, index: int) -> str:
+        return self.overrides.get(index, self.policy)
+
     def read(self, vcpu: "Vcpu", index: int) -> int | None:
         """The value the guest reads, or None to inject #GP."""
-        if self.policy == "gp":
+        policy = self.policy_for(index)
+        if policy == "gp":
             return None
-        if self.policy == "zero":
+        if policy == "zero":
             return 0
         if index == layout.MSR_TSC:
             return _host_msr(vcpu, index, 0)
@@ -98,9 +107,10 @@ class MsrPolicy:
 
     def write(self, vcpu: "Vcpu", index: int, value: int) -> bool:
         """Apply a guest write; False to inject #GP."""
-        if self.policy == "gp":
+        policy = self.policy_for(index)
+        if policy == "gp":
             return False
-        if self.policy == "zero":
+        if policy == "zero":
             return True
         if index == layout.MSR_TSC:
             _host_set_msr(vcpu, index, value)   # host-initiated: KVM moves the TSC offset
@@ -123,7 +133,7 @@ class MsrPolicy:
 
     def gap(self, index: int, write: bool, value: int, ok: bool, rip: int, vcpu: int, reason: int) -> GapRecord:
         return GapRecord(kind=gap_kind(index, write), key=f"{index:#x}", first_rip=rip, values=[value],
-                         policy=self.policy, fate=FATE_CONTINUED if ok else FATE_GP_INJECTED,
+                         policy=self.policy_for(index), fate=FATE_CONTINUED if ok else FATE_GP_INJECTED,
                          access="write" if write else "read", vcpu=vcpu,
                          detail={"exit_reason": _REASONS.get(reason, reason)})
 

@@ -94,6 +94,8 @@ def _attempt(cell: Cell, options: RunOptions, attempt: int) -> CellResult:
                         outcome=ERROR, started_at=started, repeat_index=options.repeat_index,
                         expected_milestones=[m.name for m in cell.guest.milestones],
                         console_log=str((workdir / "console.log").relative_to(options.run_dir)))
+    if options.gap_overrides and cell.backend == "builtin":
+        result.params["gap_overrides"] = dict(options.gap_overrides)
     try:
         request, provenance = _boot_request(cell, workdir, options)
         result.provenance = provenance
@@ -126,6 +128,8 @@ def _boot_request(cell: Cell, workdir: Path, options: RunOptions) -> tuple[BootR
         provenance[key] = {"path": str(asset.path), "sha256": asset.sha256, **asset.provenance}
     cmdline = " ".join(x for x in (guest.cmdline, cell.cmdline_append) if x)
     options_ = dict(guest.builtin if cell.backend == "builtin" else guest.qemu)
+    if options.gap_overrides and cell.backend == "builtin":
+        options_["gap_overrides"] = dict(options.gap_overrides)
     if paths["firmware"]:
         options_["firmware"] = str(paths["firmware"])
     request = BootRequest(cell_id=cell.id, guest=guest.name, family=guest.family, arch=guest.arch,

@@ -133,6 +133,16 @@ def _matches(rule: dict[str, Any], cell: Cell) -> bool:
     return all(fnmatch.fnmatchcase(str(axes[k]), str(v)) for k, v in rule.items())
 
 
+def find_cell(cells: list[Cell], wanted: str) -> Cell:
+    """The cell with id `wanted`, or the only one whose id contains it."""
+    exact = [c for c in cells if c.id == wanted]
+    hits = exact or [c for c in cells if wanted in c.id]
+    if len(hits) != 1:
+        raise ConfigError(f"{wanted!r} names {len(hits)} cells" + (f": {', '.join(c.id for c in hits[:5])}" if hits else ""),
+                          "give one cell id as `harness list --tier nightly` shows it")
+    return hits[0]
+
+
 def shard_of(cell_id: str, count: int) -> int:
     """Stable shard index (0-based) of a cell: the same on every machine and Python version."""
     digest = hashlib.sha256(cell_id.encode()).digest()

@@ -30,6 +30,13 @@ class _LineLoader(yaml.SafeLoader):
     pass
 
 
+# Dates stay strings: an unquoted `until: 2030-02-30` would otherwise raise a bare ValueError
+# inside PyYAML; the fields that hold dates validate them with their file and line.
+_LineLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> YMap:
     loader.flatten_mapping(node)
     result = YMap()
