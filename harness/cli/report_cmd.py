@@ -3,6 +3,7 @@
     harness report [RUN] [--baseline RUN] [--open]   RUN defaults to the newest run under reports/
     harness report diff A B [--format text|json]     exit 1 when B regressed against A
     harness report merge RUN... --out DIR
+    harness report diff-backends [RUN] [--guest G] [--format text|json]   builtin vs qemu, per guest
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--open", action="store_true", help="open index.html in a browser")
     p.add_argument("--format", choices=("text", "json"), default="text", help="diff output format")
     p.add_argument("--out", type=Path, help="merge: the new run directory")
+    p.add_argument("--guest", help="diff-backends: only this guest")
     p.set_defaults(func=run)
 
 
@@ -34,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from harness.report.locate import resolve_run
 
     words = list(args.words)
+    if words and words[0] == "diff-backends":
+        if len(words) > 2:
+            raise HarnessError("`harness report diff-backends` takes one run", "harness report diff-backends [RUN]")
+        return _diff_backends(resolve_run(words[1] if len(words) == 2 else None), args.guest, args.format)
     if words and words[0] == "diff":
         if len(words) != 3:
             raise HarnessError("`harness report diff` needs two runs", "harness report diff RUN_A RUN_B")
@@ -85,4 +91,22 @@ def _merge(runs: list[Path], out: Path) -> int:
     merged = merge_runs(runs, out)
     write_reports(merged)
     print(f"merged {len(runs)} runs into {merged}")
+    return 0
+
+
+def _diff_backends(run_dir: Path, guest: str | None, fmt: str) -> int:
+    import json
+
+    from harness.report import load_run
+    from harness.report.backend_diff import backend_diffs
+
+    pairs = backend_diffs(load_run(run_dir), guest)
+    if not pairs:
+        raise HarnessError(f"{run_dir}: no guest ran on both builtin and a qemu backend"
+                           + (f" (guest {guest})" if guest else ""),
+                           "run a guest on both, e.g. harness run -k 'fixture-pvh and emulate'")
+    if fmt == "json":
+        print(json.dumps([p.to_json() for p in pairs], indent=1))
+    else:
+        print("\n\n".join(p.to_text() for p in pairs))
     return 0

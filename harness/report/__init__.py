@@ -25,6 +25,7 @@ def write_reports(run_dir: Path, baseline_dir: Path | None = None) -> dict[str, 
 
     run_dir = Path(run_dir)
     run = load_run(run_dir)
+    from harness.report.backend_diff import backend_diffs
     from harness.report.triage import build_triage
 
     baseline: RunDiff | None = None
@@ -34,6 +35,7 @@ def write_reports(run_dir: Path, baseline_dir: Path | None = None) -> dict[str, 
         baseline = diff_results(base.run_id, base.results, run.run_id, run.results)
     results = build_results(run, baseline)
     results["triage"] = build_triage(run, base.results if base else None)
+    results["backend_diff"] = [pair.to_json() for pair in backend_diffs(run)]
     paths = {
         "results": run_dir / "results.json",
         "junit": run_dir / "junit.xml",

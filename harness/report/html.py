@@ -244,6 +244,37 @@ def _triage(results: dict[str, Any], anchors: dict[str, str]) -> str:
     return f'<section id="triage"><h2>Triage</h2>{"".join(parts)}</section>'
 
 
+def _backend_diff(results: dict[str, Any], anchors: dict[str, str]) -> str:
+    pairs = results.get("backend_diff") or []
+    if not pairs:
+        return ""
+    parts = []
+    for p in pairs:
+        rows = "".join(f'<tr><td>{esc(m["milestone"])}</td><td class=num>{_ms(m["t_a"])}</td>'
+                       f'<td class=num>{_ms(m["t_b"])}</td><td class=num>{esc(m["ratio"] if m["ratio"] is not None else "")}'
+                       f'</td></tr>' for m in p["milestones"])
+        d = p["divergence"]
+        if d is None:
+            verdict = "<p>No divergence: same milestones, same outcome.</p>"
+        else:
+            where = (f'milestone <b>{esc(d["milestone"])}</b> reached only on {esc(d["reached_by"])}' if d["milestone"]
+                     else "every milestone alike")
+            gaps = "".join(f'<li>first gap only on {esc(side)}: <span class=mono>{esc(g["kind"])} {esc(g["key"])}'
+                           f'</span> (phase {esc(g.get("phase"))})</li>'
+                           for side, g in ((p["backend_a"], d["first_gap_only_a"]), (p["backend_b"], d["first_gap_only_b"]))
+                           if g)
+            exits = "".join(f'<li>exits in that phase on {esc(side)}: <span class=mono>'
+                            f'{esc(", ".join(f"{k}={v}" for k, v in sorted(c.items(), key=lambda kv: -kv[1])) or "none recorded")}'
+                            f'</span></li>' for side, c in ((p["backend_a"], d["exits_a"]), (p["backend_b"], d["exits_b"])))
+            verdict = (f'<p>First divergence: {where}; outcome {esc(d["outcome_a"])} vs {esc(d["outcome_b"])}</p>'
+                       f'<ul>{exits}{gaps}</ul>')
+        parts.append(f'<h3>{esc(p["guest"])}: {_link(p["cell_a"], anchors)} vs {_link(p["cell_b"], anchors)}</h3>'
+                     f'<table class="data"><thead><tr><th>milestone</th><th>{esc(p["backend_a"])}</th>'
+                     f'<th>{esc(p["backend_b"])}</th><th>ratio</th></tr></thead><tbody>{rows}</tbody></table>{verdict}')
+    return (f'<section id="backend-diff"><h2>Built-in against QEMU</h2><p class="hint">The same guest on both '
+            f'backends in this run: milestone times since VM start and the first divergence.</p>{"".join(parts)}</section>')
+
+
 # ---------------------------------------------------------------------------- per cell
 
 PHASE_COLOURS = ["#4e79a7", "#59a14f", "#9c755f", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#bab0ac"]
@@ -561,7 +592,7 @@ def render_html(run: RunData, results: dict[str, Any], baseline: RunDiff | None)
             '<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>Boot matrix {esc(run.run_id)}</title><style>{CSS}</style><script>{JS_HEAD}</script></head>"
             f"<body>{_header(run, results)}<main><div id=errors hidden></div>{_heatmap(run)}"
-            f"{_triage(results, anchors)}{_baseline(baseline, anchors)}{_run_gaps(results, anchors)}{_timing(results)}"
+            f"{_triage(results, anchors)}{_backend_diff(results, anchors)}{_baseline(baseline, anchors)}{_run_gaps(results, anchors)}{_timing(results)}"
             f'<section id="cells-head">{_filters(run)}</section>{cells}</main>'
             f"<script>{JS_BODY}</script></body></html>\n")
 

@@ -69,6 +69,7 @@ def render_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | No
         out.append("None.")
 
     out += triage_markdown(results.get("triage") or {})
+    out += backend_diff_markdown(results.get("backend_diff") or [])
     new = _group_new_gaps(run)
     out += ["", f"## New gaps ({len(new)})", ""]
     if new:
@@ -133,6 +134,34 @@ def triage_markdown(triage: dict[str, Any]) -> list[str]:
         else:
             out.append("None.")
     return out
+
+
+def backend_diff_markdown(pairs: list[dict[str, Any]]) -> list[str]:
+    """Built-in against QEMU, per guest run on both: milestone times and the first divergence."""
+    if not pairs:
+        return []
+    out = ["", f"## Built-in against QEMU ({len(pairs)} pairs)", ""]
+    out += ["| guest | cells | milestone times (builtin / qemu, s) | first divergence |", "|---|---|---|---|"]
+    for p in pairs[:MAX_ROWS]:
+        times = "; ".join(f"{md(m['milestone'])} {_t(m['t_a'])} / {_t(m['t_b'])}" for m in p["milestones"])
+        d = p["divergence"]
+        if d is None:
+            where = "none"
+        else:
+            where = (f"{md(d['milestone'])} reached only on {md(d['reached_by'])}" if d["milestone"]
+                     else "outcome only") + f" ({d['outcome_a']} vs {d['outcome_b']})"
+            gap = d.get("first_gap_only_a")
+            if gap:
+                where += f"; first gap only on {md(p['backend_a'])}: {md(gap['kind'])} {md(gap['key'])}"
+            exits = ", ".join(f"{md(k)}={v}" for k, v in sorted(d["exits_a"].items(), key=lambda kv: -kv[1])[:4])
+            if exits:
+                where += f"; {md(p['backend_a'])} exits there: {exits}"
+        out.append(f"| {md(p['guest'])} | {md(p['cell_a'])} vs {md(p['backend_b'])} | {times} | {where} |")
+    return out
+
+
+def _t(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def write_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | None, path: Path) -> Path:
