@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import ConfigError
 from harness.runner.execute import RunOptions, run_cell
+from harness.runner.guest_shell import AutoLogin, commands_from_words
 from harness.runner.guestfile import BOOT_METHODS, GuestSpec, Milestone
 from harness.runner.matrix import CPU_PROFILES, GAP_POLICIES, Cell
 from harness.runner.plugin import new_run_dir
@@ -41,7 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--family", default="other", help="OS family for built-in failure patterns")
     p.add_argument("--report-dir", default=None, help="where to keep console log and result")
     p.add_argument("--quiet", action="store_true", help="do not stream the console")
-    p.set_defaults(func=cmd_boot)
+    p.add_argument("--login", metavar="USER", default=None,
+                   help="after the last --expect (default 'login:'), log in as USER and run the command after --")
+    p.add_argument("--password", default="", help="password for --login")
+    p.add_argument("--prompt", default=r"[#$] $", help="regex of the shell prompt after logging in")
+    # `harness boot K --login root -- uname -a`: harness.cli.main hands the words after `--` over
+    p.set_defaults(func=cmd_boot, guest_command=[])
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -54,19 +61,25 @@ def cmd_boot(args: argparse.Namespace) -> int:
     if boot == "auto" and args.backend == "builtin":
         from harness.boot import detect_method
         boot = detect_method(kernel)
-    milestones = [Milestone(f"expect{i + 1}", rx, args.timeout) for i, rx in enumerate(args.expect)]
+    commands = commands_from_words(args.guest_command)
+    if commands and args.login is None:
+        raise ConfigError("a command after -- needs --login USER", "e.g. harness boot K --login root -- uname -a")
+    expects = list(args.expect) or (["login:"] if args.login is not None else [])
+    milestones = [Milestone(f"expect{i + 1}", rx, args.timeout) for i, rx in enumerate(expects)]
     guest = GuestSpec(name=kernel.name, path=kernel, family=args.family, arch="x86_64", boot=boot,
                       milestones=milestones or [Milestone("end", _NEVER, args.timeout)],
                       kernel={"path": str(kernel.resolve())},
                       initrd={"path": str(Path(args.initrd).resolve())} if args.initrd else None,
                       cmdline=args.cmdline, memory=args.memory, vcpus=args.vcpus,
-                      hang_timeout=args.timeout)
+                      hang_timeout=args.timeout,
+                      auto_login=AutoLogin(args.login, args.password, args.prompt) if args.login is not None else None,
+                      commands=commands)
     cell = Cell(guest, args.backend, args.cpu_profile, args.gap_policy, args.vcpus, args.memory, "adhoc", retries=0)
     run_dir = Path(args.report_dir) if args.report_dir else new_run_dir(Path("reports") / "boot")
     echo = None if args.quiet else _echo
     result = run_cell(cell, RunOptions(run_dir=run_dir, echo=echo))
-    _summary(result, run_dir, bool(args.expect))
-    if not args.expect:
+    _summary(result, run_dir, bool(expects))
+    if not expects:
         return 0 if result.outcome == TIMEOUT and result.failure is None else 1
     return 0 if result.outcome == PASS else 1
 
@@ -94,6 +107,10 @@ def _summary(result: CellResult, run_dir: Path, had_expect: bool) -> None:
             t.add_row(g["kind"], g["key"], str(g["count"]), hex(rip) if isinstance(rip, int) else "-",
                       str(g.get("phase") or "-"), g.get("policy") or "-", g.get("fate") or "-")
         console.print(t)
+    for c in result.commands:
+        console.print(escape(f"$ {c['command']}  [exit {c['exit_status']}]")
+                      + (f"  [red]{escape('; '.join(c['problems']))}[/]" if c["problems"] else ""), highlight=False)
+        console.print(c["output"], markup=False, highlight=False)
     if result.exit_counts:
         console.print("exits: " + ", ".join(f"{k}={v}" for k, v in sorted(result.exit_counts.items(),
                                                                         key=lambda kv: -kv[1])))

@@ -21,7 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trailing: list[str] | None = None
+    if "--" in argv:   # words after `--` go to the subcommand as they are (harness boot K -- uname -a)
+        cut = argv.index("--")
+        argv, trailing = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    if trailing is not None:
+        if not hasattr(args, "guest_command"):
+            parser.error(f"`harness {args.command}` takes nothing after --")
+        args.guest_command = trailing
     try:
         return int(args.func(args) or 0)
     except HarnessError as e:

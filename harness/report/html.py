@@ -474,6 +474,19 @@ def _console(view: CellView) -> str:
             f'<pre class="console">{"".join(parts)}</pre></details>')
 
 
+def _commands(view: CellView) -> str:
+    """Commands run after the prompt: status, checks, output."""
+    items = []
+    for c in view.result.commands:
+        ok = c.get("ok", not c.get("problems"))
+        problems = f' — {esc("; ".join(c.get("problems", [])))}' if not ok else ""
+        items.append(f'<details{" open" if not ok else ""}><summary>{_badge("pass" if ok else "fail", "ok" if ok else "failed")} '
+                     f'<span class=mono>$ {esc(c.get("command"))}</span> (exit {esc(c.get("exit_status"))}, '
+                     f'{_ms(c.get("duration_s"))}){problems}</summary>'
+                     f'<pre class="console small">{esc(c.get("output", ""))}</pre></details>')
+    return f'<h4>After the prompt</h4>{"".join(items)}' if items else ""
+
+
 def _cell(view: CellView) -> str:
     r = view.result
     params = " ".join(f'<span class="param">{esc(k)}={esc(v)}</span>' for k, v in
@@ -499,7 +512,7 @@ def _cell(view: CellView) -> str:
             f'<h4>Boot timeline <span class="hint">({len(r.milestones)}/{len(r.expected_milestones) or len(r.milestones)}'
             f' milestones{": " + esc(milestones) if milestones else ""})</span></h4>{_timeline(view)}'
             f'{_exit_table(_cell_phases(view))}{_gap_table(view)}{_near_miss(view)}{_flight(view)}'
-            f'{_console(view)}{cmd}<p class="top"><a href="#matrix">↑ matrix</a></p></section>')
+            f'{_commands(view)}{_console(view)}{cmd}<p class="top"><a href="#matrix">↑ matrix</a></p></section>')
 
 
 # ---------------------------------------------------------------------------- page

@@ -10,8 +10,9 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from harness.report.culprit import culprit_of
+from harness.report.culprit import GUEST, culprit_of
 from harness.report.results import cell_new_gaps, cell_ok
+from harness.runner.guest_shell import CommandResult
 from harness.runner.known_issues import known_issue_note
 from harness.runner.tries import passed_on_retry, tries_of
 from harness.report.run import CellView, RunData
@@ -72,6 +73,24 @@ def _testcase(parent: ET.Element, view: CellView) -> tuple[int, int]:
     return failures, errors
 
 
+def _command_cases(parent: ET.Element, view: CellView) -> tuple[int, int, float]:
+    """One testcase per command run after the prompt: its output, exit status and checks."""
+    r = view.result
+    failures, total = 0, 0.0
+    for data in r.commands:
+        c = CommandResult.from_json(data)
+        tc = ET.SubElement(parent, "testcase", classname=xml_safe(f"{r.backend}.{r.guest}.{view.key}"),
+                           name=xml_safe(c.command), time=f"{c.duration_s:.3f}")
+        if not c.ok:
+            el = ET.SubElement(tc, "failure", message=xml_safe("; ".join(c.problems)[:500]), type=GUEST)
+            el.text = xml_safe(f"exit status: {c.exit_status}\n" + "\n".join(c.problems))
+            failures += 1
+        out = ET.SubElement(tc, "system-out")
+        out.text = xml_safe(f"$ {c.command}\n{c.output}\n[exit status {c.exit_status}]\n")
+        total += c.duration_s
+    return len(r.commands), failures, total
+
+
 def _properties(tc: ET.Element, view: CellView) -> None:
     r = view.result
     props: list[tuple[str, str]] = []
@@ -97,13 +116,14 @@ def build_junit(run: RunData) -> ET.ElementTree:
         by_backend.setdefault(c.result.backend, []).append(c)
     for backend, cells in sorted(by_backend.items()):
         suite = ET.SubElement(root, "testsuite", name=xml_safe(backend))
-        f = e = 0
+        f = e = n = 0
         t = 0.0
         for c in cells:
             df, de = _testcase(suite, c)
-            f, e, t = f + df, e + de, t + c.result.duration_s
-        suite.attrib.update(tests=str(len(cells)), failures=str(f), errors=str(e), skipped="0", time=f"{t:.3f}")
-        totals = [totals[0] + len(cells), totals[1] + f, totals[2] + e, totals[3] + t]
+            nc, fc, _ = _command_cases(suite, c)   # command time is part of the cell's duration
+            f, e, t, n = f + df + fc, e + de, t + c.result.duration_s, n + 1 + nc
+        suite.attrib.update(tests=str(n), failures=str(f), errors=str(e), skipped="0", time=f"{t:.3f}")
+        totals = [totals[0] + n, totals[1] + f, totals[2] + e, totals[3] + t]
     root.attrib.update(tests=str(totals[0]), failures=str(totals[1]), errors=str(totals[2]), time=f"{totals[3]:.3f}")
     ET.indent(root)
     return ET.ElementTree(root)

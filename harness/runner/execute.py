@@ -24,6 +24,7 @@ from harness.console.watcher import ConsoleWatcher, WatchConfig, WatchOutcome
 from harness.errors import HarnessError
 from harness.gaps.record import GapRecord
 from harness.report.culprit import classify
+from harness.runner.guest_shell import CommandResult, after_prompt, apply_commands
 from harness.runner.matrix import Cell
 from harness.runner.tries import Try, another_try
 from harness.runner.result import (ERROR, FAIL, PASS, CellResult, Failure, cell_slug, write_json_atomic,
@@ -107,9 +108,11 @@ def _attempt(cell: Cell, options: RunOptions, attempt: int) -> CellResult:
         result.duration_s = round(time.monotonic() - wall_start, 3)
         return result
     session = backend.start(request)
-    watch, summary = _watch(cell, session, request, options)
+    watch, summary, commands = _watch(cell, session, request, options)
     result.duration_s = round(time.monotonic() - wall_start, 3)
     _fill(result, cell, watch, summary, session.start_time)
+    if commands:
+        apply_commands(result, commands)
     return result
 
 
@@ -140,7 +143,7 @@ def _boot_request(cell: Cell, workdir: Path, options: RunOptions) -> tuple[BootR
 
 
 def _watch(cell: Cell, session: Any, request: BootRequest,
-           options: RunOptions) -> tuple[WatchOutcome, SessionSummary]:
+           options: RunOptions) -> tuple[WatchOutcome, SessionSummary, list[CommandResult]]:
     guest = cell.guest
     banner = guest.banner or banner_pattern(guest.family)
     stream = ConsoleStream(session.console_fd, request.workdir / "console.log", session.start_time, options.echo,
@@ -158,11 +161,14 @@ def _watch(cell: Cell, session: Any, request: BootRequest,
     except Exception as e:  # a bug in matching must not lose the cell: record it as infrastructure
         watch = WatchOutcome(ERROR, f"console watcher crashed: {type(e).__name__}: {e}", watcher.hits,
                              failure=Failure("harness-bug", repr(e)))
+    commands = options.commands if options.commands is not None else guest.commands
+    ran = after_prompt(watcher.child, session.send, guest.auto_login, commands, cell.timeout_scale) \
+        if watch.outcome == PASS and commands else []
     stream.detach()
     summary = session.stop()
     stream.close()
     watch.events.extend(reader.poll())   # what arrived while stopping (final counts, late gaps)
-    return watch, summary
+    return watch, summary, ran
 
 
 def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionSummary, start_time: float) -> None:

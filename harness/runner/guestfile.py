@@ -12,6 +12,7 @@ from typing import Any
 from harness.backends.base import BACKEND_NAMES
 from harness.errors import ConfigError
 from harness.runner import yamlfile as y
+from harness.runner.guest_shell import AutoLogin, GuestCommand, parse_auto_login, parse_commands
 
 FAMILIES = ("linux", "netbsd", "openbsd", "freebsd", "fixture", "xen", "other")
 ARCHES = ("x86_64", "aarch64")
@@ -25,7 +26,7 @@ SOURCE_KEYS = ("path", "fixture", "asset", "url", "sha256", "sha512", "checksum_
 
 GUEST_KEYS = ("family", "arch", "boot", "description", "kernel", "initrd", "disk", "firmware", "cmdline",
               "memory", "vcpus", "backends", "qemu", "builtin", "milestones", "dialogs", "failures", "keepalive",
-              "hang_timeout", "banner", "expected_gaps", "fetch_hint")
+              "hang_timeout", "banner", "expected_gaps", "fetch_hint", "auto_login", "commands")
 
 
 @dataclass
@@ -74,6 +75,8 @@ class GuestSpec:
     banner: str | None = None
     expected_gaps: list[dict[str, str]] = field(default_factory=list)
     fetch_hint: str = ""
+    auto_login: AutoLogin | None = None                       # how to reach a shell after the last milestone
+    commands: list[GuestCommand] = field(default_factory=list)   # run there, each checked (runner.guest_shell)
 
 
 def load_guest(path: Path) -> GuestSpec:
@@ -102,6 +105,8 @@ def load_guest(path: Path) -> GuestSpec:
         dialogs=_dialogs(data, what),
         failures=_failures(data, what),
         expected_gaps=_expected_gaps(data, what),
+        auto_login=parse_auto_login(data, what),
+        commands=parse_commands(data, what),
     )
     spec.backends = y.get_str_list(data, "backends", list(DEFAULT_BACKENDS), what)
     for b in spec.backends:
