@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import ConfigError
@@ -287,8 +288,9 @@ def _print_summary(console: Console, run_dir: Path, results: dict, returncode: i
     for r in sorted(results.values(), key=lambda r: r.cell_id):
         if r.outcome != PASS:
             note = known_issue_note(r) or ("expected" if cell_ok(r) else "UNEXPECTED")
-            console.print(f"  [{OUTCOME_STYLE.get(r.outcome, '')}]{r.outcome}[/] ({note}) {r.cell_id}: {r.reason}",
-                          highlight=False)
+            culprit = f" [culprit: {r.culprit['party']}]" if isinstance(r.culprit, dict) else ""
+            console.print(f"  [{OUTCOME_STYLE.get(r.outcome, '')}]{r.outcome}[/] ({escape(note)}) {escape(r.cell_id)}: "
+                          f"{escape(r.reason)}{escape(culprit)}", highlight=False)
     for name in ("index.html", "results.json", "junit.xml", "summary.md"):
         if (run_dir / name).exists():
             console.print(f"  {name}: {run_dir / name}")
