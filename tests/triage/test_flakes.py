@@ -88,6 +88,7 @@ def test_passed_on_retry_end_to_end_keeps_both_consoles_and_marks_junit(tmp_path
         ("bad00@replay/default/emulate/1c/64M", 2, 1, 1)]
 
 
+@pytest.mark.slow   # ~7 s: a harness run with three tries of a failing cell
 def test_retry_failures_option_retries_until_the_budget(tmp_path: Path):
     repo = make_repo(tmp_path / "repo", passing=1, panicking=1)
     run = repo / "reports" / "r"
@@ -104,6 +105,7 @@ STOPPED_BY_GAP = """\
 """
 
 
+@pytest.mark.slow   # ~16 s: two runs of six replay cells, one with retries
 def test_two_runs_show_a_known_issue_a_flake_a_confirmed_regression_and_every_culprit(tmp_path: Path):
     """The morning page: baseline run A, tonight's run B (with --retry-failures 1), report B against A."""
     repo = make_repo(tmp_path / "repo", passing=4, panicking=1)

@@ -86,6 +86,7 @@ def test_commands_run_after_login_with_output_status_and_checks(tmp_path: Path):
     assert "After the prompt" in (run / "index.html").read_text()
 
 
+@pytest.mark.slow   # ~7 s: waits out a 2 s login timeout in a harness run
 def test_wrong_password_is_a_failed_login(tmp_path: Path):
     repo = repo_with(tmp_path, "  - uname -a\n")
     text = (repo / "guests" / "sh.yaml").read_text().replace("password: s3cret", "password: nope, timeout: 2")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from runner_repo import harness, make_repo
 
 
@@ -17,6 +19,7 @@ def test_selected_cells_are_the_expected_count(tmp_path: Path):
     assert "**1 cells**" in summary and "Incomplete" not in summary
 
 
+@pytest.mark.slow   # ~12 s: pytest-xdist workers start
 def test_selected_cells_with_xdist_are_the_expected_count(tmp_path: Path):
     repo = make_repo(tmp_path / "repo", passing=3)
     run = repo / "reports" / "r"
