@@ -22,13 +22,25 @@ def _rank(view: CellView, order: int) -> tuple[int, str, int]:
 
 
 def _copy_workdir(view: CellView, out_dir: Path) -> None:
-    src = view.work_dir
-    if not src.is_dir():
-        return
-    dst = out_dir / view.work_rel
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst, symlinks=True)  # never follow a link out of the shard
+    """The cell's work directory, and those its earlier tries left (cells/<slug>-tryK, runner.tries)."""
+    rels = [view.work_rel] + [Path(t["console_log"]).parent for t in view.result.tries[:-1]
+                              if isinstance(t, dict) and _inside(t.get("console_log"))]
+    for rel in rels:
+        src = view.run_dir / rel
+        if not src.is_dir():
+            continue
+        dst = out_dir / rel
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst, symlinks=True)  # never follow a link out of the shard
+
+
+def _inside(rel: object) -> bool:
+    """A relative path of two or more parts that stays inside the run directory."""
+    if not isinstance(rel, str) or not rel:
+        return False
+    path = Path(rel)
+    return not path.is_absolute() and ".." not in path.parts and len(path.parts) > 2
 
 
 def merge_runs(run_dirs: list[Path], out_dir: Path) -> Path:

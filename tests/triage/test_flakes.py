@@ -158,3 +158,14 @@ overrides:
              for c in ET.parse(run_b / "junit.xml").getroot().iter("testcase")}
     assert {k: v.get("type") for k, v in types.items() if v is not None} == {
         "g01": "guest", "g03": "hypervisor", "g05": "harness"}
+
+
+def test_merge_keeps_the_consoles_of_earlier_tries(tmp_path: Path):
+    from harness.report import merge_runs
+    repo = make_repo(tmp_path / "repo", passing=0, panicking=1)
+    run = tmp_path / "shard"
+    result = run_cell(_cells(repo)["bad00"], RunOptions(run_dir=run, failure_retries=1))
+    assert [t["outcome"] for t in result.tries] == ["fail", "fail"]
+    merged = merge_runs([run], tmp_path / "merged")
+    first_try = merged / result.tries[0]["console_log"]
+    assert first_try.parent.name.endswith("-try1") and b"deliberate panic" in first_try.read_bytes()
