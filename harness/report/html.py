@@ -20,7 +20,7 @@ from typing import Any
 from harness.gaps.baseline import GapDiff
 from harness.report.diff import RunDiff
 from harness.report.profile import phases_from_snapshots
-from harness.report.culprit import culprit_of
+from harness.report.culprit import Culprit
 from harness.report.results import cell_ok
 from harness.runner.known_issues import known_issue_note
 from harness.runner.tries import passed_on_retry
@@ -487,14 +487,13 @@ def _commands(view: CellView) -> str:
     return f'<h4>After the prompt</h4>{"".join(items)}' if items else ""
 
 
-def _cell(view: CellView) -> str:
+def _cell(view: CellView, culprit: Culprit | None) -> str:
     r = view.result
     params = " ".join(f'<span class="param">{esc(k)}={esc(v)}</span>' for k, v in
                       (r.params.items() if isinstance(r.params, dict) else []))
     failure = (f'<p class="failure"><b>{esc(r.failure.kind)}</b>: {esc(r.failure.message)}</p>'
                if r.failure else "")
     reason = f'<p class="reason">{esc(r.reason)}</p>' if r.reason else ""
-    culprit = culprit_of(r)
     if culprit:
         reason += f'<p class="reason"><b>culprit: {esc(culprit.label())}</b> — {esc(culprit.why)}</p>'
     if known_issue_note(r):
@@ -600,7 +599,8 @@ def _filters(run: RunData) -> str:
 
 def render_html(run: RunData, results: dict[str, Any], baseline: RunDiff | None) -> str:
     anchors = {c.key: _anchor(c) for c in run.cells}
-    cells = "".join(_cell(c) for c in run.cells) or "<p>No finished cells.</p>"
+    culprits = {c["key"]: Culprit.from_json(c["culprit"]) for c in results.get("cells", []) if c.get("culprit")}
+    cells = "".join(_cell(c, culprits.get(c.key)) for c in run.cells) or "<p>No finished cells.</p>"
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             '<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>Boot matrix {esc(run.run_id)}</title><style>{CSS}</style><script>{JS_HEAD}</script></head>"

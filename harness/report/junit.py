@@ -10,7 +10,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from harness.report.culprit import GUEST, culprit_of
+from harness.report.culprit import GUEST, Culprit, run_culprits
 from harness.report.results import cell_new_gaps, cell_ok
 from harness.runner.guest_shell import CommandResult
 from harness.runner.known_issues import known_issue_note
@@ -46,15 +46,14 @@ def _details(view: CellView) -> str:
     return xml_safe("\n".join(out))
 
 
-def _testcase(parent: ET.Element, view: CellView) -> tuple[int, int]:
+def _testcase(parent: ET.Element, view: CellView, culprit: Culprit | None) -> tuple[int, int]:
     r = view.result
     tc = ET.SubElement(parent, "testcase", classname=xml_safe(f"{r.backend}.{r.guest}"), name=xml_safe(view.key),
                        time=f"{r.duration_s:.3f}")
     failures = errors = 0
-    _properties(tc, view)
+    _properties(tc, view, culprit)
     if not cell_ok(r):
         tag = "error" if r.outcome == ERROR else "failure"
-        culprit = culprit_of(r)
         # type= is whose fault it is (guest | hypervisor | harness): what a CI's test view groups by
         el = ET.SubElement(tc, tag, message=xml_safe(f"{r.outcome}: {r.reason}"[:500]),
                            type=culprit.party if culprit else r.outcome)
@@ -91,7 +90,7 @@ def _command_cases(parent: ET.Element, view: CellView) -> tuple[int, int, float]
     return len(r.commands), failures, total
 
 
-def _properties(tc: ET.Element, view: CellView) -> None:
+def _properties(tc: ET.Element, view: CellView, culprit: Culprit | None) -> None:
     r = view.result
     props: list[tuple[str, str]] = []
     if passed_on_retry(r):
@@ -99,7 +98,6 @@ def _properties(tc: ET.Element, view: CellView) -> None:
     note = known_issue_note(r)
     if note:
         props.append(("known_issue", note))
-    culprit = culprit_of(r)
     if culprit:
         props.append(("culprit", culprit.label()))
     if props:
@@ -112,6 +110,7 @@ def build_junit(run: RunData) -> ET.ElementTree:
     root = ET.Element("testsuites", name=xml_safe(f"harness {run.run_id}"))
     totals = [0, 0, 0, 0.0]
     by_backend: dict[str, list[CellView]] = {}
+    culprits = run_culprits(run)
     for c in run.cells:
         by_backend.setdefault(c.result.backend, []).append(c)
     for backend, cells in sorted(by_backend.items()):
@@ -119,7 +118,7 @@ def build_junit(run: RunData) -> ET.ElementTree:
         f = e = n = 0
         t = 0.0
         for c in cells:
-            df, de = _testcase(suite, c)
+            df, de = _testcase(suite, c, culprits.get(c.key))
             nc, fc, _ = _command_cases(suite, c)   # command time is part of the cell's duration
             f, e, t, n = f + df + fc, e + de, t + c.result.duration_s, n + 1 + nc
         suite.attrib.update(tests=str(n), failures=str(f), errors=str(e), skipped="0", time=f"{t:.3f}")

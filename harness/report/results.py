@@ -11,7 +11,7 @@ from harness.gaps.runs import cell_gaps
 from harness.report.diff import RunDiff
 from harness.report.profile import milestone_stats, repeat_groups
 from harness.report.run import CellView, RunData
-from harness.report.culprit import culprit_of
+from harness.report.culprit import Culprit, run_culprits
 from harness.runner.known_issues import cell_ok, known_issue_status
 from harness.runner.result import OUTCOMES, CellResult
 
@@ -25,12 +25,12 @@ def cell_new_gaps(result: CellResult) -> list[dict[str, Any]]:
     return GapDiff.from_dict(result.gap_diff).new
 
 
-def _cell_entry(view: CellView) -> dict[str, Any]:
+def _cell_entry(view: CellView, culprits: dict[str, Culprit | None]) -> dict[str, Any]:
     d = view.result.to_dict()
     d["gaps"] = cell_gaps(view.result)
     for g in d["gaps"]:
         g["id"] = gap_id(view.family, g)
-    culprit = culprit_of(view.result)
+    culprit = culprits.get(view.key)
     d.update({"key": view.key, "slug": view.slug, "family": view.family, "ok": cell_ok(view.result),
               "culprit": culprit.to_json() if culprit else None,
               "known_issue_status": known_issue_status(view.result)})
@@ -86,6 +86,7 @@ def build_results(run: RunData, baseline: RunDiff | None = None) -> dict[str, An
         for g in cell_new_gaps(c.result):
             new_in.setdefault((g.get("kind", ""), g.get("key", ""), g.get("access", "")), []).append(c.key)
     ledger = merge_run_ledger((c.key, c.result.guest, c.family, cell_gaps(c.result)) for c in run.cells)
+    culprits = run_culprits(run)
     return {
         "schema": RESULTS_SCHEMA,
         "schema_version": RESULTS_SCHEMA_VERSION,
@@ -94,7 +95,7 @@ def build_results(run: RunData, baseline: RunDiff | None = None) -> dict[str, An
         "run": run.run,
         "skipped_files": run.skipped,
         "summary": summarize(run, baseline),
-        "cells": [_cell_entry(c) for c in run.cells],
+        "cells": [_cell_entry(c, culprits) for c in run.cells],
         "gaps": [_with_status(g.to_dict(), new_in) for g in ledger],
         "timing": timing_section(run),
         "baseline": baseline.to_dict() if baseline else None,

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from harness.report.culprit import culprit_of
+from harness.report.culprit import Culprit
 from harness.report.diff import RunDiff
 from harness.report.results import cell_new_gaps, cell_ok
 from harness.report.run import RunData
@@ -54,14 +54,15 @@ def render_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | No
     out.append("| **all** | " + " | ".join(f"**{s['by_outcome'].get(o, 0)}**" for o in OUTCOMES) + " |")
 
     failing = [c for c in run.cells if not cell_ok(c.result)]
+    culprits = {c["key"]: c.get("culprit") for c in results.get("cells", [])}
     out += ["", f"## Failing cells ({len(failing)})", ""]
     if failing:
         out += ["| cell | outcome | culprit | reason | last milestone |", "|---|---|---|---|---|"]
         for c in failing[:MAX_ROWS]:
             r = c.result
             last = r.milestones[-1].name if r.milestones else "-"
-            culprit = culprit_of(r)
-            out.append(f"| {md(c.key)} | {r.outcome} | {md(culprit.label() if culprit else '-')} "
+            culprit = culprits.get(c.key)
+            out.append(f"| {md(c.key)} | {r.outcome} | {md(Culprit.from_json(culprit).label() if culprit else '-')} "
                        f"| {md(r.reason or (r.failure.message if r.failure else ''))} | {md(last)} |")
         if len(failing) > MAX_ROWS:
             out.append(f"\n… and {len(failing) - MAX_ROWS} more (see index.html)")

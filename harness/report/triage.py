@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from harness.report.culprit import PARTIES, culprit_of
+from harness.report.culprit import PARTIES, run_culprits
 from harness.report.flakes import flake_stats
 from harness.report.run import RunData
 from harness.runner.known_issues import KnownIssue, cell_ok, known_issue_status
@@ -18,8 +18,9 @@ from harness.runner.result import PASS, CellResult
 
 def _culprits(run: RunData) -> list[dict[str, Any]]:
     out = []
+    culprits = run_culprits(run)
     for c in run.cells:
-        culprit = culprit_of(c.result)
+        culprit = culprits.get(c.key)
         if culprit is not None:
             out.append({"cell": c.key, "outcome": c.result.outcome, "ok": cell_ok(c.result), **culprit.to_json()})
     return out

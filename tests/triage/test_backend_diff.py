@@ -69,3 +69,22 @@ def test_run_without_pairs_is_a_one_line_error(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "harness", "report", "diff-backends", str(run)],
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+
+
+def test_guest_failure_on_builtin_that_passes_on_qemu_suspects_the_hypervisor(tmp_path: Path):
+    from harness.report.culprit import run_culprits
+    run = make_run(tmp_path / "r")
+    make_cell(run, backend="builtin", outcome="timeout", reached=2, times=[0.10, 0.40, 0.0, 0.0],
+              gaps=fixture_gaps())
+    make_cell(run, backend="qemu-tcg", outcome="pass", gaps=[])
+    make_cell(run, guest="fixture-multiboot", backend="builtin", outcome="timeout", reached=2)   # no qemu reference
+    culprits = run_culprits(load_run(run))
+    pvh = culprits["fixture-pvh@builtin/default/emulate/1c/64M"]
+    assert (pvh.party, pvh.evidence, pvh.gap["key"]) == ("hypervisor", "suspected", "0x10")
+    assert "passes on qemu-tcg in the same run (first divergence at milestone 'probes')" in pvh.why
+    assert culprits["fixture-multiboot@builtin/default/emulate/1c/64M"].party == "guest"
+    write_reports(run)
+    junit = (run / "junit.xml").read_text()
+    assert 'type="hypervisor"' in junit and 'type="guest"' in junit
+    cells = {c["key"]: c for c in json.loads((run / "results.json").read_text())["cells"]}
+    assert cells["fixture-pvh@builtin/default/emulate/1c/64M"]["culprit"]["party"] == "hypervisor"
