@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.assets import initramfs
-from harness.assets.cache import AssetCache, CacheEntry, sha256_file
+from harness.assets.cache import AssetCache, CacheEntry, sha256_file, sha256_text
 from harness.assets.debian import Apt, DebPackage, extract, inspect_deb
 from harness.errors import AssetError
 
@@ -119,6 +119,11 @@ def _extracted(deb: DebPackage, work: Path) -> Path:
 # -- kernels -------------------------------------------------------------------------------------
 def _kernel(ctx: BuildContext, work: Path, arch: str) -> tuple[Path, dict[str, Any]]:
     deb, meta = kernel_deb(ctx, arch)
+    return _kernel_image(deb, meta, work)
+
+
+def _kernel_image(deb: DebPackage, meta: str, work: Path) -> tuple[Path, dict[str, Any]]:
+    """/boot/vmlinuz-* of a kernel package, with where it came from."""
     tree = _extracted(deb, work)
     vmlinuz = _one(tree, "boot/vmlinuz-*", "kernel image")
     out = work / vmlinuz.name
@@ -167,8 +172,10 @@ def _busybox(ctx: BuildContext, work: Path, arch: str) -> tuple[Path, dict[str, 
     return binary, {**deb.provenance(), "file": "/bin/busybox", "file_sha256": sha256_file(binary)}
 
 
-def _kernel_modules(ctx: BuildContext, work: Path, arch: str, kernel_asset: str) -> tuple[list[Path], dict]:
-    """Virtio modules from the very package the cached kernel asset came from (ABI must match)."""
+def _kernel_modules(ctx: BuildContext, work: Path, arch: str, kernel_asset: str,
+                    wanted: tuple[str, ...] = initramfs.VIRTIO_MODULES) -> tuple[list[Path], dict]:
+    """`wanted` modules (and their dependencies) from the very package the cached kernel asset
+    came from (ABI must match)."""
     kernel = ctx.asset(kernel_asset)
     package = kernel.provenance.get("package")
     if not package:
@@ -180,7 +187,7 @@ def _kernel_modules(ctx: BuildContext, work: Path, arch: str, kernel_asset: str)
                          f"rebuild the kernel: harness assets build {kernel_asset} --rebuild")
     tree = _extracted(deb, work)
     mod_root = _one(tree, "lib/modules/*", "module directory")
-    order = initramfs.module_load_order(mod_root)
+    order = initramfs.module_load_order(mod_root, wanted)
     return order, {"modules_from": deb.provenance(), "modules": [p.stem for p in order]}
 
 
@@ -233,3 +240,41 @@ def _systemd_initramfs_amd64(ctx: BuildContext, work: Path) -> tuple[Path, dict[
 def _systemd_rootfs_amd64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
     from harness.assets.rootfs import build_debian_rootfs
     return build_debian_rootfs(work, arch="x86_64")
+
+
+# -- the lab: a generic Debian kernel with KVM and 9p, and its init (harness.assets.lab) ------------
+def lab_kernel_deb(ctx: BuildContext, arch: str) -> tuple[DebPackage, str]:
+    from harness.assets.lab import lab_params
+    params = lab_params(arch)
+    concrete = Apt(arch, ctx.cache).resolve_meta(params.kernel_meta, params.kernel_pattern)
+    return fetch_deb(ctx, arch, concrete), params.kernel_meta
+
+
+def _lab_kernel(ctx: BuildContext, work: Path, arch: str) -> tuple[Path, dict[str, Any]]:
+    deb, meta = lab_kernel_deb(ctx, arch)
+    return _kernel_image(deb, meta, work)
+
+
+def _lab_initramfs(ctx: BuildContext, work: Path, arch: str) -> tuple[Path, dict[str, Any]]:
+    from harness.assets import lab
+    params = lab.lab_params(arch)
+    busybox, bb_prov = _busybox(ctx, work, arch)
+    modules, mod_prov = _kernel_modules(ctx, work, arch, params.kernel_asset, params.modules)
+    out = lab.build_lab_initramfs(params, busybox, modules, work / "lab-initramfs.cpio.gz")
+    return out, {"busybox": bb_prov, **mod_prov, "init_sha256": sha256_text(lab.init_script(params, modules)),
+                 "generator_sha256": lab.generator_sha256()}
+
+
+def _register_lab_recipes() -> None:
+    """One kernel and one initramfs recipe per lab arch: the same code, the arch's LabParams."""
+    from functools import partial
+    from harness.assets.lab import LAB_PARAMS
+    for arch, params in LAB_PARAMS.items():
+        tier = QUICK if arch == "x86_64" else NIGHTLY
+        _recipe(params.kernel_asset, f"the lab's kernel: Debian 12 generic {params.deb_arch} ({params.kvm_module}, "
+                "9p, virtio)", arch, "kernel", tier)(partial(_lab_kernel, arch=arch))
+        _recipe(params.initramfs_asset, f"the lab's init: busybox, {params.kvm_module}/9p/virtio modules, "
+                "the agent's launcher", arch, "initrd", tier)(partial(_lab_initramfs, arch=arch))
+
+
+_register_lab_recipes()

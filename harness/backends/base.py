@@ -168,8 +168,12 @@ class Backend(ABC):
 BACKEND_NAMES = ("builtin", "qemu-tcg", "qemu-kvm", "replay")
 
 
-def get_backend(name: str) -> Backend:
-    """The backend called `name` (imported lazily: the QEMU backend must not need cffi, and back)."""
+def get_backend(name: str, host: str = "native") -> Backend:
+    """The backend called `name` (imported lazily: the QEMU backend must not need cffi, and back).
+    `host` other than native: the backend whose VM child runs there (harness.hosts)."""
+    if host != "native":
+        from harness.hosts.backend import host_backend
+        return host_backend(name, host)
     if name == "builtin":
         from harness.backends.builtin import BuiltinBackend
         return BuiltinBackend()

@@ -55,6 +55,15 @@ class BuiltinBackend(Backend):
         self.kvm_path = kvm_path
 
     def check(self, request: BootRequest) -> None:
+        self.check_guest(request)
+        from harness.kvm.vm import require_kvm
+        try:
+            require_kvm(self.kvm_path)
+        except KvmUnavailable as exc:
+            raise BackendUnavailable(exc.problem, exc.fix) from None
+
+    def check_guest(self, request: BootRequest) -> None:
+        """What the VMM child can boot, wherever it runs (here, or in the lab)."""
         if request.arch not in ARCHES or platform.machine() != "x86_64":
             raise BackendUnavailable(f"the built-in VMM runs x86_64 guests on x86_64 hosts, not {request.arch} "
                                      f"on {platform.machine()}", "use the qemu-tcg backend for this cell")
@@ -62,11 +71,6 @@ class BuiltinBackend(Backend):
         if request.boot not in methods:
             raise BackendUnavailable(f"the built-in VMM cannot boot {request.boot!r} guests",
                                      f"use one of {', '.join(sorted(methods))}, or the qemu-tcg backend")
-        from harness.kvm.vm import require_kvm
-        try:
-            require_kvm(self.kvm_path)
-        except KvmUnavailable as exc:
-            raise BackendUnavailable(exc.problem, exc.fix) from None
 
     def start(self, request: BootRequest) -> BuiltinSession:
         from harness.backends.builtin_vm import request_to_json

@@ -100,14 +100,14 @@ def _attempt(cell: Cell, options: RunOptions, attempt: int) -> CellResult:
     try:
         request, provenance = _boot_request(cell, workdir, options)
         result.provenance = provenance
-        backend = get_backend(cell.backend)
+        backend = get_backend(cell.backend, cell.host)
         backend.check(request)
+        session = backend.start(request)   # a lab that cannot start is infrastructure too
     except HarnessError as e:
         result.reason = e.problem + (f" — {e.fix}" if e.fix else "")
         result.failure = Failure("infrastructure", result.reason)
         result.duration_s = round(time.monotonic() - wall_start, 3)
         return result
-    session = backend.start(request)
     watch, summary, commands = _watch(cell, session, request, options)
     result.duration_s = round(time.monotonic() - wall_start, 3)
     _fill(result, cell, watch, summary, session.start_time)
@@ -206,6 +206,10 @@ def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionS
         keys = ", ".join(f"{g['kind']} {g['key']}" if isinstance(g, dict) else f"{g.kind} {g.key}" for g in diff.new)
         result.outcome, result.reason = FAIL, f"new emulation gaps not in the baseline: {keys}"
         result.failure = Failure("new-gap", result.reason)
+    broken = summary.extra.get("infrastructure_error")   # e.g. a wedged lab: whatever the console said
+    if broken and result.outcome != ERROR:
+        result.outcome, result.reason = ERROR, f"backend host failed: {broken}"
+        result.failure = Failure("infrastructure", result.reason)
     if result.outcome == ERROR and summary.stderr_tail:
         result.reason += f"; backend stderr: {summary.stderr_tail.strip().splitlines()[-1][:300]}"
 

@@ -24,8 +24,8 @@ CPU_PROFILES = tuple(CPU_PROFILE_TABLE)
 OUTCOME_EXPECTATIONS = ("pass", "fail", "gap", "timeout")
 MATRIX_KEYS = ("version", "timeout_scale", "retries", "fail_on_new_gaps", "entries", "exclude", "include",
                "overrides", "hang_timeout")
-ENTRY_KEYS = ("guests", "backends", "cpu_profiles", "gap_policies", "vcpus", "memory", "tier")
-CELL_AXES = ("guest", "backend", "cpu_profile", "gap_policy", "vcpus", "memory", "tier")
+ENTRY_KEYS = ("guests", "backends", "hosts", "cpu_profiles", "gap_policies", "vcpus", "memory", "tier")
+CELL_AXES = ("guest", "backend", "host", "cpu_profile", "gap_policy", "vcpus", "memory", "tier")
 OVERRIDE_SET_KEYS = ("timeout_scale", "expect", "retries", "fail_on_new_gaps", "cmdline_append", "hang_timeout",
                      "known_issue")
 
@@ -46,18 +46,22 @@ class Cell:
     cmdline_append: str = ""
     hang_timeout: float | None = None
     known_issue: KnownIssue | None = None     # an override's tracked reason for failing, until a date
+    host: str = "native"            # where the backend's VM child runs: native | lab (harness.hosts)
 
     @property
     def id(self) -> str:
-        return (f"{self.guest.name}@{self.backend}/{self.cpu_profile}/{self.gap_policy}"
+        # A native cell keeps its historical id; any other host is part of it, so results (and
+        # gap baselines) from different hosts can never be taken for the same cell.
+        where = "" if self.host == "native" else f"+{self.host}"
+        return (f"{self.guest.name}@{self.backend}{where}/{self.cpu_profile}/{self.gap_policy}"
                 f"/{self.vcpus}c/{self.memory}M")
 
     def axes(self) -> dict[str, Any]:
-        return {"guest": self.guest.name, "backend": self.backend, "cpu_profile": self.cpu_profile,
+        return {"guest": self.guest.name, "backend": self.backend, "host": self.host, "cpu_profile": self.cpu_profile,
                 "gap_policy": self.gap_policy, "vcpus": self.vcpus, "memory": self.memory, "tier": self.tier}
 
     def params(self) -> dict[str, Any]:
-        return {"cpu_profile": self.cpu_profile, "gap_policy": self.gap_policy, "vcpus": self.vcpus,
+        return {"host": self.host, "cpu_profile": self.cpu_profile, "gap_policy": self.gap_policy, "vcpus": self.vcpus,
                 "memory_mib": self.memory, "tier": self.tier, "timeout_scale": self.timeout_scale,
                 "expect": self.expect, "family": self.guest.family, "arch": self.guest.arch,
                 "boot": self.guest.boot}
@@ -73,6 +77,7 @@ class Matrix:
     exclude: list[dict[str, Any]] = field(default_factory=list)
     include: list[dict[str, Any]] = field(default_factory=list)
     overrides: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    host_override: str | None = None   # a run's --host: replaces every entry's `hosts:`
 
     def cells(self, guests: dict[str, GuestSpec], tier: str = "quick") -> list[Cell]:
         """Expanded, filtered and ordered cells of `tier` (nightly includes quick)."""
@@ -96,13 +101,15 @@ class Matrix:
             for backend in entry.get("backends") or ["builtin"]:
                 if backend not in guest.backends:
                     continue
-                for profile in entry.get("cpu_profiles") or ["default"]:
-                    for policy in entry.get("gap_policies") or ["emulate"]:
-                        for vcpus in entry.get("vcpus") or [guest.vcpus]:
-                            for memory in entry.get("memory") or [guest.memory]:
-                                out.append(Cell(guest, backend, profile, policy, int(vcpus), int(memory),
-                                                entry.get("tier", "quick"), self.timeout_scale, self.retries,
-                                                self.fail_on_new_gaps))
+                hosts = [self.host_override] if self.host_override else entry.get("hosts") or ["native"]
+                for host in _hosts(hosts, backend):
+                    for profile in entry.get("cpu_profiles") or ["default"]:
+                        for policy in entry.get("gap_policies") or ["emulate"]:
+                            for vcpus in entry.get("vcpus") or [guest.vcpus]:
+                                for memory in entry.get("memory") or [guest.memory]:
+                                    out.append(Cell(guest, backend, profile, policy, int(vcpus), int(memory),
+                                                    entry.get("tier", "quick"), self.timeout_scale, self.retries,
+                                                    self.fail_on_new_gaps, host=host))
         return out
 
     def _excluded(self, cell: Cell) -> bool:
@@ -115,6 +122,19 @@ class Matrix:
                     setattr(cell, key, value)
         # A slow host multiplies every timeout on top of the matrix and overrides.
         cell.timeout_scale *= env_timeout_scale()
+
+
+def _hosts(hosts: list[str], backend: str) -> list[str]:
+    """Concrete hosts of an entry for `backend`: auto resolved here; a backend the lab cannot serve
+    stays native (so `--host lab` moves every built-in cell into the lab and leaves QEMU TCG here)."""
+    from harness.hosts.select import NATIVE, can_run, resolve_host
+    out: list[str] = []
+    for host in hosts:
+        concrete = resolve_host(host, backend)
+        concrete = concrete if can_run(concrete, backend) else NATIVE
+        if concrete not in out:
+            out.append(concrete)
+    return out
 
 
 def env_timeout_scale() -> float:
@@ -217,7 +237,9 @@ def _entry(e: y.YMap, lst: Any, i: int, guests: dict[str, GuestSpec], section: s
         if not any(fnmatch.fnmatchcase(g, pat) for g in guests):
             raise y.fail(e, "guests", f"{w}: no guest file matches {pat!r}",
                          f"known guests: {', '.join(sorted(guests)) or 'none (guests/ is empty)'}")
-    for key, allowed in (("backends", BACKENDS), ("cpu_profiles", CPU_PROFILES), ("gap_policies", GAP_POLICIES)):
+    from harness.hosts.select import HOSTS
+    for key, allowed in (("backends", BACKENDS), ("hosts", HOSTS), ("cpu_profiles", CPU_PROFILES),
+                         ("gap_policies", GAP_POLICIES)):
         values = y.get_str_list(e, key, [], w)
         for v in values:
             if v not in allowed:
@@ -235,11 +257,11 @@ def _entry(e: y.YMap, lst: Any, i: int, guests: dict[str, GuestSpec], section: s
 
 def _include(e: y.YMap, lst: Any, i: int, guests: dict[str, GuestSpec]) -> dict[str, Any]:
     w = f"matrix.include[{i}]"
-    y.check_keys(e, ("guest", "backend", "cpu_profile", "gap_policy", "vcpus", "memory", "tier"), w,
+    y.check_keys(e, ("guest", "backend", "host", "cpu_profile", "gap_policy", "vcpus", "memory", "tier"), w,
                  required=("guest", "backend"))
     as_entry = y.YMap({"guests": [e["guest"]], "backends": [e["backend"]]})
     as_entry.path, as_entry.line, as_entry.key_lines = e.path, e.line, e.key_lines
-    for src, dst in (("cpu_profile", "cpu_profiles"), ("gap_policy", "gap_policies"), ("vcpus", "vcpus"),
+    for src, dst in (("host", "hosts"), ("cpu_profile", "cpu_profiles"), ("gap_policy", "gap_policies"), ("vcpus", "vcpus"),
                      ("memory", "memory"), ("tier", "tier")):
         if src in e:
             as_entry[dst] = e[src] if dst == "tier" else [e[src]]
