@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import ConfigError
+from harness.hosts.select import HOSTS, LAB_BACKENDS, can_run, resolve_host
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guest_shell import AutoLogin, commands_from_words
 from harness.runner.guestfile import BOOT_METHODS, GuestSpec, Milestone
@@ -35,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vcpus", type=int, default=1)
     p.add_argument("--boot", default="auto", choices=BOOT_METHODS, help="boot protocol (default: detect)")
     p.add_argument("--backend", default="builtin", choices=("builtin", "qemu-tcg", "qemu-kvm"))
+    p.add_argument("--host", default="native", choices=HOSTS,
+                   help="where the VMM child runs: this machine's /dev/kvm, the nested lab, or auto")
     p.add_argument("--cpu-profile", default="default", choices=CPU_PROFILES)
     p.add_argument("--gap-policy", default="emulate", choices=GAP_POLICIES)
     p.add_argument("--expect", action="append", default=[], metavar="REGEX",
@@ -74,7 +77,12 @@ def cmd_boot(args: argparse.Namespace) -> int:
                       hang_timeout=args.timeout,
                       auto_login=AutoLogin(args.login, args.password, args.prompt) if args.login is not None else None,
                       commands=commands)
-    cell = Cell(guest, args.backend, args.cpu_profile, args.gap_policy, args.vcpus, args.memory, "adhoc", retries=0)
+    host = resolve_host(args.host, args.backend)
+    if not can_run(host, args.backend):
+        raise ConfigError(f"backend {args.backend} cannot run on host {host}",
+                          f"use --backend {' or '.join(LAB_BACKENDS)} with --host lab")
+    cell = Cell(guest, args.backend, args.cpu_profile, args.gap_policy, args.vcpus, args.memory, "adhoc", retries=0,
+                host=host)
     run_dir = Path(args.report_dir) if args.report_dir else new_run_dir(Path("reports") / "boot")
     echo = None if args.quiet else _echo
     result = run_cell(cell, RunOptions(run_dir=run_dir, echo=echo))

@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import ConfigError
+from harness.hosts.select import HOSTS
 from harness.runner.guestfile import load_guests
 from harness.runner.matrix import Cell, load_matrix, parse_shard, select_shard
 from harness.runner.known_issues import cell_ok, known_issue_note
@@ -60,12 +61,15 @@ def _matrix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guests", default=None, help="guest directory (default: guests/ beside the matrix)")
     p.add_argument("--tier", default="quick", choices=("quick", "nightly"), help="quick, or nightly (= all)")
     p.add_argument("--shard", default=None, help="K/N: only shard K of N (stable hash of the cell id)")
+    p.add_argument("--host", default=None, choices=HOSTS,
+                   help="run every built-in cell on this host (native, lab, auto), replacing the matrix's hosts")
 
 
 def expand(args: argparse.Namespace) -> list[Cell]:
     matrix_path = Path(args.matrix)
     guests = load_guests(Path(args.guests) if args.guests else matrix_path.parent / "guests")
     matrix = load_matrix(matrix_path, guests)
+    matrix.host_override = args.host
     if args.shard:
         parse_shard(args.shard)
     return select_shard(matrix.cells(guests, args.tier), args.shard)
@@ -75,10 +79,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     cells = expand(args)
     table = Table(title=f"{args.matrix}: {len(cells)} cells (tier {args.tier}{', shard ' + args.shard if args.shard else ''})")
     table.add_column("cell", no_wrap=True)
-    for col in ("family", "boot", "backend", "cpu profile", "gap policy", "vCPUs", "MiB", "tier", "expect"):
+    for col in ("family", "boot", "backend", "host", "cpu profile", "gap policy", "vCPUs", "MiB", "tier", "expect"):
         table.add_column(col)
     for c in cells:
-        table.add_row(c.id, c.guest.family, c.guest.boot, c.backend, c.cpu_profile, c.gap_policy, str(c.vcpus),
+        table.add_row(c.id, c.guest.family, c.guest.boot, c.backend, c.host, c.cpu_profile, c.gap_policy, str(c.vcpus),
                       str(c.memory), c.tier, c.expect)
     console = Console()
     if not console.is_terminal:   # piped: never cut cell ids to an 80-column guess
@@ -97,6 +101,8 @@ def pytest_argv(args: argparse.Namespace, run_dir: Path, collect_only: bool = Fa
         argv += ["--harness-guests", args.guests]
     if args.shard:
         argv += ["--harness-shard", args.shard]
+    if getattr(args, "host", None):
+        argv += ["--harness-host", args.host]
     if args.keyword:
         argv += ["-k", args.keyword]
     if collect_only:

@@ -29,10 +29,17 @@ CELLS_DIR = "/run/cells"
 BEAT_S = 1.0
 STOP_GRACE_S = 5.0
 STDERR_TAIL = 8000
-# Modules the VMM child imports lazily: imported here once, before any fork.
+COLLECT_MAX = 4 << 20
+# Modules the VMM child imports lazily: imported here once, before any fork (measured in the lab
+# under load: pyelftools' import alone cost a cell 2.7 s, cffi's first parse of each C type 1.1 s).
 PREIMPORT = ("harness.backends.builtin_vm", "harness.kvm.machine", "harness.kvm.system", "harness.memory",
              "harness.devices", "harness.devices.context", "harness.boot", "harness.kvm.rawboot",
-             "harness.kvm.rescue", "harness.kvm.insn")
+             "harness.kvm.rescue", "harness.kvm.insn", "elftools.elf.elffile", "elftools.common.exceptions",
+             "elftools.elf.enums")
+OPTIONAL_PREIMPORT = ("lz4.block", "zstandard")   # kernel decompressors, where installed
+# The VMM child's exit-count snapshots: every 100 ms natively; each costs ~50 ms of emulated CPU
+# in the lab, so there they come every 500 ms (phase profiles are that much coarser).
+LAB_SNAPSHOT_PERIOD_S = 0.5
 
 
 def find_ports(timeout_s: float = 10.0) -> dict[str, str]:
@@ -81,6 +88,7 @@ class Cell:
         self.stderr = bytearray()
         self.stop_deadline: float | None = None
         self.code: int | None = None
+        self.collect: list[str] = []
 
 
 class Agent:
@@ -92,6 +100,7 @@ class Agent:
         self.cell: Cell | None = None
         self.running = True
         self.last_beat = 0.0
+        self.shell: tuple[int, int] | None = None   # (pid, pidfd) of `harness lab shell`'s sh
 
     def send(self, msg: dict) -> None:
         write_all(self.ctl, (json.dumps(msg, separators=(",", ":")) + "\n").encode())
@@ -99,7 +108,9 @@ class Agent:
     # -- the loop ---------------------------------------------------------------------------
     def serve(self) -> None:
         while self.running:
-            fds = [self.ctl, self.con]
+            fds = [self.ctl] if self.shell else [self.ctl, self.con]   # the shell reads the console itself
+            if self.shell:
+                fds.append(self.shell[1])
             c = self.cell
             if c is not None:
                 fds += [c.out_fd, c.err_fd, c.events_rd, c.pidfd]
@@ -115,6 +126,8 @@ class Agent:
                 self._control()
             if self.con in readable:
                 self._input()
+            if self.shell and self.shell[1] in readable:
+                self._shell_exited()
             c = self.cell
             if c is None:
                 continue
@@ -148,12 +161,14 @@ class Agent:
             if self.cell is not None:
                 self.send({"type": "error", "id": msg.get("id"), "message": "a cell is already running"})
                 return
-            self._start(str(msg["id"]), msg["spec"])
+            self._start(str(msg["id"]), msg.get("spec"), msg.get("argv"), msg.get("collect") or [])
         elif kind == "stop":
             c = self.cell
             if c is not None and c.id == str(msg.get("id")) and c.stop_deadline is None:
                 _kill_group(c.pid, signal.SIGTERM)
                 c.stop_deadline = time.monotonic() + STOP_GRACE_S
+        elif kind == "shell" and self.cell is None and self.shell is None:
+            self._start_shell()
         elif kind == "quit":
             self.running = False
 
@@ -169,14 +184,37 @@ class Agent:
             except OSError:
                 pass
 
+    # -- a person's shell (harness lab shell) ------------------------------------------------
+    def _start_shell(self) -> None:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                for fd in (0, 1, 2):
+                    os.dup2(self.con, fd)
+                os.closerange(3, 1024)
+                os.execv("/bb/sh", ["sh", "-i"])
+            finally:
+                os._exit(127)
+        self.shell = (pid, os.pidfd_open(pid))
+        self.send({"type": "shell-started", "pid": pid})
+
+    def _shell_exited(self) -> None:
+        pid, pidfd = self.shell  # type: ignore[misc]
+        os.waitpid(pid, 0)
+        os.close(pidfd)
+        self.shell = None
+        self.send({"type": "shell-exited"})
+
     # -- one cell -------------------------------------------------------------------------------
-    def _start(self, cell_id: str, spec: dict) -> None:
+    def _start(self, cell_id: str, spec: dict | None, argv: list[str] | None, collect: list[str]) -> None:
+        """Fork the VMM child for `spec`, or exec `argv` (qemu-kvm in the lab) in the same harness."""
         workdir = f"{CELLS_DIR}/{cell_id}"
         os.makedirs(workdir, exist_ok=True)
-        spec = {**spec, "workdir": workdir}
         spec_path = f"{workdir}/builtin-spec.json"
-        with open(spec_path, "w") as f:
-            json.dump(spec, f)
+        if spec is not None:
+            with open(spec_path, "w") as f:
+                json.dump({**spec, "workdir": workdir}, f)
         events = f"{workdir}/events.jsonl"
         os.mkfifo(events)
         events_rd = os.open(events, os.O_RDONLY | os.O_NONBLOCK)
@@ -186,11 +224,12 @@ class Agent:
         err_r, err_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            _child(spec_path, workdir, in_r, out_w, err_w)
+            _child(spec_path if argv is None else argv, workdir, in_r, out_w, err_w)
         for fd in (in_r, out_w, err_w):
             os.close(fd)
         os.set_blocking(in_w, False)
         self.cell = Cell(cell_id, pid, out_r, err_r, in_w, events_rd, events_wr, workdir)
+        self.cell.collect = [name for name in collect if "/" not in name]
         self.send({"type": "started", "id": cell_id, "pid": pid, "t": time.monotonic()})
 
     def _relay_console(self, c: Cell) -> bool:
@@ -231,17 +270,25 @@ class Agent:
                 summary = json.load(f)
         except (OSError, ValueError):
             pass
+        files = {}
+        for name in c.collect:   # e.g. qemu.log of a qemu-kvm cell, parsed into gaps on the host
+            try:
+                with open(f"{c.workdir}/{name}", "rb") as f:
+                    files[name] = f.read(COLLECT_MAX).decode(errors="replace")
+            except OSError:
+                pass
         for fd in (c.out_fd, c.err_fd, c.in_fd, c.events_rd, c.pidfd):
             os.close(fd)
         _remove_tree(c.workdir)
         self.cell = None
         self.send({"type": "exited", "id": c.id, "code": c.code, "console_bytes": c.console_bytes,
-                   "events_bytes": c.events_bytes, "summary": summary, "t": time.monotonic(),
+                   "events_bytes": c.events_bytes, "summary": summary, "files": files, "t": time.monotonic(),
                    "stderr": c.stderr.decode(errors="replace")})
 
 
-def _child(spec_path: str, workdir: str, in_r: int, out_w: int, err_w: int) -> None:
-    """In the forked child: become the VMM child `python -m harness.backends.builtin_vm SPEC`."""
+def _child(what: str | list[str], workdir: str, in_r: int, out_w: int, err_w: int) -> None:
+    """In the forked child: become the VMM child `python -m harness.backends.builtin_vm SPEC`, or
+    exec `what` when it is an argv."""
     code = 3
     try:
         os.setpgid(0, 0)
@@ -251,6 +298,9 @@ def _child(spec_path: str, workdir: str, in_r: int, out_w: int, err_w: int) -> N
         os.closerange(3, 1024)
         os.chdir(workdir)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if isinstance(what, list):
+            os.execv(what[0], what)
+        spec_path = what
         from harness.backends import builtin_vm
         sys.argv = ["harness.backends.builtin_vm", spec_path]
         code = builtin_vm.main([spec_path])
@@ -314,12 +364,31 @@ def _nested_paging() -> str | None:
     return None
 
 
-def main() -> int:
-    ports = find_ports()
-    t0 = time.monotonic()
+def warm_up() -> None:
+    """Everything a forked child would otherwise do first: imports, and cffi's parse of every C
+    type the VMM names (cffi caches parsed types by their string; a fork inherits the cache)."""
     import importlib
     for name in PREIMPORT:
         importlib.import_module(name)
+    for name in OPTIONAL_PREIMPORT:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    from harness.backends import builtin_vm
+    from harness.kvm.ffi import ffi
+    builtin_vm.SNAPSHOT_PERIOD_S = LAB_SNAPSHOT_PERIOD_S
+    for struct in ffi.list_types()[1]:
+        for spelling in (f"struct {struct}", f"struct {struct} *"):
+            ffi.typeof(spelling)
+    for spelling in ("char[]", "uint8_t[]", "uint64_t *", "unsigned long", "void *"):
+        ffi.typeof(spelling)
+
+
+def main() -> int:
+    ports = find_ports()
+    t0 = time.monotonic()
+    warm_up()
     import_s = time.monotonic() - t0
     agent = Agent(ports)
     agent.send({"type": "ready", "t": time.monotonic(), "facts": lab_facts(import_s)})

@@ -1,10 +1,16 @@
 """Backends whose VM child runs in the lab: the built-in VMM child, forked by the lab's agent."""
 from __future__ import annotations
 
+import contextlib
+import shutil
+from typing import Any
+
 from harness.assets.lab import lab_params
-from harness.backends.base import BootRequest
+from harness.backends.base import Backend, BootRequest
 from harness.backends.builtin import BuiltinBackend
+from harness.backends.qemu import QemuBackend
 from harness.errors import BackendUnavailable, HarnessError
+from harness.gaps.record import GapRecord
 from harness.hosts.lab import LabError, LabSession, check_qemu
 
 
@@ -31,10 +37,81 @@ class LabBuiltinBackend(BuiltinBackend):
             raise
 
 
-def host_backend(name: str, host: str) -> BuiltinBackend:
+LAB_BACKEND_CLASSES: dict[str, type[Backend]] = {}   # filled below: backend name -> its lab variant
+
+
+def host_backend(name: str, host: str) -> Backend:
     from harness.hosts.select import LAB, LAB_BACKENDS
     if host == LAB and name in LAB_BACKENDS:
-        return LabBuiltinBackend()
+        return LAB_BACKEND_CLASSES[name]()
     from harness.errors import ConfigError
     raise ConfigError(f"backend {name!r} cannot run on host {host!r}",
                       f"host: lab serves {', '.join(LAB_BACKENDS)}; use host: native for {name}")
+
+
+class LabQemuSession(LabSession):
+    """QEMU with `-accel kvm` in the lab: the same KVM as the built-in VMM there (the differential)."""
+
+    def summary_data(self, exited: dict[str, Any]) -> dict[str, Any]:
+        from harness.backends.qemu_gaps import parse_log_line
+        seen: dict[tuple[str, str, str], GapRecord] = {}
+        for line in (exited.get("files") or {}).get("qemu.log", "").splitlines():
+            gap = parse_log_line(line)
+            if gap is None:
+                continue
+            known = seen.get(gap.key_tuple())
+            if known is None:
+                seen[gap.key_tuple()] = gap
+            else:
+                known.merge(gap)
+        return {"exit_code": exited.get("code"), "host": dict(self.qemu_host),
+                "command": list(self.argv), "extra": {"gaps": [g.to_dict() for g in seen.values()]}}
+
+
+class LabQemuBackend(QemuBackend):
+    """`qemu-kvm` with `host: lab`: the lab's own QEMU binary (the host's /usr) on the lab's KVM."""
+    host = "lab"
+
+    def __init__(self) -> None:
+        super().__init__(accel="kvm")
+
+    def check(self, request: BootRequest) -> None:
+        if request.disk is not None:
+            raise BackendUnavailable("qemu-kvm in the lab boots direct kernels only (no disk overlay there yet)",
+                                     "run this guest with host: native")
+        if request.arch != "x86_64":
+            raise BackendUnavailable(f"the x86-64 lab cannot run an {request.arch} guest on KVM", "use qemu-tcg")
+        try:
+            check_qemu(lab_params(request.arch))
+        except HarnessError as exc:
+            raise BackendUnavailable(exc.problem, exc.fix) from None
+        self.build_argv(request)   # option and boot-method errors, before a lab is started
+
+    def start(self, request: BootRequest) -> LabSession:
+        from harness.backends.qemu import qemu_version
+        from harness.hosts.pool import lab_for
+        request.workdir.mkdir(parents=True, exist_ok=True)
+        lab = lab_for(request.arch)
+        built: list[list[str]] = []
+
+        def command(lab_request: BootRequest) -> list[str]:
+            argv = self.build_argv(lab_request)
+            argv[0] = shutil.which(argv[0]) or argv[0]     # the same path in the lab: /usr is shared
+            built.append(argv)
+            return argv
+
+        try:
+            session = lab.run(request, command, collect=("qemu.log",), session_class=LabQemuSession)
+        except LabError:
+            lab.kill()
+            raise
+        session.argv = built[0]
+        session.qemu_host = {"qemu_version": qemu_version(built[0][0]), "accel": "kvm", "binary": built[0][0],
+                             "machine": built[0][built[0].index("-M") + 1]}
+        with contextlib.suppress(OSError, ValueError):
+            session.emit_host_event({"host": {**session.qemu_host, "host": "lab", "lab": lab.describe()},
+                                     "command": built[0]})
+        return session
+
+
+LAB_BACKEND_CLASSES.update({"builtin": LabBuiltinBackend, "qemu-kvm": LabQemuBackend})

@@ -19,6 +19,7 @@ host's CLOCK_MONOTONIC, with an error of at most rtt/2 (recorded as `clock_rtt_s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -32,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harness.assets.lab import LAB_ERROR_PREFIX, LabParams, generator_sha256, lab_params
 from harness.backends import events as ev
@@ -44,6 +45,7 @@ WEDGE_S = 30.0                # no word from the agent for this long: the lab is
 STOP_TIMEOUT_S = 15.0         # after `stop`, the agent must report `exited` within this
 PING_SAMPLES = 3
 PORTS = ("control", "console", "events")
+LAB_CELLS_DIR = "/run/cells"    # the agent's CELLS_DIR
 
 
 class LabError(HarnessError):
@@ -108,10 +110,16 @@ def lab_shares(inbox: Path) -> list[Share]:
             Share("in", inbox, "/lab/in", cache="none")]
 
 
+# Under TCG every emulated instruction counts: no speculation mitigations (the lab's CPU is an
+# emulator, and the lab runs one VMM child at a time), no TSC watchdog or self-tests.
+LAB_KERNEL_SPEEDUPS = ("mitigations=off", "tsc=reliable", "no_timer_check", "cryptomgr.notests",
+                       "random.trust_cpu=on")
+
+
 def qemu_argv(params: LabParams, kernel: Path, initrd: Path, shares: list[Share], labdir: Path) -> list[str]:
     """The lab's QEMU command line (pure)."""
     cmdline = " ".join([
-        f"console={params.console_tty}", "panic=-1", "loglevel=4", "rdinit=/init",
+        f"console={params.console_tty}", "panic=-1", "loglevel=4", "rdinit=/init", *LAB_KERNEL_SPEEDUPS,
         "harness.shares=" + ",".join(f"{s.tag}:{s.mount}:{s.cache}" for s in shares),
         "harness.pythonpath=/lab/src:/lab/site"])
     argv = [params.qemu_binary, "-M", params.machine, "-accel", params.accel, "-cpu", params.cpu,
@@ -174,6 +182,7 @@ class Lab:
         self.last_word = time.monotonic()
         self.dead: str | None = None
         self.session: LabSession | None = None
+        self.on_console: Callable[[bytes], Any] | None = None
         self.cells_served = 0
         self._lock = threading.Lock()
         self._seq = 0
@@ -303,6 +312,8 @@ class Lab:
             session = self.session
             if session is not None:
                 session.on_console(chunk)
+            elif self.on_console is not None:   # no cell: a person's shell (harness lab shell)
+                self.on_console(chunk)
         self._died("the lab closed its console port")
 
     def _read_events(self) -> None:
@@ -349,18 +360,25 @@ class Lab:
                 best = ClockSync(offset_s=(sent + got) / 2 - float(pong["t"]), rtt_s=got - sent)
         return best
 
-    def run(self, request: BootRequest) -> "LabSession":
+    def run(self, request: BootRequest, command: Callable[[BootRequest], list[str]] | None = None,
+            collect: tuple[str, ...] = (), session_class: type["LabSession"] | None = None) -> "LabSession":
+        """Start a cell: the VMM child for `request`, or (qemu-kvm) the argv `command` builds
+        from the request as the lab sees it; `collect` names files of its workdir to bring back."""
         if self.dead:
             raise LabError(f"the lab is gone: {self.dead}", "the next cell starts a new lab")
         self._drain_control()
         clock = self.sync_clock()
         self._seq += 1
         lab_id = str(self._seq)
-        spec = self._stage_inputs(request, lab_id)
-        session = LabSession(request, self, lab_id, clock)
+        lab_request = self._stage_inputs(request, lab_id)
+        session = (session_class or LabSession)(request, self, lab_id, clock)
         self.session = session
         session.start_time = time.monotonic()
-        self.send({"type": "run", "id": lab_id, "spec": spec})
+        if command is None:
+            from harness.backends.builtin_vm import request_to_json
+            self.send({"type": "run", "id": lab_id, "spec": json.loads(request_to_json(lab_request))})
+        else:
+            self.send({"type": "run", "id": lab_id, "argv": command(lab_request), "collect": list(collect)})
         try:
             started = self._wait_for("started", time.monotonic() + WEDGE_S, lab_id)
         except LabError:
@@ -375,12 +393,11 @@ class Lab:
             while True:
                 self.control.get_nowait()
 
-    def _stage_inputs(self, request: BootRequest, lab_id: str) -> dict[str, Any]:
-        """Copy the cell's files into the inbox; the spec the lab child reads names them there."""
-        from harness.backends.builtin_vm import request_to_json
-        spec = json.loads(request_to_json(request))
+    def _stage_inputs(self, request: BootRequest, lab_id: str) -> BootRequest:
+        """Link (or copy) the cell's files into the inbox; returns the request as the lab sees it."""
         cell_in = self.inbox / lab_id
         cell_in.mkdir()
+        moved: dict[str, Any] = {"workdir": Path(LAB_CELLS_DIR) / lab_id}
         for key in ("kernel", "initrd", "disk"):
             src = getattr(request, key)
             if src is None:
@@ -390,8 +407,8 @@ class Lab:
                 os.link(src, dst)
             except OSError:
                 shutil.copyfile(src, dst)
-            spec[key] = f"/lab/in/{lab_id}/{dst.name}"
-        return spec
+            moved[key] = Path(f"/lab/in/{lab_id}/{dst.name}")
+        return dataclasses.replace(request, **moved)
 
     def unstage(self, lab_id: str) -> None:
         shutil.rmtree(self.inbox / lab_id, ignore_errors=True)
@@ -520,6 +537,14 @@ class LabSession(BackendSession):
             self._events_file.emit(ev.VmEvent(ev.BACKEND_ERROR, time.monotonic(), {"message": f"lab: {why}"}))
         self._close_console()
 
+    def emit_host_event(self, data: dict[str, Any]) -> None:
+        """A VM_START of the host's own (for children that write no events, e.g. QEMU)."""
+        self._events_file.emit(ev.VmEvent(ev.VM_START, time.monotonic(), data))
+
+    def summary_data(self, exited: dict[str, Any]) -> dict[str, Any]:
+        """The child's own summary (the VMM child writes one; see LabQemuSession for QEMU)."""
+        return exited.get("summary") or {}
+
     # -- internals ---------------------------------------------------------------------------------
     def _event_line(self, line: bytes) -> None:
         try:
@@ -549,7 +574,7 @@ class LabSession(BackendSession):
     def _summary(self) -> SessionSummary:
         msg = self._exited or {}
         (self.request.workdir / "backend.stderr.log").write_text(msg.get("stderr", ""))
-        data = msg.get("summary") or {}
+        data = self.summary_data(msg)
         extra = dict(data.get("extra") or {})
         for gap in extra.get("gaps") or []:
             if isinstance(gap.get("first_t"), (int, float)):

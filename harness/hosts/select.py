@@ -10,8 +10,9 @@ import functools
 
 NATIVE, LAB, AUTO = "native", "lab", "auto"
 HOSTS = (NATIVE, LAB, AUTO)
-# Backends that can run in the lab: their VM child runs there (builtin: the VMM child).
-LAB_BACKENDS = ("builtin",)
+# Backends that can run in the lab: their VM child runs there (builtin: the VMM child; qemu-kvm:
+# QEMU on the lab's KVM, the same-KVM reference for the built-in VMM).
+LAB_BACKENDS = ("builtin", "qemu-kvm")
 
 
 @functools.lru_cache(maxsize=1)

@@ -39,6 +39,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--harness-repeat", type=int, default=1, help="boot every cell N times (boot-time statistics)")
     group.addoption("--harness-retry-failures", type=int, default=0,
                     help="boot a cell that did not end as expected up to N more times (flake detection)")
+    group.addoption("--harness-host", default=None, choices=("native", "lab", "auto"),
+                    help="run every built-in cell on this host, replacing the matrix's hosts")
     group.addoption("--harness-online", action="store_true", help="allow asset downloads during the run")
 
 
@@ -66,7 +68,8 @@ def _is_worker(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     from harness.runner.guestfile import BACKENDS, FAMILIES
     from harness.runner.matrix import TIERS
-    for name in (*BACKENDS, *TIERS, *FAMILIES):   # cells are marked by backend, tier and OS family
+    from harness.hosts.select import HOSTS
+    for name in (*BACKENDS, *TIERS, *FAMILIES, *HOSTS):   # cells are marked by backend, tier, OS family, host
         config.addinivalue_line("markers", f"{name.replace('-', '_')}: harness cells of this kind")
     if _is_worker(config):
         config._harness_run_dir = Path(config.workerinput["harness_run_dir"])  # type: ignore[attr-defined]
@@ -127,6 +130,7 @@ class MatrixFile(pytest.File):
         try:
             guests = load_guests(guests_dir)
             matrix = load_matrix(self.path, guests)
+            matrix.host_override = config.getoption("harness_host")
             cells = select_shard(matrix.cells(guests, config.getoption("harness_tier")),
                                  config.getoption("harness_shard"))
         except HarnessError as e:
@@ -177,7 +181,7 @@ class CellItem(pytest.Item):
         self.cell = cell
         self.repeat_index = repeat_index
         self.result: CellResult | None = None
-        for marker in (cell.backend, cell.tier, cell.guest.family):
+        for marker in (cell.backend, cell.tier, cell.guest.family, cell.host):
             self.add_marker(marker.replace("-", "_"))
 
     def runtest(self) -> None:

@@ -1,0 +1,170 @@
+"""The lab's pieces without booting it: command line, init script, host axis, per-cell stream cutting."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.assets.lab import LAB_ERROR_PREFIX, LAB_PARAMS, init_script, lab_params
+from harness.backends import events as ev
+from harness.backends.base import BootRequest
+from harness.errors import ConfigError
+from harness.hosts.lab import ClockSync, LabSession, Share, _kvm_ready_s, qemu_argv
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_lab_arch_is_one_record_with_its_assets():
+    for arch, params in LAB_PARAMS.items():
+        assert params.arch == arch and params.kernel_asset and params.initramfs_asset
+        assert params.qemu_binary.endswith(arch)
+    with pytest.raises(ConfigError):
+        lab_params("riscv64")
+
+
+def test_qemu_command_line_shares_read_only_and_names_three_ports(tmp_path: Path):
+    params = lab_params("x86_64")
+    shares = [Share("usr", Path("/usr"), "/usr"), Share("in", tmp_path, "/lab/in", cache="none")]
+    argv = qemu_argv(params, Path("/k"), Path("/i"), shares, tmp_path)
+    assert argv[:7] == ["qemu-system-x86_64", "-M", "q35", "-accel", "tcg,thread=multi", "-cpu", "max"]
+    fsdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-fsdev"]
+    assert len(fsdevs) == 2 and all("readonly=on" in f and "security_model=none" in f for f in fsdevs)
+    ports = [a for a in argv if a.startswith("virtserialport")]
+    assert sorted(p.rsplit("name=", 1)[1] for p in ports) == ["harness.console", "harness.control", "harness.events"]
+    cmdline = argv[argv.index("-append") + 1]
+    assert "harness.shares=usr:/usr:loose,in:/lab/in:none" in cmdline
+    assert "-no-reboot" in argv   # a lab that panics or powers off ends its QEMU
+
+
+def test_init_script_loads_modules_in_order_and_every_failure_is_one_error_line():
+    params = lab_params("x86_64")
+    modules = [Path(f"/m/{n}.ko") for n in ("irqbypass", "kvm", "ccp", "kvm-amd", "9p")]
+    script = init_script(params, modules)
+    insmods = [line.split()[1] for line in script.splitlines() if line.startswith("insmod ")]
+    assert insmods == [f"/modules/{m.name}" for m in modules]
+    assert "grep -qw svm /proc/cpuinfo" in script         # a QEMU without SVM is named before insmod
+    kvm_line = next(l for l in script.splitlines() if "kvm-amd.ko" in l)
+    assert "no usable svm" in kvm_line and "-cpu max" in kvm_line
+    assert LAB_ERROR_PREFIX in script and "poweroff -f" in script
+    assert "ro," in script and "mount -t 9p" in script
+
+
+def test_kvm_ready_time_is_the_ready_time_minus_the_span_since_inits_kvm_check():
+    assert _kvm_ready_s(10.0, {"uptime_s": 8.0, "kvm_ready_uptime_s": 5.5}) == 7.5
+    assert _kvm_ready_s(10.0, {"uptime_s": 8.0}) is None
+
+
+class FakeLab:
+    """What a LabSession needs of its lab, recording what it sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self.session = None
+        self.killed = False
+
+    def describe(self) -> dict:
+        return {"kind": "kvm_amd nested in QEMU TCG"}
+
+    def send(self, msg: dict) -> None:
+        self.sent.append(msg)
+
+    def unstage(self, lab_id: str) -> None:
+        pass
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+def _request(tmp_path: Path) -> BootRequest:
+    return BootRequest(cell_id="c", guest="g", family="linux", arch="x86_64", boot="pvh", kernel=None,
+                       workdir=tmp_path)
+
+
+def _read_all(fd: int) -> bytes:
+    out = b""
+    while chunk := os.read(fd, 65536):
+        out += chunk
+    return out
+
+
+def test_session_cuts_the_console_at_the_agents_count_and_rebases_event_times(tmp_path: Path):
+    lab = FakeLab()
+    session = LabSession(_request(tmp_path), lab, "7", ClockSync(offset_s=100.0, rtt_s=0.001))
+    lab.session = session
+    session.on_console(b"Linux version 6.1\n")
+    event = ev.VmEvent(ev.GAP, 5.0, {"kind": "msr-read", "key": "0x10", "first_t": 5.0}).to_json() + "\n"
+    start = ev.VmEvent(ev.VM_START, 1.0, {"host": {"kvm_module": "kvm_amd"}}).to_json() + "\n"
+    half = len(start) // 2
+    session.on_events(start[:half].encode())          # a line split across two reads
+    session.on_events((start[half:] + event).encode())
+    assert session.poll_exit() is None
+    summary = {"exit_code": 0, "extra": {"gaps": [{"kind": "msr-read", "key": "0x10", "first_t": 5.0}]},
+               "flight_recorder": [{"reason": "io", "t": 6.0}], "host": {"kvm_module": "kvm_amd"}}
+    session.on_exited({"type": "exited", "id": "7", "code": 0, "console_bytes": 18 + 6,
+                       "events_bytes": len(start) + len(event), "summary": summary, "stderr": ""})
+    assert session.poll_exit() is None                 # 6 console bytes are still on their way
+    session.on_console(b"login:")
+    assert session.poll_exit() == 0
+    assert _read_all(session.console_fd) == b"Linux version 6.1\nlogin:"
+    result = session.stop()
+    assert lab.sent == []                              # it had exited: nothing to stop
+    events = ev.EventReader(tmp_path / "events.jsonl").poll()
+    assert [e.type for e in events] == [ev.VM_START, ev.GAP]
+    assert events[0].t == 101.0 and events[1].t == 105.0 and events[1].data["first_t"] == 105.0
+    assert events[0].data["host"]["lab"]["kind"].startswith("kvm_amd nested")
+    assert result.extra["gaps"][0]["first_t"] == 105.0 and result.flight_recorder[0]["t"] == 106.0
+    assert result.host["host"] == "lab" and result.host["clock_rtt_s"] == 0.001
+    assert json.loads((tmp_path / "summary.json").read_text())["host"]["host"] == "lab"
+
+
+def test_a_lab_that_dies_mid_cell_ends_it_with_a_backend_error(tmp_path: Path):
+    lab = FakeLab()
+    session = LabSession(_request(tmp_path), lab, "1", ClockSync())
+    session.on_console(b"partial")
+    session.on_lab_died("the lab sent nothing for 30 s (wedged)")
+    assert session.poll_exit() == -1
+    assert _read_all(session.console_fd) == b"partial"
+    (event,) = ev.EventReader(tmp_path / "events.jsonl").poll()
+    assert event.type == ev.BACKEND_ERROR and "wedged" in event.data["message"]
+    assert session.stop().extra["infrastructure_error"].endswith("(wedged)")
+
+
+def test_a_session_whose_child_never_reports_is_stopped_then_the_lab_is_killed(tmp_path: Path, monkeypatch):
+    import harness.hosts.lab as lab_mod
+    monkeypatch.setattr(lab_mod, "STOP_TIMEOUT_S", 0.2)
+    lab = FakeLab()
+    session = LabSession(_request(tmp_path), lab, "3", ClockSync())
+    t = time.monotonic()
+    summary = session.stop()
+    assert time.monotonic() - t < 2.0
+    assert lab.sent == [{"type": "stop", "id": "3"}] and lab.killed
+    assert "wedged" in summary.extra["infrastructure_error"]
+
+
+def test_host_axis_in_cell_ids_and_matrix(tmp_path: Path):
+    from harness.runner.guestfile import load_guests
+    from harness.runner.matrix import load_matrix
+    guests = load_guests(REPO / "guests")
+    matrix = load_matrix(REPO / "matrix.yaml", guests)
+    cells = {c.id: c for c in matrix.cells(guests, "quick")}
+    lab_cells = [c for c in cells.values() if c.host == "lab"]
+    assert {c.guest.name for c in lab_cells} >= {"linux-amd64-bzimage", "linux-amd64-pvh"}
+    assert all("@builtin+lab/" in c.id and c.expect == "pass" and c.params()["host"] == "lab" for c in lab_cells)
+    assert "fixture-pvh@builtin/default/emulate/1c/64M" in cells      # native ids are unchanged
+    matrix.host_override = "lab"
+    moved = matrix.cells(guests, "quick")
+    assert all(c.host == "lab" for c in moved if c.backend == "builtin")
+    assert all(c.host == "native" for c in moved if c.backend != "builtin")   # QEMU TCG stays here
+
+
+def test_matrix_rejects_an_unknown_host(tmp_path: Path):
+    from harness.runner.guestfile import load_guests
+    from harness.runner.matrix import load_matrix
+    bad = tmp_path / "matrix.yaml"
+    bad.write_text("version: 1\nentries:\n  - guests: [fixture-pvh]\n    hosts: [cloud]\n")
+    with pytest.raises(ConfigError) as exc:
+        load_matrix(bad, load_guests(REPO / "guests"))
+    assert "cloud" in str(exc.value.problem) and "native" in str(exc.value.fix)
