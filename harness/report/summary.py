@@ -102,6 +102,8 @@ def render_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | No
         if fixed:
             out += ["", "Gaps fixed since the baseline: "
                     + ", ".join(f"{md(g['kind'])} {md(g['key'])} ({md(cid)})" for cid, g in fixed)]
+    from harness.report.hosts import render_markdown as hosts_markdown
+    out += hosts_markdown(run.results, md)
     out += ["", f"Full report: `{str(run.run_dir / 'index.html').replace('`', '')}`", ""]
     return "\n".join(out)
 

@@ -200,6 +200,7 @@ def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionS
     for e in events:
         if e.type == ev.VM_START:
             host = {**e.data.get("host", {}), **host}
+            host.setdefault("vm_start_s", round(e.t - start_time, 6))   # backend start -> first guest entry
     result.host = host
     result.command = summary.command
     if result.outcome == PASS and cell.fail_on_new_gaps and diff.new:

@@ -168,3 +168,24 @@ def test_matrix_rejects_an_unknown_host(tmp_path: Path):
     with pytest.raises(ConfigError) as exc:
         load_matrix(bad, load_guests(REPO / "guests"))
     assert "cloud" in str(exc.value.problem) and "native" in str(exc.value.fix)
+
+
+def test_report_puts_builtin_and_qemu_kvm_side_by_side_per_milestone_and_names_the_hosts():
+    from harness.report.hosts import differential, render_markdown
+    from harness.report.summary import md
+    from harness.runner.result import CellResult, MilestoneHit
+
+    def result(backend: str, times: list[float], host: str = "lab") -> CellResult:
+        names = ["kernel", "userspace", "login"]
+        return CellResult(cell_id=f"g@{backend}+{host}", guest="g", backend=backend, outcome="pass",
+                          params={"host": host, "vcpus": 1, "memory_mib": 256}, expected_milestones=names,
+                          milestones=[MilestoneHit(n, t, 0.0, 0) for n, t in zip(names, times)],
+                          host={"host": host, "kvm_module": "kvm_amd",
+                                "lab": {"kind": "kvm_amd nested in QEMU TCG", "lab_kernel": "6.1.0-57-amd64"}})
+    results = [result("builtin", [10.0, 40.0]), result("qemu-kvm", [5.0, 20.0, 25.0]),
+               result("builtin", [1.0, 2.0, 3.0], host="native")]   # no native qemu-kvm: not paired
+    rows = differential(results)
+    assert [(r["milestone"], r["ratio"]) for r in rows] == [("kernel", 2.0), ("userspace", 2.0), ("login", None)]
+    text = "\n".join(render_markdown(results, md))
+    assert md("kvm_amd nested in QEMU TCG") in text and "6.1.0-57-amd64" in text
+    assert "| g | lab | kernel | 10.00 | 5.00 | 2.00 |" in text

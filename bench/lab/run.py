@@ -1,0 +1,136 @@
+"""The nested lab, measured: cold start, warm per-cell overhead, builtin vs qemu-kvm there, native vs lab.
+
+    python bench/lab/run.py [--rounds 2] [--linux/--no-linux] [--json OUT]
+
+Everything is measured in this one run, as ratios against a reference measured alongside:
+1. lab cold start: QEMU start -> usable /dev/kvm (init's check after kvm_amd loaded) and -> the
+   agent ready for cells (imports done); reference: the same lab kernel + initramfs under plain
+   QEMU TCG is what it is, so the ratio given is against the 6 s goal and, as a load gauge, against
+   QEMU TCG booting Debian's PVH kernel to `login:` natively in this run;
+2. per-cell overhead in a warm lab beyond the guest's own boot: cell wall time minus (last milestone
+   - first guest entry), for fixture-pvh, lab vs the same cell native (goal <= 1 s);
+3. Linux to `login:` on builtin-in-lab vs qemu-kvm-in-lab, the same guest, same warm lab, rounds
+   alternating (goal <= 1.0x);
+4. the same fixture cell native vs lab: time to its last milestone.
+One lab at a time; every lab is closed at the end. The machine is shared: numbers move with its
+load (the load average is printed beside them), rerun with the same command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from harness.assets.lab import lab_params  # noqa: E402
+from harness.hosts import pool  # noqa: E402
+from harness.hosts.lab import Lab  # noqa: E402
+from harness.runner.execute import RunOptions, run_cell  # noqa: E402
+from harness.runner.guestfile import load_guest  # noqa: E402
+from harness.runner.matrix import Cell  # noqa: E402
+
+
+def cell(guest_name: str, backend: str, host: str) -> Cell:
+    guest = load_guest(REPO / "guests" / f"{guest_name}.yaml")
+    return Cell(guest, backend, "default", "emulate", guest.vcpus, guest.memory, "bench", timeout_scale=8.0,
+                retries=0, host=host)
+
+
+def boot(guest_name: str, backend: str, host: str, scratch: Path) -> dict:
+    run_dir = Path(tempfile.mkdtemp(dir=scratch))
+    result = run_cell(cell(guest_name, backend, host), RunOptions(run_dir=run_dir, offline=False))
+    if result.outcome != "pass":
+        raise SystemExit(f"{result.cell_id}: {result.outcome}: {result.reason}")
+    last = result.milestones[-1].t
+    vm_start = float(result.host.get("vm_start_s") or 0.0)
+    return {"cell": result.cell_id, "wall_s": result.duration_s, "last_milestone_s": last,
+            "guest_boot_s": last - vm_start, "overhead_s": result.duration_s - (last - vm_start)}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--linux", action=argparse.BooleanOptionalAction, default=True,
+                    help="include the Linux builtin-vs-qemu-kvm comparison (minutes under TCG)")
+    ap.add_argument("--json", default=None, help="write the figures here too")
+    args = ap.parse_args()
+    out: dict = {"load_avg_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="bench-lab-") as tmp:
+        scratch = Path(tmp)
+        # 1. cold start (each round a fresh lab), with a native QEMU TCG Linux boot as load gauge
+        colds, kvms = [], []
+        for _ in range(args.rounds):
+            lab = Lab(lab_params("x86_64")).start()
+            colds.append(lab.cold_start_s)
+            kvms.append(lab.kvm_ready_s)
+            facts = lab.describe()
+            lab.close()
+        gauge = boot("linux-amd64-pvh", "qemu-tcg", "native", scratch)["last_milestone_s"]
+        out["cold_start"] = {"kvm_ready_s": median(kvms), "agent_ready_s": median(colds), "rounds": kvms,
+                             "vs_goal_6s": median(kvms) / 6.0, "qemu_tcg_linux_login_s": gauge,
+                             "vs_qemu_tcg_linux_login": median(kvms) / gauge, "lab": facts}
+        # 2 + 4. the same fixture cell, native and in a warm lab, alternating
+        native, lab_runs = [], []
+        boot("fixture-pvh", "builtin", "lab", scratch)            # warms the lab (its cold start is item 1)
+        for _ in range(args.rounds):
+            native.append(boot("fixture-pvh", "builtin", "native", scratch))
+            lab_runs.append(boot("fixture-pvh", "builtin", "lab", scratch))
+        out["warm_cell_overhead"] = {
+            "lab_overhead_s": median([r["overhead_s"] for r in lab_runs]),
+            "native_overhead_s": median([r["overhead_s"] for r in native]),
+            "ratio_lab_native": median([r["overhead_s"] for r in lab_runs]) / median([r["overhead_s"] for r in native]),
+            "goal_s": 1.0}
+        out["fixture_native_vs_lab"] = {
+            "native_last_milestone_s": median([r["last_milestone_s"] for r in native]),
+            "lab_last_milestone_s": median([r["last_milestone_s"] for r in lab_runs]),
+            "ratio_lab_native": median([r["last_milestone_s"] for r in lab_runs])
+            / median([r["last_milestone_s"] for r in native])}
+        # 3. Linux to login: builtin vs qemu-kvm in the same warm lab
+        if args.linux:
+            builtin, qemu = [], []
+            for _ in range(args.rounds):
+                builtin.append(boot("linux-amd64-pvh", "builtin", "lab", scratch)["last_milestone_s"])
+                qemu.append(boot("linux-amd64-pvh", "qemu-kvm", "lab", scratch)["last_milestone_s"])
+            out["linux_login_in_lab"] = {"builtin_s": median(builtin), "qemu_kvm_s": median(qemu),
+                                         "ratio_builtin_qemu_kvm": median(builtin) / median(qemu), "goal": 1.0,
+                                         "rounds": {"builtin": builtin, "qemu_kvm": qemu}}
+        pool.close_all()
+    out["load_avg_end"] = os.getloadavg()
+    report(out)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+def report(out: dict) -> None:
+    c = out["cold_start"]
+    print(f"load average at start {out['load_avg_start'][0]:.1f}, at end {out['load_avg_end'][0]:.1f} (2 cores)")
+    print(f"lab cold start -> usable /dev/kvm : {c['kvm_ready_s']:.2f} s  ({c['vs_goal_6s']:.2f}x the 6 s goal; "
+          f"{c['vs_qemu_tcg_linux_login']:.2f}x QEMU TCG Linux to login here, {c['qemu_tcg_linux_login_s']:.2f} s)")
+    print(f"lab cold start -> agent ready     : {c['agent_ready_s']:.2f} s  (imports under TCG: "
+          f"{c['lab'].get('agent_import_s')} s)")
+    w = out["warm_cell_overhead"]
+    print(f"warm-lab per-cell overhead        : {w['lab_overhead_s']:.2f} s  (native {w['native_overhead_s']:.2f} s, "
+          f"{w['ratio_lab_native']:.2f}x; goal <= 1 s)")
+    f = out["fixture_native_vs_lab"]
+    print(f"fixture-pvh to login, native/lab  : {f['native_last_milestone_s']:.2f} s / {f['lab_last_milestone_s']:.2f} s"
+          f"  ({f['ratio_lab_native']:.1f}x)")
+    if "linux_login_in_lab" in out:
+        x = out["linux_login_in_lab"]
+        print(f"Linux PVH to login in the lab     : builtin {x['builtin_s']:.1f} s, qemu-kvm {x['qemu_kvm_s']:.1f} s"
+              f"  ({x['ratio_builtin_qemu_kvm']:.2f}x; goal <= 1.0x)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
