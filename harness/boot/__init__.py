@@ -85,10 +85,26 @@ def _dispatch(method: str, mem: GuestRam, data: bytes, initrd: bytes | None, cmd
     return load_freebsd(mem, elf, initrd, cmdline, name)
 
 
+_VERSION_PREFIXES = (b"Linux version ", b"NetBSD ", b"OpenBSD ", b"FreeBSD ")
+
+
 def find_version(data: bytes) -> str:
-    """The kernel's own version banner, when its image carries one in plain text."""
-    match = _VERSION_RE.search(data)
-    return match.group(0).decode("ascii", "replace").strip() if match else ""
+    """The kernel's own version banner, when its image carries one in plain text.
+
+    The leftmost match of _VERSION_RE, found by bytes.find on each literal prefix and the regex
+    tried only there: a regex search of a 50 MB vmlinux took 17 s under the lab's TCG (and is
+    needlessly slow natively), bytes.find is a memchr-speed scan."""
+    best: re.Match[bytes] | None = None
+    for prefix in _VERSION_PREFIXES:
+        end = len(data) if best is None else best.start()   # only an earlier match can win
+        pos = data.find(prefix, 0, end)
+        while pos >= 0:
+            match = _VERSION_RE.match(data, pos)
+            if match:
+                best = match
+                break
+            pos = data.find(prefix, pos + 1, end)
+    return best.group(0).decode("ascii", "replace").strip() if best else ""
 
 
 def detect_method(kernel: Path) -> str:
