@@ -197,6 +197,10 @@ class Lab:
         if initrd.provenance.get("generator_sha256") != generator_sha256():   # the init script changed
             initrd = build_asset(self.params.initramfs_asset, rebuild=True)
         shares = lab_shares(self.inbox)
+        for share in shares:
+            if not share.host_path.is_dir():
+                raise LabError(f"the lab's {share.tag!r} share {share.host_path} is missing",
+                               "reinstall the harness (bash scripts/setup.sh): the lab mounts it read-only")
         _compile_harness(Path(__file__).resolve().parents[1])
         argv = qemu_argv(self.params, kernel.path, initrd.path, shares, self.labdir)
         self.kernel_release = kernel.provenance.get("kernel_release")

@@ -62,7 +62,7 @@ def test_a_missing_share_is_one_error(monkeypatch, tmp_path: Path):
                         lambda inbox: real(inbox) + [lab_mod.Share("gone", tmp_path / "absent", "/lab/gone")])
     with pytest.raises(LabError) as exc:
         Lab(lab_params("x86_64")).start()
-    assert "exited" in exc.value.problem or "share" in exc.value.problem
+    assert "'gone' share" in exc.value.problem and "missing" in exc.value.problem
 
 
 def test_real_linux_reaches_login_on_the_builtin_vmm_in_the_lab(tmp_path: Path):
