@@ -55,6 +55,16 @@ class ConsoleCleaner:
                     self._end_of_line(out)
                 i = end
                 continue
+            if b == 0x0D and i + 1 == n:
+                self._pending = buf[i:]     # CR LF or a bare CR? the next byte says
+                return bytes(out)
+            if b == 0x0D and buf[i + 1] != 0x0A:
+                # A bare carriage return puts the cursor at column 0: what follows starts a line
+                # (SeaBIOS's "ok" then the kernel's "\r[    0.000000] Linux version ..." is not a
+                # log line interrupting "k": treating it so held the whole boot log back).
+                self._at_line_start = True
+                i += 1
+                continue
             if b in (0, 0x0D):
                 i += 1
                 continue
@@ -91,7 +101,7 @@ class ConsoleCleaner:
 
     def flush(self) -> bytes:
         """End of stream: whatever was held back is plain text."""
-        rest, self._pending = self._pending, b""
+        rest, self._pending = _strip_cr(self._pending), b""
         moved, self._moved = bytes(self._moved), bytearray()
         return rest + (b"\n" + moved if moved else b"")
 

@@ -452,7 +452,8 @@ class Lab:
                 "nested_paging": self.facts.get("nested_paging"), "qemu": self.facts.get("qemu"),
                 "machine": self.params.machine, "cpu": self.params.cpu,
                 "cold_start_s": self.facts.get("cold_start_s"),
-                "kvm_ready_s": self.facts.get("kvm_ready_s"), "agent_import_s": self.facts.get("import_s"),
+                "kvm_ready_s": self.facts.get("kvm_ready_s"),
+                "kernel_uptime_at_kvm_s": self.facts.get("kvm_ready_uptime_s"), "agent_import_s": self.facts.get("import_s"),
                 "cells_served": self.cells_served}
 
 

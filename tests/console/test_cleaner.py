@@ -41,3 +41,16 @@ def test_brackets_that_are_not_printk_pass_through():
 
 def test_held_prefix_is_flushed_at_end_of_stream():
     assert clean_all(b"prompt [", 100) == b"prompt ["
+
+
+def test_a_bare_carriage_return_starts_a_line_even_one_byte_at_a_time():
+    """SeaBIOS's "... o", a screen reset, "k", then the kernel's "\\r[    0.000000] Linux version":
+    the log lines after it are not interleaved into "k" (that held the whole boot log back until
+    the end when QEMU's console arrived byte by byte)."""
+    from harness.console.clean import ConsoleCleaner
+    raw = (b"Probing EDD... o\x1bc\x1b[2Jk\r[    0.000000] Linux version 6.1\r\n"
+           b"[    0.000001] Command line: console=ttyS0\r\n")
+    cleaner = ConsoleCleaner()
+    out = b"".join(cleaner.feed(raw[i:i + 1]) for i in range(len(raw)))
+    assert out.endswith(b"Linux version 6.1\n[    0.000001] Command line: console=ttyS0\n")
+    assert cleaner.flush() == b""
