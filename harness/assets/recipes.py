@@ -146,8 +146,12 @@ def _kernel_arm64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
 @_recipe("debian-cloud-kernel-amd64-vmlinux", "the ELF inside the amd64 bzImage (PVH entry note)",
          "x86_64", "kernel")
 def _kernel_amd64_vmlinux(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
+    return _vmlinux_of(ctx, work, "debian-cloud-kernel-amd64")
+
+
+def _vmlinux_of(ctx: BuildContext, work: Path, kernel_asset: str) -> tuple[Path, dict[str, Any]]:
     from harness.assets.vmlinux import extract_vmlinux
-    bz = ctx.asset("debian-cloud-kernel-amd64")
+    bz = ctx.asset(kernel_asset)
     out = extract_vmlinux(bz.path, work / "vmlinux")
     return out, {"from_asset": bz.name, "from_sha256": bz.sha256,
                  "kernel": {k: bz.provenance.get(k) for k in ("package", "version", "kernel_release")},
@@ -273,6 +277,9 @@ def _register_lab_recipes() -> None:
         tier = QUICK if arch == "x86_64" else NIGHTLY
         _recipe(params.kernel_asset, f"the lab's kernel: Debian 12 generic {params.deb_arch} ({params.kvm_module}, "
                 "9p, virtio)", arch, "kernel", tier)(partial(_lab_kernel, arch=arch))
+        if params.boot_asset:
+            _recipe(params.boot_asset, "the lab kernel's vmlinux (PVH entry: no decompression under TCG)", arch,
+                    "kernel", tier)(partial(_vmlinux_of, kernel_asset=params.kernel_asset))
         _recipe(params.initramfs_asset, f"the lab's init: busybox, {params.kvm_module}/9p/virtio modules, "
                 "the agent's launcher", arch, "initrd", tier)(partial(_lab_initramfs, arch=arch))
 

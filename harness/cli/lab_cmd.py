@@ -36,7 +36,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from harness.assets.lab import lab_params
     from harness.assets.recipes import build_asset
     params = lab_params(args.arch)
-    for name in (params.kernel_asset, params.initramfs_asset):
+    for name in dict.fromkeys((params.kernel_asset, params.boot_kernel_asset, params.initramfs_asset)):
         entry = build_asset(name, rebuild=args.rebuild)
         print(f"{name}: {entry.sha256[:16]} {entry.size:,} B {entry.provenance.get('package') or ''} "
               f"{entry.provenance.get('version') or ''}".rstrip())
@@ -51,7 +51,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cache = AssetCache()
     facts: dict = {"arch": params.arch, "qemu": check_qemu(params), "machine": params.machine, "cpu": params.cpu,
                    "accel": params.accel, "kernel_package": params.kernel_meta, "modules": list(params.modules)}
-    for name in (params.kernel_asset, params.initramfs_asset):
+    for name in dict.fromkeys((params.kernel_asset, params.boot_kernel_asset, params.initramfs_asset)):
         entry = cache.lookup(name)
         facts[name] = (f"{entry.sha256[:16]} ({entry.provenance.get('kernel_release') or entry.provenance.get('recipe')})"
                        if entry else f"not built: harness lab build --arch {args.arch}")

@@ -192,7 +192,8 @@ class Lab:
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> "Lab":
         from harness.assets.recipes import build_asset
         check_qemu(self.params)
-        kernel = build_asset(self.params.kernel_asset)
+        kernel = build_asset(self.params.kernel_asset)          # provenance: package, release
+        boot_kernel = build_asset(self.params.boot_kernel_asset)
         initrd = build_asset(self.params.initramfs_asset)
         if initrd.provenance.get("generator_sha256") != generator_sha256():   # the init script changed
             initrd = build_asset(self.params.initramfs_asset, rebuild=True)
@@ -202,7 +203,7 @@ class Lab:
                 raise LabError(f"the lab's {share.tag!r} share {share.host_path} is missing",
                                "reinstall the harness (bash scripts/setup.sh): the lab mounts it read-only")
         _compile_harness(Path(__file__).resolve().parents[1])
-        argv = qemu_argv(self.params, kernel.path, initrd.path, shares, self.labdir)
+        argv = qemu_argv(self.params, boot_kernel.path, initrd.path, shares, self.labdir)
         self.kernel_release = kernel.provenance.get("kernel_release")
         self.argv = argv
         t0 = time.monotonic()
