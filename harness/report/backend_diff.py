@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harness.report.hosts import host_of
 from harness.report.run import CellView, RunData
 from harness.runner.result import CellResult
 
@@ -130,11 +131,13 @@ def compare_pair(a: CellResult, b: CellResult) -> BackendPair:
 
 
 def _pairs(cells: list[CellView]) -> list[tuple[CellResult, CellResult]]:
-    """Each built-in cell with the reference cell (qemu-*) of the same guest, vCPUs and memory."""
+    """Each built-in cell with the reference cell (qemu-*) of the same guest, vCPUs, memory and host
+    (in the lab: builtin and qemu-kvm on the same nested KVM; never a lab cell against a native one)."""
     first = [c.result for c in cells if c.result.repeat_index == 0]
     out = []
     for a in (r for r in first if r.backend == BUILTIN):
-        for b in (r for r in first if r.backend.startswith(REFERENCE_PREFIX) and r.guest == a.guest):
+        for b in (r for r in first if r.backend.startswith(REFERENCE_PREFIX) and r.guest == a.guest
+                  and host_of(r) == host_of(a)):
             if (a.params.get("vcpus"), a.params.get("memory_mib")) == (b.params.get("vcpus"), b.params.get("memory_mib")):
                 out.append((a, b))
     return out

@@ -170,22 +170,28 @@ def test_matrix_rejects_an_unknown_host(tmp_path: Path):
     assert "cloud" in str(exc.value.problem) and "native" in str(exc.value.fix)
 
 
-def test_report_puts_builtin_and_qemu_kvm_side_by_side_per_milestone_and_names_the_hosts():
-    from harness.report.hosts import differential, render_markdown
+def test_report_pairs_builtin_with_qemu_only_on_the_same_host_and_names_the_hosts():
+    from types import SimpleNamespace
+
+    from harness.report.backend_diff import _pairs, compare_pair
+    from harness.report.hosts import render_markdown
     from harness.report.summary import md
     from harness.runner.result import CellResult, MilestoneHit
 
-    def result(backend: str, times: list[float], host: str = "lab") -> CellResult:
+    def result(backend: str, times: list[float], host: str) -> CellResult:
         names = ["kernel", "userspace", "login"]
+        lab = {"kind": "kvm_amd nested in QEMU TCG", "lab_kernel": "6.1.0-57-amd64"} if host == "lab" else None
         return CellResult(cell_id=f"g@{backend}+{host}", guest="g", backend=backend, outcome="pass",
                           params={"host": host, "vcpus": 1, "memory_mib": 256}, expected_milestones=names,
                           milestones=[MilestoneHit(n, t, 0.0, 0) for n, t in zip(names, times)],
-                          host={"host": host, "kvm_module": "kvm_amd",
-                                "lab": {"kind": "kvm_amd nested in QEMU TCG", "lab_kernel": "6.1.0-57-amd64"}})
-    results = [result("builtin", [10.0, 40.0]), result("qemu-kvm", [5.0, 20.0, 25.0]),
-               result("builtin", [1.0, 2.0, 3.0], host="native")]   # no native qemu-kvm: not paired
-    rows = differential(results)
-    assert [(r["milestone"], r["ratio"]) for r in rows] == [("kernel", 2.0), ("userspace", 2.0), ("login", None)]
+                          host={"host": host, "kvm_module": "kvm_amd" if lab else "kvm_pvm",
+                                **({"lab": lab} if lab else {})})
+    results = [result("builtin", [10.0, 40.0, 42.0], "lab"), result("qemu-kvm", [5.0, 20.0, 21.0], "lab"),
+               result("builtin", [1.0, 2.0, 3.0], "native"), result("qemu-tcg", [1.0, 1.5, 2.0], "native")]
+    pairs = _pairs([SimpleNamespace(result=r) for r in results])
+    assert sorted((a.cell_id, b.cell_id) for a, b in pairs) == [("g@builtin+lab", "g@qemu-kvm+lab"),
+                                                                 ("g@builtin+native", "g@qemu-tcg+native")]
+    lab_pair = compare_pair(*next(p for p in pairs if p[0].cell_id == "g@builtin+lab"))
+    assert [m.ratio for m in lab_pair.milestones] == [2.0, 2.0, 2.0]
     text = "\n".join(render_markdown(results, md))
-    assert md("kvm_amd nested in QEMU TCG") in text and "6.1.0-57-amd64" in text
-    assert "| g | lab | kernel | 10.00 | 5.00 | 2.00 |" in text
+    assert md("kvm_amd nested in QEMU TCG") in text and "6.1.0-57-amd64" in text and md("kvm_pvm") in text
