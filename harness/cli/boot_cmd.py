@@ -18,7 +18,7 @@ from harness.errors import ConfigError
 from harness.hosts.select import HOSTS, LAB_BACKENDS, can_run, resolve_host
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guest_shell import AutoLogin, commands_from_words
-from harness.runner.guestfile import BOOT_METHODS, GuestSpec, Milestone
+from harness.runner.guestfile import BOOT_METHODS, FailurePattern, GuestSpec, Milestone
 from harness.runner.matrix import CPU_PROFILES, GAP_POLICIES, Cell
 from harness.runner.plugin import new_run_dir
 from harness.runner.result import PASS, TIMEOUT, CellResult
@@ -43,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--expect", action="append", default=[], metavar="REGEX",
                    help="a console pattern to wait for, in order (repeatable)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed for each expected pattern")
+    p.add_argument("--hang-timeout", type=float, default=None,
+                   help="seconds of console silence that count as a hang (default: --timeout)")
+    p.add_argument("--failure", action="append", default=[], metavar="NAME=REGEX",
+                   help="a console pattern that fails the boot, beside the family's (repeatable)")
     p.add_argument("--family", default="other", help="OS family for built-in failure patterns")
     p.add_argument("--report-dir", default=None, help="where to keep console log and result")
     p.add_argument("--quiet", action="store_true", help="do not stream the console")
@@ -74,7 +78,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
                       kernel={"path": str(kernel.resolve())},
                       initrd={"path": str(Path(args.initrd).resolve())} if args.initrd else None,
                       cmdline=args.cmdline, memory=args.memory, vcpus=args.vcpus,
-                      hang_timeout=args.timeout,
+                      failures=[_failure(text) for text in args.failure],
+                      hang_timeout=args.hang_timeout or args.timeout,
                       auto_login=AutoLogin(args.login, args.password, args.prompt) if args.login is not None else None,
                       commands=commands)
     host = resolve_host(args.host, args.backend)
@@ -90,6 +95,13 @@ def cmd_boot(args: argparse.Namespace) -> int:
     if not expects:
         return 0 if result.outcome == TIMEOUT and result.failure is None else 1
     return 0 if result.outcome == PASS else 1
+
+
+def _failure(text: str) -> FailurePattern:
+    name, sep, pattern = text.partition("=")
+    if not sep or not name or not pattern:
+        raise ConfigError(f"--failure {text!r} is not NAME=REGEX", "write e.g. --failure 'panic=^panic: '")
+    return FailurePattern(name, pattern)
 
 
 def _echo(chunk: bytes) -> None:

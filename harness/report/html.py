@@ -511,7 +511,21 @@ def _cell(view: CellView, culprit: Culprit | None) -> str:
             f'<h4>Boot timeline <span class="hint">({len(r.milestones)}/{len(r.expected_milestones) or len(r.milestones)}'
             f' milestones{": " + esc(milestones) if milestones else ""})</span></h4>{_timeline(view)}'
             f'{_exit_table(_cell_phases(view))}{_gap_table(view)}{_near_miss(view)}{_flight(view)}'
-            f'{_commands(view)}{_console(view)}{cmd}<p class="top"><a href="#matrix">↑ matrix</a></p></section>')
+            f'{_commands(view)}{_console(view)}{cmd}{_reproduce(view)}<p class="top"><a href="#matrix">↑ matrix</a></p>'
+            '</section>')
+
+
+def _reproduce(view: CellView) -> str:
+    """For a cell that did not pass: the commands that take it to another machine and run it again."""
+    r = view.result
+    if r.outcome == "pass" or not r.repro:
+        return ""
+    from harness.repro.bundle import bundle_command
+    cell_dir = str(view.work_rel)
+    return (f'<div class="repro"><h4>Reproduce</h4><p class="hint">From the run directory:</p>'
+            f'<pre class="console small">{esc(bundle_command(cell_dir))}\n'
+            f'harness repro {esc(Path(cell_dir).name)}.tar.gz        # on any machine, offline\n'
+            f'harness repro {esc(cell_dir)}        # here, from the cell directory alone</pre></div>')
 
 
 # ---------------------------------------------------------------------------- page

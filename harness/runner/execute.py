@@ -24,6 +24,7 @@ from harness.console.watcher import ConsoleWatcher, WatchConfig, WatchOutcome
 from harness.errors import HarnessError
 from harness.gaps.record import GapRecord
 from harness.report.culprit import classify
+from harness.repro.record import host_kind, keep_guest_file, repro_record
 from harness.runner.guest_shell import CommandResult, after_prompt, apply_commands
 from harness.runner.matrix import Cell
 from harness.runner.tries import Try, another_try
@@ -45,6 +46,9 @@ class RunOptions:
     failure_retries: int = 0          # boot an unexpected failure again, up to this many times (flakes)
     gap_overrides: dict[str, str] = field(default_factory=dict)   # built-in: MSR index -> policy (bisection)
     commands: list[Any] | None = None  # commands to run after the prompt, instead of the guest file's
+    # role -> sha256 the assets must have (harness repro): a different copy is refused, not booted
+    pinned_assets: dict[str, str] = field(default_factory=dict)
+    pinned_commit: str | None = None       # the harness commit that ran the recorded cell (built its fixtures)
 
 
 def run_cell(cell: Cell, options: RunOptions) -> CellResult:
@@ -97,9 +101,12 @@ def _attempt(cell: Cell, options: RunOptions, attempt: int) -> CellResult:
                         console_log=str((workdir / "console.log").relative_to(options.run_dir)))
     if options.gap_overrides and cell.backend == "builtin":
         result.params["gap_overrides"] = dict(options.gap_overrides)
+    guest_copy = keep_guest_file(cell.guest, workdir)
+    result.repro = repro_record(cell, guest_copy, options.run_dir, _cmdline(cell))
     try:
         request, provenance = _boot_request(cell, workdir, options)
         result.provenance = provenance
+        result.repro["assets"] = {role: p["sha256"] for role, p in provenance.items()}
         backend = get_backend(cell.backend, cell.host)
         backend.check(request)
         session = backend.start(request)   # a lab that cannot start is infrastructure too
@@ -117,6 +124,7 @@ def _attempt(cell: Cell, options: RunOptions, attempt: int) -> CellResult:
 
 
 def _boot_request(cell: Cell, workdir: Path, options: RunOptions) -> tuple[BootRequest, dict[str, Any]]:
+    from harness.assets.pinned import resolve_pinned
     from harness.assets.sources import resolve
     guest = cell.guest
     paths: dict[str, Path | None] = {}
@@ -126,10 +134,13 @@ def _boot_request(cell: Cell, workdir: Path, options: RunOptions) -> tuple[BootR
         if source is None:
             paths[key] = None
             continue
-        asset = resolve(source, guest=guest.name, offline=options.offline)
+        pinned = options.pinned_assets.get(key)
+        asset = (resolve_pinned(source, role=key, guest=guest.name, sha256=pinned, offline=options.offline,
+                                commit=options.pinned_commit)
+                 if pinned else resolve(source, guest=guest.name, offline=options.offline))
         paths[key] = asset.path
         provenance[key] = {"path": str(asset.path), "sha256": asset.sha256, **asset.provenance}
-    cmdline = " ".join(x for x in (guest.cmdline, cell.cmdline_append) if x)
+    cmdline = _cmdline(cell)
     options_ = dict(guest.builtin if cell.backend == "builtin" else guest.qemu)
     if options.gap_overrides and cell.backend == "builtin":
         options_["gap_overrides"] = dict(options.gap_overrides)
@@ -140,6 +151,10 @@ def _boot_request(cell: Cell, workdir: Path, options: RunOptions) -> tuple[BootR
                           cmdline=cmdline, memory_mib=cell.memory, vcpus=cell.vcpus, cpu_profile=cell.cpu_profile,
                           gap_policy=cell.gap_policy, workdir=workdir, options=options_)
     return request, provenance
+
+
+def _cmdline(cell: Cell) -> str:
+    return " ".join(x for x in (cell.guest.cmdline, cell.cmdline_append) if x)
 
 
 def _watch(cell: Cell, session: Any, request: BootRequest,
@@ -202,6 +217,7 @@ def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionS
             host = {**e.data.get("host", {}), **host}
             host.setdefault("vm_start_s", round(e.t - start_time, 6))   # backend start -> first guest entry
     result.host = host
+    result.repro["host_kind"] = host_kind(host)
     result.command = summary.command
     if result.outcome == PASS and cell.fail_on_new_gaps and diff.new:
         keys = ", ".join(f"{g['kind']} {g['key']}" if isinstance(g, dict) else f"{g.kind} {g.key}" for g in diff.new)
