@@ -80,6 +80,9 @@ FIXTURES: dict[str, FixtureInfo] = {f.name: f for f in (
     FixtureInfo("fixture-openbsd", "openbsd",
                 "OpenBSD native entry (ELF64, 32-bit entry): checks the cdecl args and bootargs, then probes",
                 ("openbsd/entry.S", "openbsd/main.c") + LIB32, output="elf64", osabi=ELFOSABI_OPENBSD),
+    FixtureInfo("fixture-gdb", "bzimage",
+                "64-bit bzImage for the gdb stub: prints its variables' addresses and values, calls gdb_probe(a, b)",
+                ("bzimage/entry64.S", "gdb/main.c") + LIB64, output="bzimage"),
     FixtureInfo("fixture-triple-fault", "pvh", "prints its entry, loads a zero-limit IDT, faults: triple fault",
                 ("fail/triple_fault.c",) + PVH32),
     FixtureInfo("fixture-panic", "pvh", "prints its entry, then a BSD-style 'panic:' line, and halts",
@@ -146,6 +149,18 @@ def fixture_path(name: str) -> Path:
     return build_dir() / f"{name}-{source_digest(info)}.{info.ext}"
 
 
+def symbols_path(name: str) -> Path:
+    """The ELF with the fixture's symbols (`gdb FILE`): the image itself when it is that ELF."""
+    image = fixture_path(name)
+    return image if image.suffix == ".elf" else image.with_name(image.name + ".sym.elf")
+
+
+def fixture_symbols(name: str) -> Path:
+    """Build fixture `name` if needed and return the ELF with its symbols."""
+    build_fixture(name)
+    return symbols_path(name)
+
+
 def check_toolchain() -> None:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
@@ -167,6 +182,8 @@ def build_fixture(name: str) -> Path:
             return out
         with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out.parent) as tmp:
             image = _build_in(info, Path(tmp))
+            if image.name != f"{info.name}.elf":   # keep the linked ELF too: its symbols are for debuggers
+                os.replace(Path(tmp) / f"{info.name}.elf", symbols_path(name))
             os.replace(image, out)
         _prune_stale(name, out)
     return out
@@ -174,8 +191,8 @@ def build_fixture(name: str) -> Path:
 
 def _prune_stale(name: str, keep: Path) -> None:
     """Drop this fixture's images built from older sources (same checkout, so nobody needs them)."""
-    for old in keep.parent.glob(f"{name}-" + "[0-9a-f]" * 16 + f".{FIXTURES[name].ext}"):
-        if old != keep:
+    for old in keep.parent.glob(f"{name}-" + "[0-9a-f]" * 16 + f".{FIXTURES[name].ext}*"):
+        if old != keep and old != symbols_path(name):
             with contextlib.suppress(OSError):
                 old.unlink()
 

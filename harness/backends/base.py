@@ -82,6 +82,11 @@ class BackendSession(ABC):
     def stop(self) -> SessionSummary:
         """Stop the guest (if it still runs) and return what the backend learned."""
 
+    def hold_for_debugger(self) -> None:
+        """--gdb-on-failure: keep the failed guest until it ends by itself (the debugger kills it)."""
+        while self.poll_exit() is None:
+            time.sleep(0.2)
+
 
 class ProcessSession(BackendSession):
     """A BackendSession around one child process in its own process group."""

@@ -26,6 +26,13 @@ def supported_boot_methods() -> set[str]:
 
 
 class BuiltinSession(ProcessSession):
+    def hold_for_debugger(self) -> None:
+        """Stop the guest's vCPUs in the child (SIGUSR2: builtin_gdb.HOLD_SIGNAL), then wait for its end."""
+        import signal
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGUSR2)
+        super().hold_for_debugger()
+
     def stop(self) -> SessionSummary:
         code = self.terminate()
         summary = read_summary(self.request.summary_path, code)

@@ -62,6 +62,7 @@ class ChildVm:
         self.host: dict[str, Any] = {}
         self.terminated = threading.Event()
         self.guest_stop_event: str | None = None
+        self.debug: Any = None                 # builtin_gdb.ChildDebugger with --gdb / --gdb-on-failure
 
     # events from any thread (vCPUs, device timers): write, and stop the VM on reset / power-off
     def emit(self, event: ev.VmEvent) -> None:
@@ -86,6 +87,11 @@ class ChildVm:
         self.machine = Machine(self.ram, self.devices.io_bus, self.devices.mmio_bus, cfg, emit=self.emit)
         entry, self.boot_info = load_guest(req, self.ram)
         self.machine.set_entry(entry)
+        from harness.backends.debugopts import DebugOptions
+        debug = DebugOptions.from_options(opts)
+        if debug.enabled:
+            from harness.backends.builtin_gdb import ChildDebugger
+            self.debug = ChildDebugger(self, debug)
 
     def run(self) -> int:
         m = self.machine
@@ -94,6 +100,8 @@ class ChildVm:
             "masked_cpuid": m.masked, "gap_policy": m.config.gap_policy, "vcpus": m.config.vcpus,
             "msr_routing": m.msr_status, "coalesced_serial": m.coalesced_serial}))
         threading.Thread(target=self._stdin_reader, name="stdin", daemon=True).start()
+        if self.debug is not None:
+            self.debug.start()
         m.start()
         # Sleep on the termination event (the SIGTERM handler sets it, which wakes this wait at
         # once) rather than on the machine, so the runner's stop costs no snapshot period.
@@ -132,7 +140,7 @@ class ChildVm:
                  "boot": self.boot_info, "stop": ms.get("stop"), "cpu_profile": self.request.cpu_profile,
                  "gap_policy": self.request.gap_policy, "msr_routing": ms.get("msr_routing"),
                  "coalesced_serial": ms.get("coalesced_serial"), "user_time_s": ms.get("user_time_s"),
-                 "guest_stop_event": self.guest_stop_event}
+                 "guest_stop_event": self.guest_stop_event, "vcpus": ms.get("vcpus", [])}
         if error:
             extra["error"] = error
         summary = {"exit_code": code, "exit_counts": ms.get("exit_counts", {}),
@@ -142,6 +150,8 @@ class ChildVm:
         write_json_atomic(self.request.summary_path, summary)
 
     def close(self) -> None:
+        if self.debug is not None:
+            self.debug.close()
         if self.machine is not None:
             self.machine.close()
         if self.devices is not None:

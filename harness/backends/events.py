@@ -24,6 +24,9 @@ POST_CODE = "post-code"          # data: {value}
 EXIT_COUNTS = "exit-counts"      # periodic snapshot: {counts: {reason: n}, user_time_s: float}
 BACKEND_ERROR = "backend-error"  # infrastructure failure inside the backend: {message}
 VM_EXIT = "vm-exit"              # the VM stopped; data: {reason, code}
+DEBUG_LISTEN = "debug-listen"    # a gdb stub listens; data: {host, port}
+DEBUG_STOP = "debug-stop"        # the VM stopped for a debugger; data: {vcpu, why, signal}
+DEBUG_RESUME = "debug-resume"    # the debugger let it run again
 
 
 @dataclass

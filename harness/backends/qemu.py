@@ -36,6 +36,8 @@ from typing import Any
 
 from harness.backends import events as ev
 from harness.backends.base import Backend, BootRequest, ProcessSession, SessionSummary
+from harness.backends.debugopts import OPTION_KEY as DEBUG_OPTION_KEY
+from harness.backends.debugopts import DebugOptions
 from harness.backends.qemu_gaps import parse_kvm_failure, parse_log_line
 from harness.errors import AssetError, BackendUnavailable, ConfigError
 from harness.gaps.record import GapRecord
@@ -109,6 +111,7 @@ class QemuBackend(Backend):
                 argv += ["-append", request.cmdline]
         if request.disk is not None:
             argv += _disk_args(request, machine, disk_overlay or request.workdir / "disk.qcow2")
+        argv += DebugOptions.from_options(opts).qemu_args()
         argv += [str(a) for a in opts.get("extra_args", [])]
         return argv
 
@@ -298,7 +301,7 @@ def boot_method(request: BootRequest) -> str:
 
 
 def _validate_request(request: BootRequest) -> None:
-    unknown = sorted(set(request.options or {}) - set(OPTION_KEYS))
+    unknown = sorted(set(request.options or {}) - set(OPTION_KEYS) - {DEBUG_OPTION_KEY})
     if unknown:
         raise ConfigError(f"unknown qemu option(s) {', '.join(unknown)} for guest {request.guest}",
                           f"allowed: {', '.join(OPTION_KEYS)}")

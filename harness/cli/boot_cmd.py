@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--failure", action="append", default=[], metavar="NAME=REGEX",
                    help="a console pattern that fails the boot, beside the family's (repeatable)")
     p.add_argument("--family", default="other", help="OS family for built-in failure patterns")
+    add_debug_arguments(p)
     p.add_argument("--report-dir", default=None, help="where to keep console log and result")
     p.add_argument("--quiet", action="store_true", help="do not stream the console")
     p.add_argument("--login", metavar="USER", default=None,
@@ -90,11 +91,38 @@ def cmd_boot(args: argparse.Namespace) -> int:
                 host=host)
     run_dir = Path(args.report_dir) if args.report_dir else new_run_dir(Path("reports") / "boot")
     echo = None if args.quiet else _echo
-    result = run_cell(cell, RunOptions(run_dir=run_dir, echo=echo))
+    result = run_cell(cell, RunOptions(run_dir=run_dir, echo=echo, **debug_run_options(args)))
     _summary(result, run_dir, bool(expects))
     if not expects:
         return 0 if result.outcome == TIMEOUT and result.failure is None else 1
     return 0 if result.outcome == PASS else 1
+
+
+def add_debug_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("debugging (builtin: its own gdb stub; qemu-*: QEMU's -gdb/-S)")
+    g.add_argument("--gdb", default=None, metavar="[HOST:]PORT",
+                   help="serve the GDB remote protocol on PORT (loopback unless HOST is given; 0: any free port)")
+    g.add_argument("--gdb-wait", action="store_true", help="hold the first instruction until gdb attaches and continues")
+    g.add_argument("--gdb-on-failure", action="store_true",
+                   help="keep a failed guest (triple fault, emulation failure, panic, hang) stopped for gdb")
+
+
+def debug_run_options(args: argparse.Namespace) -> dict:
+    """RunOptions fields for the debug flags: what the backend gets, and where its messages go."""
+    from harness.backends.debugopts import DebugOptions, parse_listen
+    if args.gdb is not None:
+        parse_listen(args.gdb)                 # a bad address is a one-line error now, not in the child
+    debug = DebugOptions(listen=args.gdb, wait=args.gdb_wait, on_failure=args.gdb_on_failure)
+    return {"debug": debug.to_options(), "notify": _notify, "progress": _announce_gdb}
+
+
+def _notify(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _announce_gdb(info: dict) -> None:
+    if "gdb" in info:
+        _notify(f"gdb stub on {info['gdb']}: gdb -ex 'target remote {info['gdb']}' KERNEL-WITH-SYMBOLS")
 
 
 def _failure(text: str) -> FailurePattern:
@@ -134,6 +162,9 @@ def _summary(result: CellResult, run_dir: Path, had_expect: bool) -> None:
     if result.exit_counts:
         console.print("exits: " + ", ".join(f"{k}={v}" for k, v in sorted(result.exit_counts.items(),
                                                                         key=lambda kv: -kv[1])))
+    for state in result.vcpus:
+        where = (state.get("registers") or {}).get("rip", "?")
+        console.print(f"vCPU {state.get('vcpu')}: rip {where}  {(state.get('insn') or {}).get('text') or state.get('error', '')}")
     if result.flight_recorder:
         console.print(f"flight recorder: last {len(result.flight_recorder)} exits in the result file")
     console.print(f"result: {run_dir / 'cells'}  console: {run_dir / result.console_log}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from harness.cli.boot_cmd import add_debug_arguments, debug_run_options
 from harness.errors import ConfigError
 from harness.repro.run import ReproRun, decisive
 
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--times", type=int, default=1, metavar="N", help="run it N times; says 'reproduced k/N'")
     p.add_argument("--report-dir", default=None, help="where the new runs go (default: reports/repro/<time>)")
     p.add_argument("--quiet", action="store_true", help="do not stream the console")
+    add_debug_arguments(p)
     p.set_defaults(func=cmd_repro)
 
     p = sub.add_parser("bundle", help="one file with a cell's result, console, events, guest file, host facts "
@@ -59,8 +61,8 @@ def cmd_repro(args: argparse.Namespace) -> int:
                       "[/yellow]")
         run_dir = Path(args.report_dir) if args.report_dir else new_run_dir(Path("reports") / "repro")
         echo = None if args.quiet else (lambda chunk: os.write(sys.stdout.fileno(), chunk))
-        report = reproduce(source, args.times, run_dir, echo=echo,
-                           on_run=lambda run: _print_run(run, args.times))
+        report = reproduce(source, args.times, run_dir, echo=echo, on_run=lambda run: _print_run(run, args.times),
+                           **debug_run_options(args))
         print(f"{report.verdict()} (same outcome and decisive line: {decisive(source.result)})", file=sys.stderr)
         err.print(f"runs: {run_dir / 'cells'}")
         # Plain prints: these lines are for copying, rich would wrap them.

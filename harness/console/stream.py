@@ -123,6 +123,11 @@ class ConsoleStream:
                 return time.monotonic() - self.start_time, self.raw_bytes
             return self._times[i] - self.start_time, self._raw_ends[i]
 
+    def touch(self, t: float) -> None:
+        """Count `t` as the last activity (a guest resumed from a debugger was not silent meanwhile)."""
+        with self._lock:
+            self.last_output = max(self.last_output, t)
+
     def silence(self, now: float | None = None) -> float:
         """Seconds since the guest last printed anything."""
         with self._lock:

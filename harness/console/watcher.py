@@ -77,6 +77,10 @@ class ConsoleWatcher:
         self._consumed = 0              # clean bytes consumed by matches so far
         self._dialog_sends: dict[int, int] = {}
         self._fixed = self._compile_fixed()
+        # A guest stopped in a debugger is neither hung nor late: no timeouts while it is, and the
+        # current deadline moves by the time it spent stopped (DEBUG_STOP / DEBUG_RESUME events).
+        self.debug_stopped_at: float | None = None
+        self.debug_shift = 0.0
 
     # -- patterns ---------------------------------------------------------------------------
     def _compile_fixed(self) -> list[_Pattern]:
@@ -109,7 +113,9 @@ class ConsoleWatcher:
                 i = self.child.expect([p.regex for p in patterns], timeout=self.config.poll_interval)
             except pexpect.TIMEOUT:
                 now = time.monotonic()
-                if now >= deadline:
+                if self.debug_stopped_at is not None:
+                    continue
+                if now >= deadline + self.debug_shift:
                     return self._timeout(index, f"milestone {milestones[index].name!r} not seen within "
                                                 f"{milestones[index].timeout * self.config.timeout_scale:g} s")
                 hang = self.config.hang_timeout * self.config.timeout_scale
@@ -135,6 +141,7 @@ class ConsoleWatcher:
                                         events=self.seen_events)
                 phase_start = time.monotonic()
                 deadline = phase_start + milestones[index].timeout * self.config.timeout_scale
+                self.debug_shift = 0.0
             elif pattern.role == "failure":
                 # Let the backend's events (e.g. a triple fault right after the panic text) arrive too.
                 message = _text(self.child.after + self._rest_of_failure())
@@ -148,6 +155,7 @@ class ConsoleWatcher:
                 self.session.send(_unescape(pattern.dialog.send).encode())
             elif pattern.role == "keepalive":
                 deadline = time.monotonic() + milestones[index].timeout * self.config.timeout_scale
+                self.debug_shift = 0.0
             patterns = self._patterns(index)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -214,11 +222,24 @@ class ConsoleWatcher:
             return self._fail("reset", f"guest reset ({data.get('source', 'unknown source')})", t)
         if event.type == ev.SHUTDOWN:
             return self._fail("shutdown", "guest powered off before reaching every milestone", t)
+        if event.type in (ev.DEBUG_STOP, ev.DEBUG_RESUME, ev.DEBUG_LISTEN):
+            self._debugger_event(event)
+            return None
         if event.type == ev.BACKEND_ERROR:
             return WatchOutcome(ERROR, f"backend error: {data.get('message', '')}", self.hits,
                                 failure=Failure("backend-error", str(data.get("message", "")), t),
                                 events=self.seen_events)
         return None
+
+    def _debugger_event(self, event: ev.VmEvent) -> None:
+        if event.type == ev.DEBUG_LISTEN:
+            self.progress({"gdb": f"{event.data.get('host')}:{event.data.get('port')}"})
+        elif event.type == ev.DEBUG_STOP and self.debug_stopped_at is None:
+            self.debug_stopped_at = event.t
+        elif event.type == ev.DEBUG_RESUME and self.debug_stopped_at is not None:
+            self.debug_shift += event.t - self.debug_stopped_at
+            self.stream.touch(event.t)         # silence is counted from the resume
+            self.debug_stopped_at = None
 
     def _fail(self, kind: str, message: str, t: float) -> WatchOutcome:
         return WatchOutcome(FAIL, message, self.hits, failure=Failure(kind, message, t), events=self.seen_events)

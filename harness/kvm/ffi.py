@@ -78,6 +78,7 @@ struct kvm_run {
         struct { uint64_t hardware_exit_reason; } hw;
         struct { uint64_t hardware_entry_failure_reason; uint32_t cpu; } fail_entry;
         struct { uint32_t exception; uint32_t error_code; } ex;
+        struct { struct { uint32_t exception; uint32_t pad; uint64_t pc; uint64_t dr6; uint64_t dr7; } arch; } debug;
         struct { uint8_t direction; uint8_t size; uint16_t port; uint32_t count; uint64_t data_offset; } io;
         struct { uint64_t phys_addr; uint8_t data[8]; uint32_t len; uint8_t is_write; } mmio;
         struct { uint32_t suberror; uint32_t ndata; uint64_t data[16]; } internal;
@@ -91,6 +92,10 @@ struct kvm_run {
     uint64_t kvm_dirty_regs;
     union { struct kvm_sync_regs regs; char padding[2048]; } s;
 };
+
+struct kvm_guest_debug_arch { uint64_t debugreg[8]; };
+struct kvm_guest_debug { uint32_t control; uint32_t pad; struct kvm_guest_debug_arch arch; };
+struct kvm_debugregs { uint64_t db[4]; uint64_t dr6; uint64_t dr7; uint64_t flags; uint64_t reserved[9]; };
 
 struct kvm_xsave { uint32_t region[1024]; };
 struct kvm_xcr { uint32_t xcr; uint32_t reserved; uint64_t value; };
@@ -163,8 +168,11 @@ KVM_SET_MSRS = _iow(0x89, "struct kvm_msrs")
 KVM_SET_CPUID2 = _iow(0x90, "struct kvm_cpuid2")
 KVM_GET_MP_STATE = _ior(0x98, "struct kvm_mp_state")
 KVM_SET_MP_STATE = _iow(0x99, "struct kvm_mp_state")
+KVM_SET_GUEST_DEBUG = _iow(0x9B, "struct kvm_guest_debug")
 KVM_GET_VCPU_EVENTS = _ior(0x9F, "struct kvm_vcpu_events")
 KVM_SET_VCPU_EVENTS = _iow(0xA0, "struct kvm_vcpu_events")
+KVM_GET_DEBUGREGS = _ior(0xA1, "struct kvm_debugregs")
+KVM_SET_DEBUGREGS = _iow(0xA2, "struct kvm_debugregs")
 KVM_GET_XSAVE = _ior(0xA4, "struct kvm_xsave")
 KVM_SET_XSAVE = _iow(0xA5, "struct kvm_xsave")
 KVM_GET_XCRS = _ior(0xA6, "struct kvm_xcrs")
@@ -176,7 +184,7 @@ CAPS = {
     "COALESCED_MMIO": 15, "SET_GUEST_DEBUG": 23, "PIT2": 33, "SET_IDENTITY_MAP_ADDR": 37,
     "INTERNAL_ERROR_DATA": 40, "VCPU_EVENTS": 41, "XSAVE": 55, "TSC_CONTROL": 60, "MAX_VCPUS": 66,
     "SIGNAL_MSI": 77, "SPLIT_IRQCHIP": 121, "IMMEDIATE_EXIT": 136, "COALESCED_PIO": 162,
-    "EXCEPTION_PAYLOAD": 164, "X86_USER_SPACE_MSR": 188, "X86_MSR_FILTER": 189, "X86_TRIPLE_FAULT_EVENT": 218,
+    "EXCEPTION_PAYLOAD": 164, "DEBUGREGS": 50, "X86_USER_SPACE_MSR": 188, "X86_MSR_FILTER": 189, "X86_TRIPLE_FAULT_EVENT": 218,
 }
 KVM_CAP_X86_USER_SPACE_MSR = CAPS["X86_USER_SPACE_MSR"]
 
@@ -188,6 +196,7 @@ EXIT_NAMES = {
     29: "rdmsr", 30: "wrmsr", 31: "dirty-ring-full", 32: "ap-reset-hold", 33: "bus-lock", 37: "notify",
 }
 KVM_EXIT_UNKNOWN, KVM_EXIT_IO, KVM_EXIT_HLT, KVM_EXIT_MMIO = 0, 2, 5, 6
+KVM_EXIT_DEBUG = 4
 KVM_EXIT_SHUTDOWN, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_INTR = 8, 9, 10
 KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_SYSTEM_EVENT = 17, 24
 KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR = 29, 30
@@ -214,6 +223,11 @@ KVM_VCPUEVENT_VALID_NMI_PENDING = 0x1
 KVM_VCPUEVENT_VALID_SHADOW = 0x4
 KVM_VCPUEVENT_VALID_PAYLOAD = 0x10
 
+# KVM_SET_GUEST_DEBUG control bits
+KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP = 0x1, 0x2
+KVM_GUESTDBG_USE_SW_BP, KVM_GUESTDBG_USE_HW_BP = 0x10000, 0x20000
+KVM_GUESTDBG_INJECT_DB, KVM_GUESTDBG_INJECT_BP, KVM_GUESTDBG_BLOCKIRQ = 0x40000, 0x80000, 0x100000
+
 KVM_SYNC_X86_REGS = 1
 KVM_PIO_PAGE_OFFSET = 1
 KVM_COALESCED_MMIO_PAGE_OFFSET = 2
@@ -236,5 +250,5 @@ IOCTLS = {name: value for name, value in dict(globals()).items()
                        "KVM_ENABLE_CAP", "KVM_X86_SET_MSR_FILTER", "KVM_RUN", "KVM_GET_REGS", "KVM_SET_REGS",
                        "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_TRANSLATE", "KVM_GET_MSRS", "KVM_SET_MSRS",
                        "KVM_SET_CPUID2", "KVM_GET_MP_STATE", "KVM_SET_MP_STATE", "KVM_GET_VCPU_EVENTS",
-                       "KVM_SET_VCPU_EVENTS", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XCRS",
+                       "KVM_SET_VCPU_EVENTS", "KVM_SET_GUEST_DEBUG", "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XCRS",
                        "KVM_SET_XCRS"}}

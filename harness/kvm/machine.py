@@ -115,6 +115,8 @@ class Machine:
 
     def _vcpu_thread(self, loop: VcpuLoop) -> None:
         info = loop.run()
+        if self.run_cfg.debugger is not None:
+            self.run_cfg.debugger.end()   # parked vCPUs must not wait for a debugger any more
         with self._lock:
             if self._stop_info is None:
                 self._stop_info = info  # the first vCPU to stop names the reason
@@ -140,6 +142,8 @@ class Machine:
         return self._stop_info
 
     def stop(self, timeout: float = 5.0) -> StopInfo | None:
+        if self.run_cfg.debugger is not None:
+            self.run_cfg.debugger.end()
         for loop in self.loops:
             loop.request_stop()
         deadline = time.monotonic() + timeout
@@ -166,6 +170,12 @@ class Machine:
     def user_time_s() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_utime
 
+    def vcpu_state(self) -> list[dict[str, Any]]:
+        """Every stopped vCPU's registers and instruction at RIP (one still inside KVM_RUN is skipped:
+        its state ioctls would wait for it)."""
+        return [loop.state() if loop.stopped_by is not None else {"vcpu": loop.vcpu.index, "error": "still running"}
+                for loop in self.loops]
+
     def summary(self) -> dict[str, Any]:
         info = self._stop_info
         return {"stop": {"reason": info.reason, "vcpu": info.vcpu, "detail": info.detail} if info else None,
@@ -173,7 +183,8 @@ class Machine:
                 "gaps": [g.to_dict() for g in self.gaps.records()],
                 "masked_cpuid": list(self.masked), "cpu_profile": self.config.cpu_profile,
                 "gap_policy": self.config.gap_policy, "msr_routing": dict(self.msr_status),
-                "coalesced_serial": self.coalesced_serial, "user_time_s": self.user_time_s()}
+                "coalesced_serial": self.coalesced_serial, "user_time_s": self.user_time_s(),
+                "vcpus": self.vcpu_state()}
 
     def close(self) -> None:
         if self.running:

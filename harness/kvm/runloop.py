@@ -51,6 +51,10 @@ _RESCUE_HOW = {"wait": "no x87 exception pending: nothing to do", "fninit": "x87
                "xrstors64": "compacted area -> KVM_SET_XSAVE"}
 
 
+# The signal a debugger sees for a failure held for it (gdb numbering: SIGSEGV, SIGILL, SIGABRT).
+_FAILURE_SIGNALS = {"triple-fault": 11, "host-emulation-failure": 4, "fail-entry": 6, "unknown-exit": 6}
+
+
 class Bus(Protocol):
     def read(self, addr: int, size: int) -> int | None: ...
     def write(self, addr: int, size: int, value: int) -> bool: ...
@@ -86,6 +90,7 @@ class RunConfig:
     emit: Callable[[ev.VmEvent], None] = lambda event: None
     rescue: bool = True                  # emulate what the host emulator failed on, where we can
     cpuid_entries: list[dict[str, int]] = field(default_factory=list)  # XSAVE layout for rescues
+    debugger: Any = None                 # harness.kvm.debugger.Debugger when a gdb stub is attached
 
 
 class VcpuLoop:
@@ -93,6 +98,8 @@ class VcpuLoop:
         self.vm, self.vcpu, self.cfg = vm, vcpu, cfg
         self.counts = [0] * 64
         self.stop_requested = False
+        self.terminating = False             # a real stop: never turned into a debugger pause
+        self.pause_requested = False
         self.stopped_by: StopInfo | None = None
         self._rep_ports: set[tuple[int, int]] = set()
         # RIPs of port-I/O instructions already classified. KVM may deliver REP OUTS one element
@@ -103,6 +110,19 @@ class VcpuLoop:
     # -- control ----------------------------------------------------------------------------
     def request_stop(self) -> None:
         """Make KVM_RUN return soon: immediate_exit for the next entry, a signal for the current one."""
+        self.terminating = True
+        self._kick()
+
+    def request_pause(self) -> None:
+        """Leave KVM_RUN and park in the debugger (harness.kvm.debugger)."""
+        self.pause_requested = True
+        self._kick()
+
+    def clear_pause(self) -> None:
+        if not self.terminating:
+            self.pause_requested = self.stop_requested = False
+
+    def _kick(self) -> None:
         self.stop_requested = True
         run = self.vcpu.run
         if run is not None:
@@ -122,6 +142,8 @@ class VcpuLoop:
     def run(self) -> StopInfo:
         self.vcpu.thread_ident = threading.get_ident()
         try:
+            if self.cfg.debugger is not None:
+                self.cfg.debugger.at_start(self)
             info = self._loop()
         except Exception as exc:  # a bug here must still end as a structured stop, not a hang
             info = StopInfo(STOP_ERROR, self.vcpu.index, {"message": f"{type(exc).__name__}: {exc}"})
@@ -150,6 +172,9 @@ class VcpuLoop:
         io_rips = self._io_rips
         while True:
             if self.stop_requested:
+                if self.pause_requested and not self.terminating and cfg.debugger is not None:
+                    cfg.debugger.paused(self)
+                    continue
                 return StopInfo(STOP_REQUESTED, index)
             if ioctl(fd, kvm_run, zero) < 0:
                 err = ffi.errno
@@ -254,17 +279,27 @@ class VcpuLoop:
         self.cfg.recorder.record(reason, 0, rip, t, vcpu.index)
         if reason == k.KVM_EXIT_INTR:
             return None
+        if reason == k.KVM_EXIT_DEBUG and self.cfg.debugger is not None:
+            self.cfg.debugger.debug_exit(self)
+            return None
         if reason == k.KVM_EXIT_HLT:
             return StopInfo(STOP_HALT, vcpu.index, {"rip": f"{rip:#x}"})
-        if reason == k.KVM_EXIT_SHUTDOWN:
-            return self._triple_fault(rip)
-        if reason == k.KVM_EXIT_INTERNAL_ERROR:
-            return self._internal_error(rip)
-        if reason == k.KVM_EXIT_FAIL_ENTRY:
-            return self._fail_entry(rip)
         if reason == k.KVM_EXIT_SYSTEM_EVENT:
             return self._system_event(rip)
-        return self._unknown_exit(reason, rip)
+        if reason == k.KVM_EXIT_INTERNAL_ERROR and self.cfg.debugger is not None \
+                and self.cfg.debugger.owns_breakpoint(self, rip):
+            return None      # kvm_pvm: our INT3 ends in an emulation failure, not KVM_EXIT_DEBUG
+        if reason == k.KVM_EXIT_SHUTDOWN:
+            stop = self._triple_fault(rip)
+        elif reason == k.KVM_EXIT_INTERNAL_ERROR:
+            stop = self._internal_error(rip)
+        elif reason == k.KVM_EXIT_FAIL_ENTRY:
+            stop = self._fail_entry(rip)
+        else:
+            stop = self._unknown_exit(reason, rip)
+        if stop is not None and self.cfg.debugger is not None:
+            self.cfg.debugger.failure(self, stop.reason, _FAILURE_SIGNALS.get(stop.reason, 6))
+        return stop
 
     def _mmio(self, addr: int, length: int, is_write: bool, rip: int) -> None:
         run, bus = self.vcpu.run, self.cfg.mmio_bus
@@ -309,6 +344,21 @@ class VcpuLoop:
             return {"error": str(exc)}
         regs.update({name: (f"{v:#x}" if isinstance(v, int) else v) for name, v in sregs.items()})
         return regs
+
+    def state(self) -> dict[str, Any]:
+        """Registers and the decoded instruction at RIP, for a result (call only when out of KVM_RUN)."""
+        out: dict[str, Any] = {"vcpu": self.vcpu.index, "registers": self._registers()}
+        try:
+            regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
+            code, source = insn.fetch(self.vcpu, self.vm.ram, regs["rip"], sregs)
+            decoded = insn.decode(code, insn.cpu_mode_bits(sregs), regs["rip"]) if code else None
+            out["mp_state"] = self.vcpu.get_mp_state()
+        except OSError as exc:
+            out["error"] = str(exc)
+            return out
+        out["insn"] = {"text": decoded["text"], "bytes": decoded["bytes"], "bits": decoded["bits"],
+                       "source": source} if decoded else {"text": "", "bytes": "", "source": source}
+        return out
 
     def _triple_fault(self, rip: int) -> StopInfo:
         data = {"rip": f"{rip:#x}", "vcpu": self.vcpu.index, "registers": self._registers(),

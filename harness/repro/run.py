@@ -60,7 +60,8 @@ class ReproReport:
 
 
 def reproduce(source: ReproSource, times: int, run_dir: Path, *, echo: Callable[[bytes], None] | None = None,
-              on_run: Callable[[ReproRun], None] | None = None) -> ReproReport:
+              on_run: Callable[[ReproRun], None] | None = None, **run_options: Any) -> ReproReport:
+    """`run_options`: more RunOptions fields (the debug flags: debug, notify, progress)."""
     cell = source.cell()
     check_assets(source, cell)
     recorded = source.result
@@ -69,7 +70,7 @@ def reproduce(source: ReproSource, times: int, run_dir: Path, *, echo: Callable[
     for i in range(times):
         options = RunOptions(run_dir=run_dir, echo=echo, repeat_index=i,
                              pinned_assets=dict(source.record.get("assets") or {}),
-                             pinned_commit=(source.record.get("harness") or {}).get("commit"))
+                             pinned_commit=(source.record.get("harness") or {}).get("commit"), **run_options)
         result = run_cell(cell, options).to_dict()
         got = gap_keys(result)
         run = ReproRun(i + 1, result, decisive(result) == want, got - want_gaps, want_gaps - got)

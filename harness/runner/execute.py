@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from harness.backends import events as ev
 from harness.backends.base import BootRequest, SessionSummary, get_backend
+from harness.backends.debugopts import QEMU_DEFAULT_PORT, DebugOptions
 from harness.console.patterns import banner_pattern, failure_patterns
 from harness.console.stream import ConsoleStream
 from harness.console.watcher import ConsoleWatcher, WatchConfig, WatchOutcome
@@ -49,6 +50,8 @@ class RunOptions:
     # role -> sha256 the assets must have (harness repro): a different copy is refused, not booted
     pinned_assets: dict[str, str] = field(default_factory=dict)
     pinned_commit: str | None = None       # the harness commit that ran the recorded cell (built its fixtures)
+    debug: dict[str, Any] = field(default_factory=dict)   # DebugOptions.to_options(): --gdb, --gdb-wait, ...
+    notify: Callable[[str], None] | None = None          # one-line messages for the person at the terminal
 
 
 def run_cell(cell: Cell, options: RunOptions) -> CellResult:
@@ -146,6 +149,7 @@ def _boot_request(cell: Cell, workdir: Path, options: RunOptions) -> tuple[BootR
         options_["gap_overrides"] = dict(options.gap_overrides)
     if paths["firmware"]:
         options_["firmware"] = str(paths["firmware"])
+    options_.update(options.debug)
     request = BootRequest(cell_id=cell.id, guest=guest.name, family=guest.family, arch=guest.arch,
                           boot=guest.boot, kernel=paths["kernel"], initrd=paths["initrd"], disk=paths["disk"],
                           cmdline=cmdline, memory_mib=cell.memory, vcpus=cell.vcpus, cpu_profile=cell.cpu_profile,
@@ -176,6 +180,8 @@ def _watch(cell: Cell, session: Any, request: BootRequest,
     except Exception as e:  # a bug in matching must not lose the cell: record it as infrastructure
         watch = WatchOutcome(ERROR, f"console watcher crashed: {type(e).__name__}: {e}", watcher.hits,
                              failure=Failure("harness-bug", repr(e)))
+    if watch.outcome != PASS and DebugOptions.from_options(request.options).on_failure:
+        _hold_for_debugger(session, request, watch, reader, options)
     commands = options.commands if options.commands is not None else guest.commands
     ran = after_prompt(watcher.child, session.send, guest.auto_login, commands, cell.timeout_scale) \
         if watch.outcome == PASS and commands else []
@@ -184,6 +190,26 @@ def _watch(cell: Cell, session: Any, request: BootRequest,
     stream.close()
     watch.events.extend(reader.poll())   # what arrived while stopping (final counts, late gaps)
     return watch, summary, ran
+
+
+def _hold_for_debugger(session: Any, request: BootRequest, watch: WatchOutcome, reader: ev.EventReader,
+                       options: RunOptions) -> None:
+    """--gdb-on-failure: keep the failed guest for a debugger until it ends (gdb kill/detach, Ctrl-C)."""
+    watch.events.extend(reader.poll())
+    listen = [e.data for e in watch.events if e.type == ev.DEBUG_LISTEN]
+    if listen:
+        where = f"{listen[-1].get('host')}:{listen[-1].get('port')}"
+    else:
+        host, port = DebugOptions.from_options(request.options).address(QEMU_DEFAULT_PORT)
+        where = f"{host}:{port or QEMU_DEFAULT_PORT}"
+    notify = options.notify or (lambda line: None)
+    notify(f"{watch.outcome}: {watch.reason}")
+    notify(f"guest kept for the debugger: gdb -ex 'target remote {where}'   "
+           "(kill or detach in gdb, or Ctrl-C here, ends it)")
+    try:
+        session.hold_for_debugger()
+    except KeyboardInterrupt:
+        notify("ending the held guest")
 
 
 def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionSummary, start_time: float) -> None:
@@ -211,6 +237,7 @@ def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionS
     result.boot_timer = [{"t": round(e.t - start_time, 6), **e.data} for e in events if e.type == ev.BOOT_TIMER]
     result.post_codes = [{"t": round(e.t - start_time, 6), **e.data} for e in events if e.type == ev.POST_CODE]
     result.flight_recorder = summary.flight_recorder if result.outcome != PASS else []
+    result.vcpus = summary.extra.get("vcpus", []) if result.outcome != PASS else []
     host = dict(summary.host)
     for e in events:
         if e.type == ev.VM_START:

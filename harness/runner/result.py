@@ -84,6 +84,7 @@ class CellResult:
     boot_timer: list[dict[str, Any]] = field(default_factory=list)    # guest marks {t, value}
     post_codes: list[dict[str, Any]] = field(default_factory=list)
     flight_recorder: list[dict[str, Any]] = field(default_factory=list)
+    vcpus: list[dict[str, Any]] = field(default_factory=list)          # not passed: each vCPU's registers, insn at RIP
     host: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)          # assets: path, sha256, package versions
     command: list[str] = field(default_factory=list)

@@ -16,7 +16,8 @@ STRUCTS = ["kvm_userspace_memory_region", "kvm_regs", "kvm_segment", "kvm_dtable
            "kvm_cpuid_entry2", "kvm_cpuid2", "kvm_msr_entry", "kvm_msrs", "kvm_msr_filter_range", "kvm_msr_filter",
            "kvm_pit_config", "kvm_irq_level", "kvm_enable_cap", "kvm_mp_state", "kvm_translation",
            "kvm_coalesced_mmio_zone", "kvm_coalesced_mmio", "kvm_coalesced_mmio_ring", "kvm_vcpu_events",
-           "kvm_sync_regs", "kvm_run", "kvm_xsave", "kvm_xcr", "kvm_xcrs"]
+           "kvm_sync_regs", "kvm_run", "kvm_xsave", "kvm_xcr", "kvm_xcrs", "kvm_guest_debug", "kvm_guest_debug_arch",
+           "kvm_debugregs"]
 # (struct, field path) for every field the code touches by offset or attribute.
 FIELDS = [
     ("kvm_run", "immediate_exit"), ("kvm_run", "exit_reason"), ("kvm_run", "io.direction"), ("kvm_run", "io.size"),
@@ -37,6 +38,10 @@ FIELDS = [
     ("kvm_vcpu_events", "exception"), ("kvm_vcpu_events", "sipi_vector"), ("kvm_vcpu_events", "flags"),
     ("kvm_vcpu_events", "triple_fault"), ("kvm_vcpu_events", "exception_has_payload"),
     ("kvm_vcpu_events", "exception_payload"), ("kvm_cpuid2", "entries"), ("kvm_msrs", "entries"), ("kvm_xcrs", "xcrs"), ("kvm_xcr", "value"),
+    ("kvm_run", "debug.arch.exception"), ("kvm_run", "debug.arch.pc"), ("kvm_run", "debug.arch.dr6"),
+    ("kvm_run", "debug.arch.dr7"), ("kvm_guest_debug", "control"), ("kvm_guest_debug", "arch"),
+    ("kvm_guest_debug_arch", "debugreg"), ("kvm_debugregs", "db"), ("kvm_debugregs", "dr6"), ("kvm_debugregs", "dr7"),
+    ("kvm_debugregs", "flags"),
 ]
 
 

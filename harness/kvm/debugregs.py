@@ -1,0 +1,96 @@
+"""x86 debug registers and KVM guest debugging: the ioctls and the bits, named once.
+
+KVM_SET_GUEST_DEBUG puts a vCPU under the host debugger's control: single-step (every instruction
+ends in KVM_EXIT_DEBUG), software breakpoints (the guest's #BP exits instead of being delivered),
+and hardware breakpoints from `debugreg[0..3]` + a DR7 value (exits on #DB). KVM_GET_DEBUGREGS is
+the guest's own view of DR0-DR3/DR6/DR7. `data_breakpoints_work()` measures on a scratch VM whether
+this host reports data (write) breakpoints at all: kvm_pvm's batch emulation does not.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from harness.kvm import ffi as k
+from harness.kvm.ffi import ffi
+from harness.kvm.system import ioctl
+
+# DR7: L0..L3 enable bits at 2*i, R/W field at 16 + 4*i, LEN field at 18 + 4*i.
+DR7_FIXED_ONE = 1 << 10
+RW_EXEC, RW_WRITE, RW_IO, RW_ACCESS = 0b00, 0b01, 0b10, 0b11
+LEN_BITS = {1: 0b00, 2: 0b01, 8: 0b10, 4: 0b11}
+# DR6: B0..B3 (which slot fired) and BS (single step).
+DR6_SLOT_MASK, DR6_BS = 0xF, 1 << 14
+SLOTS = 4
+DB_VECTOR, BP_VECTOR = 1, 3
+
+
+@dataclass(frozen=True)
+class HwSlot:
+    addr: int
+    rw: int          # RW_EXEC | RW_WRITE | RW_ACCESS
+    length: int      # 1, 2, 4, 8 (an execute breakpoint is 1)
+
+
+def dr7_value(slots: list[HwSlot | None]) -> int:
+    value = DR7_FIXED_ONE
+    for i, slot in enumerate(slots[:SLOTS]):
+        if slot is None:
+            continue
+        value |= 1 << (2 * i)
+        value |= slot.rw << (16 + 4 * i)
+        value |= (0 if slot.rw == RW_EXEC else LEN_BITS[slot.length]) << (18 + 4 * i)
+    return value
+
+
+def set_guest_debug(vcpu_fd: int, *, single_step: bool = False, sw_breakpoints: bool = False,
+                    hw_slots: list[HwSlot | None] | None = None) -> int:
+    """Program KVM_SET_GUEST_DEBUG; nothing asked means guest debugging off. Returns the control word."""
+    dbg = ffi.new("struct kvm_guest_debug *")
+    control = 0
+    if single_step:
+        control |= k.KVM_GUESTDBG_SINGLESTEP
+    if sw_breakpoints:
+        control |= k.KVM_GUESTDBG_USE_SW_BP
+    if hw_slots and any(hw_slots):
+        control |= k.KVM_GUESTDBG_USE_HW_BP
+        for i, slot in enumerate(hw_slots[:SLOTS]):
+            dbg.arch.debugreg[i] = slot.addr if slot else 0
+        dbg.arch.debugreg[7] = dr7_value(hw_slots)
+    if control:
+        control |= k.KVM_GUESTDBG_ENABLE
+    dbg.control = control
+    ioctl(vcpu_fd, k.KVM_SET_GUEST_DEBUG, dbg, what="KVM_SET_GUEST_DEBUG")
+    return control
+
+
+def guest_debugregs(vcpu_fd: int) -> dict[str, int]:
+    """The guest's own DR0-DR3, DR6, DR7 (KVM_GET_DEBUGREGS)."""
+    regs = ffi.new("struct kvm_debugregs *")
+    ioctl(vcpu_fd, k.KVM_GET_DEBUGREGS, regs, what="KVM_GET_DEBUGREGS")
+    return {**{f"dr{i}": int(regs.db[i]) for i in range(4)}, "dr6": int(regs.dr6), "dr7": int(regs.dr7)}
+
+
+# Real mode, at 0x1000: store AX at [0x800], then HLT. DR0 watches 0x800 for writes.
+_PROBE_CODE = bytes.fromhex("b83412" "a30008" "f4")   # mov ax, 0x1234; mov [0x800], ax; hlt
+_PROBE_LOAD, _PROBE_DATA = 0x1000, 0x800
+
+
+@functools.lru_cache(maxsize=1)
+def data_breakpoints_work() -> bool:
+    """Does a DR0 write breakpoint (through KVM_SET_GUEST_DEBUG) stop a guest on this host? Measured."""
+    from harness import layout
+    from harness.kvm.rawboot import real_mode_entry
+    from harness.kvm.vm import Vm
+    from harness.memory import GuestRam
+    ram = GuestRam(2 * layout.MiB)
+    vm = Vm(ram, irqchip=False)
+    try:
+        vcpu = vm.create_vcpu()
+        ram.write(_PROBE_LOAD, _PROBE_CODE)
+        vcpu.set_entry(real_mode_entry(_PROBE_LOAD))
+        set_guest_debug(vcpu.fd, hw_slots=[HwSlot(_PROBE_DATA, RW_WRITE, 2), None, None, None])
+        ioctl(vcpu.fd, k.KVM_RUN, 0, what="KVM_RUN")
+        return int(vcpu.run.exit_reason) == k.KVM_EXIT_DEBUG
+    finally:
+        vm.close()

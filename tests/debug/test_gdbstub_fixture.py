@@ -1,0 +1,158 @@
+"""Debian's gdb against the built-in hypervisor's gdb stub, on fixture-gdb (a 64-bit bzImage built
+from fixtures/gdb/main.c, symbols from its ELF). Each test boots it with `harness boot --gdb` and
+drives gdb in batch mode (or interactively through a pty for Ctrl-C). About 2-4 s each here.
+
+This host is kvm_pvm (software emulation): INT3 breakpoints arrive as emulation failures and DR0-DR3
+data breakpoints never fire (test_host_debug_features shows both); the stub takes the first for its
+breakpoint and serves write watchpoints by single-stepping. On VT-x/SVM the same tests use
+KVM_EXIT_DEBUG for both.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from debug_support import GDB, KVM_OK, REPO, Boot, gdb_batch
+
+pytestmark = [pytest.mark.kvm,
+              pytest.mark.skipif(not KVM_OK, reason="/dev/kvm absent or not accessible: built-in backend cannot run"),
+              pytest.mark.skipif(GDB is None, reason="gdb is not installed (apt-get install gdb)")]
+
+
+@pytest.fixture(scope="module")
+def fixture_gdb() -> tuple[Path, Path]:
+    from harness.assets.fixtures import build_fixture, fixture_symbols
+    return build_fixture("fixture-gdb"), fixture_symbols("fixture-gdb")
+
+
+def boot(tmp_path: Path, kernel: Path, *extra: str, expect: str = "fixture login: ") -> Boot:
+    b = Boot(str(kernel), "--cmdline", "console=ttyS0", "--family", "fixture", "--expect", expect,
+             "--timeout", "20", "--report-dir", str(tmp_path / "run"), *extra, cwd=tmp_path)
+    return b
+
+
+def port_of(b: Boot) -> str:
+    return b.wait_for(r"gdb stub on (\S+):").group(1)
+
+
+def console_value(console: str, pattern: str) -> int:
+    m = re.search(pattern, console)
+    assert m, console
+    return int(m.group(1), 16)
+
+
+def test_gdb_breaks_at_a_symbol_reads_steps_watches_and_continues_to_the_last_milestone(tmp_path, fixture_gdb):
+    kernel, symbols = fixture_gdb
+    b = boot(tmp_path, kernel, "--vcpus", "2", "--gdb", "127.0.0.1:0", "--gdb-wait")
+    where = port_of(b)
+    out = gdb_batch(f"target remote {where}", "info threads", "break gdb_probe", "continue",
+                    "printf \"RDI=%lx RSI=%lx\\n\", $rdi, $rsi", "x/gx &gdb_magic", "printf \"CR0=%lx\\n\", $cr0",
+                    "x/2i $pc", "stepi", "printf \"PC=%lx\\n\", $pc",
+                    "watch *(unsigned long *)&gdb_watched", "continue", "delete",
+                    "hbreak milestone_login_and_halt", "continue", "delete", "continue", symbols=symbols)
+    code, console, err = b.finish()
+    assert code == 0, err + out               # the boot passed: every milestone after the debugging
+    # one thread per vCPU, held at the first instruction of the 64-bit entry
+    assert re.search(r"\* 1 +Thread 1 \(vCPU 0\) 0x0+100200 in startup_64", out), out
+    assert re.search(r"2 +Thread 2 \(vCPU 1\)", out), out
+    # the breakpoint at a symbol, and the registers hold what the fixture then prints
+    assert "hit Breakpoint 1, 0x" in out and "in gdb_probe ()" in out, out
+    rdi, rsi = (int(x, 16) for x in re.search(r"RDI=([0-9a-f]+) RSI=([0-9a-f]+)", out).groups())
+    assert (rdi, rsi) == (console_value(console, r"probe a=0x([0-9a-f]+)"), console_value(console, r"b=0x([0-9a-f]+)"))
+    # memory at the symbol is what the fixture printed it to be, at the address it printed
+    addr, value = re.search(r"0x([0-9a-f]+) <gdb_magic>:\s+0x([0-9a-f]+)", out).groups()
+    assert int(addr, 16) == console_value(console, r"magic at 0x([0-9a-f]+)")
+    assert int(value, 16) == console_value(console, r"magic at 0x[0-9a-f]+ = 0x([0-9a-f]+)")
+    assert int(re.search(r"CR0=([0-9a-f]+)", out).group(1), 16) & 0x80000001 == 0x80000001   # PE and PG
+    # stepi: RIP advances by the length of the instruction it executed (the next one's address)
+    second = re.search(r"=> 0x[0-9a-f]+ <gdb_probe>:.*\n\s+0x([0-9a-f]+) <gdb_probe\+\d+>", out)
+    assert second, out
+    assert int(re.search(r"PC=([0-9a-f]+)", out).group(1), 16) == int(second.group(1), 16)
+    # the watchpoint fires on the fixture's write, with the value the fixture prints next
+    assert "hit Hardware watchpoint 2: *(unsigned long *)&gdb_watched" in out, out
+    new = int(re.search(r"New value = (\d+)", out).group(1))
+    assert new == console_value(console, r"watched = 0x([0-9a-f]+)")
+    # a hardware (debug register) breakpoint, then on to the login milestone: the VM ends, gdb sees it
+    assert "hit Breakpoint 3, 0x" in out and "milestone_login_and_halt" in out, out
+    assert "exited normally" in out, out
+    assert "fixture login: " in console
+
+
+def test_a_register_written_in_gdb_is_what_the_guest_uses(tmp_path, fixture_gdb):
+    kernel, symbols = fixture_gdb
+    b = boot(tmp_path, kernel, "--gdb", "127.0.0.1:0", "--gdb-wait")
+    out = gdb_batch(f"target remote {port_of(b)}", "break gdb_probe", "continue", "set $rsi = 0x77",
+                    "set var *(unsigned long *)&gdb_watched = 5", "delete", "continue", symbols=symbols)
+    code, console, err = b.finish()
+    assert code == 0, err + out
+    assert "probe a=0xfeedfacecafe0001 b=0x77" in console, console
+
+
+def test_physical_memory_mode_and_unmapped_virtual_addresses(tmp_path, fixture_gdb):
+    kernel, symbols = fixture_gdb
+    b = boot(tmp_path, kernel, "--gdb", "127.0.0.1:0", "--gdb-wait")
+    out = gdb_batch(f"target remote {port_of(b)}", "break gdb_probe", "continue",
+                    "x/gx 0xffff800000000000", "maint packet Qqemu.PhyMemMode:1", "x/gx &gdb_magic",
+                    "monitor info", "maint packet Qqemu.PhyMemMode:0", "delete", "continue", symbols=symbols)
+    code, console, err = b.finish()
+    assert code == 0, err + out
+    assert "Cannot access memory at address 0xffff800000000000" in out, out   # not mapped by the guest
+    assert re.search(r"<gdb_magic>:\s+0x1122334455667788", out), out          # identity map: same bytes
+    assert "memory: guest-physical" in out, out
+
+
+def test_ctrl_c_in_gdb_stops_a_running_guest(tmp_path, fixture_gdb):
+    import pexpect
+    kernel, symbols = fixture_gdb
+    b = boot(tmp_path, kernel, "--gdb", "127.0.0.1:0", expect="never printed")
+    where = port_of(b)
+    gdb = pexpect.spawn(GDB, ["-nx", "-q", "-ex", "set confirm off", "-ex", "set pagination off", str(symbols)],
+                        encoding="utf-8", timeout=20)
+    try:
+        gdb.expect(r"\(gdb\) ")
+        gdb.sendline(f"target remote {where}")
+        gdb.expect(r"\(gdb\) ")
+        gdb.sendline("continue")
+        gdb.expect("Continuing.")
+        gdb.sendcontrol("c")
+        gdb.expect("received signal SIGINT")
+        gdb.expect(r"\(gdb\) ")
+        gdb.sendline("info symbol $pc")
+        gdb.expect(r"(halt_forever|milestone_login_and_halt)( \+ \d+)? in section \.text")
+        gdb.sendline("kill")
+        gdb.expect(r"\(gdb\) ")
+        gdb.sendline("quit")
+        gdb.expect(pexpect.EOF)
+    finally:
+        gdb.close(force=True)
+    code, console, err = b.finish()
+    assert "fixture login: " in console
+    assert code != 0                      # killed from gdb before its (never printed) expectation
+
+
+@pytest.mark.parametrize("guest, signal, hold", [("fixture-triple-fault", "SIGSEGV", "triple fault at rip"),
+                                                 ("fixture-panic", "SIGABRT", "panic: fixture deliberate panic"),
+                                                 ("fixture-hang", "SIGABRT", "no console output for 2 s")])
+# The triple fault is held by the vCPU itself (KVM_EXIT_SHUTDOWN); the panic is a console pattern the
+# runner matched, which then stops the guest's vCPUs in the child (SIGUSR2) for the debugger.
+def test_gdb_on_failure_keeps_the_failed_guest_for_the_debugger(tmp_path, guest, signal, hold):
+    from harness.assets.fixtures import build_fixture
+    kernel = build_fixture(guest)
+    args = ["--boot", "pvh", "--gdb-on-failure"]
+    if guest == "fixture-panic":
+        args += ["--failure", "panic=(?m)^panic: fixture deliberate panic"]
+    if guest == "fixture-hang":
+        args += ["--hang-timeout", "2"]
+    b = boot(tmp_path, kernel, *args)
+    b.wait_for(hold)
+    where = b.wait_for(r"guest kept for the debugger: gdb -ex 'target remote (\S+)'").group(1)
+    out = gdb_batch(f"target remote {where}", "printf \"RIP=%lx\\n\", $rip", "info program", "kill")
+    code, console, err = b.finish()
+    assert f"It stopped with signal {signal}" in out, out
+    assert "killed" in out, out
+    assert code == 1 and ("TIMEOUT: " if guest == "fixture-hang" else "FAIL: ") in err, err
+    if guest == "fixture-triple-fault":
+        rip = re.search(r"triple fault at rip (0x[0-9a-f]+)", err).group(1)
+        assert int(re.search(r"RIP=([0-9a-f]+)", out).group(1), 16) == int(rip, 16)
