@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.console.interactive import InteractiveConsole
 from harness.errors import ConfigError
 from harness.hosts.select import HOSTS, LAB_BACKENDS, can_run, resolve_host
 from harness.runner.execute import RunOptions, run_cell
@@ -56,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--password", default="", help="password for --login")
     p.add_argument("--prompt", default=r"[#$] $", help="regex of the shell prompt after logging in")
     # `harness boot K --login root -- uname -a`: harness.cli.main hands the words after `--` over
+    p.add_argument("--interactive", action="store_true",
+                   help="the guest console is this terminal (raw mode); Ctrl-] detaches and stops the guest")
     p.set_defaults(func=cmd_boot, guest_command=[])
 
 
@@ -90,8 +93,13 @@ def cmd_boot(args: argparse.Namespace) -> int:
     cell = Cell(guest, args.backend, args.cpu_profile, args.gap_policy, args.vcpus, args.memory, "adhoc", retries=0,
                 host=host)
     run_dir = Path(args.report_dir) if args.report_dir else new_run_dir(Path("reports") / "boot")
-    echo = None if args.quiet else _echo
-    result = run_cell(cell, RunOptions(run_dir=run_dir, echo=echo, **debug_run_options(args)))
+    echo = None if args.quiet and not args.interactive else _echo
+    console = InteractiveConsole() if args.interactive else None
+    try:
+        result = run_cell(cell, RunOptions(run_dir=run_dir, echo=echo, console=console, **debug_run_options(args)))
+    finally:
+        if console is not None:
+            console.close()       # the terminal is restored whatever happened
     _summary(result, run_dir, bool(expects))
     if not expects:
         return 0 if result.outcome == TIMEOUT and result.failure is None else 1

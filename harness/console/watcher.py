@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -41,6 +42,7 @@ class WatchConfig:
     banner: str | None = None
     timeout_scale: float = 1.0
     poll_interval: float = 0.1
+    detached: threading.Event | None = None      # set by an interactive console's escape: stop watching
 
 
 @dataclass
@@ -113,6 +115,9 @@ class ConsoleWatcher:
                 i = self.child.expect([p.regex for p in patterns], timeout=self.config.poll_interval)
             except pexpect.TIMEOUT:
                 now = time.monotonic()
+                if self.config.detached is not None and self.config.detached.is_set():
+                    return self._timeout(index, f"detached from the interactive console while waiting for "
+                                                f"milestone {milestones[index].name!r}")
                 if self.debug_stopped_at is not None:
                     continue
                 if now >= deadline + self.debug_shift:

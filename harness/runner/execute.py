@@ -52,6 +52,7 @@ class RunOptions:
     pinned_commit: str | None = None       # the harness commit that ran the recorded cell (built its fixtures)
     debug: dict[str, Any] = field(default_factory=dict)   # DebugOptions.to_options(): --gdb, --gdb-wait, ...
     notify: Callable[[str], None] | None = None          # one-line messages for the person at the terminal
+    console: Any = None          # harness.console.interactive.InteractiveConsole: the terminal is the guest's
 
 
 def run_cell(cell: Cell, options: RunOptions) -> CellResult:
@@ -118,7 +119,13 @@ def _attempt(cell: Cell, options: RunOptions, attempt: int) -> CellResult:
         result.failure = Failure("infrastructure", result.reason)
         result.duration_s = round(time.monotonic() - wall_start, 3)
         return result
-    watch, summary, commands = _watch(cell, session, request, options)
+    try:
+        if options.console is not None:
+            options.console.attach(session)
+        watch, summary, commands = _watch(cell, session, request, options)
+    finally:
+        if options.console is not None:
+            options.console.close()
     result.duration_s = round(time.monotonic() - wall_start, 3)
     _fill(result, cell, watch, summary, session.start_time)
     if commands:
@@ -171,7 +178,8 @@ def _watch(cell: Cell, session: Any, request: BootRequest,
                          failures=failure_patterns(guest.family) + [(f.name, f.pattern) for f in guest.failures],
                          dialogs=guest.dialogs, keepalive=guest.keepalive,
                          hang_timeout=cell.hang_timeout or guest.hang_timeout,
-                         banner=banner, timeout_scale=cell.timeout_scale)
+                         banner=banner, timeout_scale=cell.timeout_scale,
+                         detached=options.console.detached if options.console is not None else None)
     reader = ev.EventReader(request.events_path)
     watcher = ConsoleWatcher(session, stream, reader, config,
                              progress=lambda info: _progress(options, cell, info))
@@ -185,6 +193,8 @@ def _watch(cell: Cell, session: Any, request: BootRequest,
     commands = options.commands if options.commands is not None else guest.commands
     ran = after_prompt(watcher.child, session.send, guest.auto_login, commands, cell.timeout_scale) \
         if watch.outcome == PASS and commands else []
+    if options.console is not None:
+        options.console.hold(session)
     stream.detach()
     summary = session.stop()
     stream.close()
