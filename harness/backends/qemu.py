@@ -37,7 +37,7 @@ from typing import Any
 from harness.backends import events as ev
 from harness.backends.base import Backend, BootRequest, ProcessSession, SessionSummary
 from harness.backends.debugopts import OPTION_KEY as DEBUG_OPTION_KEY
-from harness.backends.debugopts import DebugOptions
+from harness.backends.debugopts import QEMU_DEFAULT_PORT, DebugOptions
 from harness.backends.qemu_gaps import parse_kvm_failure, parse_log_line
 from harness.errors import AssetError, BackendUnavailable, ConfigError
 from harness.gaps.record import GapRecord
@@ -136,6 +136,9 @@ class QemuSession(ProcessSession):
         self.host = {"qemu_version": qemu_version(argv[0]), "accel": accel, "binary": argv[0],
                      "machine": argv[argv.index("-M") + 1]}
         self._emit(ev.VM_START, {"host": self.host, "command": argv})
+        self._debug = DebugOptions.from_options(request.options)
+        if self._debug.enabled:
+            self._announce_gdb()
         self._qmp_dir = qmp_dir
         super().__init__(request, argv)
         self._seen: dict[tuple[str, str, str], GapRecord] = {}
@@ -210,9 +213,18 @@ class QemuSession(ProcessSession):
             qmp.close()
             self._done.set()
 
+    def _announce_gdb(self) -> None:
+        """QEMU's own stub: where it listens, and (-S) that the guest starts stopped for it."""
+        host, port = self._debug.address(QEMU_DEFAULT_PORT)
+        self._emit(ev.DEBUG_LISTEN, {"host": host, "port": port or QEMU_DEFAULT_PORT, "stub": "qemu"})
+        if self._debug.wait:
+            self._emit(ev.DEBUG_STOP, {"why": "start", "stub": "qemu"})
+
     def _on_qmp(self, event: dict[str, Any]) -> None:
         name = event.get("event")
         data = event.get("data", {}) or {}
+        if self._debug.enabled and name in ("STOP", "RESUME"):   # gdb stopped / continued the VM
+            self._emit(ev.DEBUG_STOP if name == "STOP" else ev.DEBUG_RESUME, {"stub": "qemu"})
         if name == "SHUTDOWN":
             self._shutdown_reason = str(data.get("reason", ""))
         elif name == "RESET" and data.get("guest"):

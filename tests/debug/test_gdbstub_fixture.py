@@ -156,3 +156,33 @@ def test_gdb_on_failure_keeps_the_failed_guest_for_the_debugger(tmp_path, guest,
     if guest == "fixture-triple-fault":
         rip = re.search(r"triple fault at rip (0x[0-9a-f]+)", err).group(1)
         assert int(re.search(r"RIP=([0-9a-f]+)", out).group(1), 16) == int(rip, 16)
+
+
+def elf_symbol(elf: Path, name: str) -> int:
+    from elftools.elf.elffile import ELFFile
+    with open(elf, "rb") as f:
+        (sym,) = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name(name)
+        return int(sym["st_value"])
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(__import__("shutil").which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")
+def test_the_same_flags_give_qemus_own_stub_on_qemu_tcg(tmp_path):
+    """QEMU cannot enter fixture-gdb's fake bzImage (it runs the real-mode setup), so this one uses the
+    PVH fixture (32-bit code): a breakpoint at a symbol's address, then on to login. ~10 s."""
+    import socket
+    from harness.assets.fixtures import build_fixture
+    kernel = build_fixture("fixture-pvh")
+    target = elf_symbol(kernel, "milestone_handoff")
+    with socket.socket() as s:           # a free port: QEMU's stub needs one given
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    b = boot(tmp_path, kernel, "--backend", "qemu-tcg", "--boot", "pvh", "--gdb", f"127.0.0.1:{port}", "--gdb-wait")
+    where = port_of(b)
+    assert where == f"127.0.0.1:{port}"
+    out = gdb_batch(f"target remote {where}", f"break *{target:#x}", "continue", "printf \"PC=%lx\\n\", $pc",
+                    "delete", "continue")
+    code, console, err = b.finish()
+    assert code == 0, err + out
+    assert f"PC={target:x}" in out, out
+    assert "fixture: entry pvh" in console and "fixture login: " in console
