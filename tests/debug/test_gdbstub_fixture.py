@@ -186,3 +186,37 @@ def test_the_same_flags_give_qemus_own_stub_on_qemu_tcg(tmp_path):
     assert code == 0, err + out
     assert f"PC={target:x}" in out, out
     assert "fixture: entry pvh" in console and "fixture login: " in console
+
+
+def test_malformed_and_hostile_packets_get_error_replies_and_the_session_goes_on(tmp_path, fixture_gdb):
+    """A raw client (not gdb): out-of-range addresses, bad numbers, oversized lengths, unknown packets."""
+    import socket
+    kernel, _ = fixture_gdb
+    b = boot(tmp_path, kernel, "--gdb", "127.0.0.1:0", "--gdb-wait")
+    host, port = port_of(b).rsplit(":", 1)
+
+    def packet(sock: socket.socket, body: str) -> str:
+        data = body.encode()
+        sock.sendall(b"$" + data + b"#" + f"{sum(data) & 0xFF:02x}".encode())
+        buf = b""
+        while not (buf.count(b"#") and len(buf) >= buf.rindex(b"#") + 3 and b"$" in buf):
+            buf += sock.recv(65536)
+        reply = buf[buf.index(b"$") + 1:buf.rindex(b"#")]
+        return reply.decode("latin-1")
+
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        assert packet(sock, "?").startswith("T05")
+        assert packet(sock, "m1ffffffffffffffff,10") == "E01"            # past 64 bits
+        assert packet(sock, "mfffffffffffff000,10") == "E14"             # not mapped by the guest
+        assert packet(sock, "m100000,zz") == "E01"
+        assert len(packet(sock, "m100000,ffffffff")) == 2 * 0x2000       # capped, not 4 GiB
+        assert packet(sock, "M100000,4:00") == "E01"                      # length and data disagree
+        assert packet(sock, "Z0,fffffffffffff000,1") == "E01"            # nowhere to plant it
+        assert packet(sock, "Z1,100000,1") == "OK" and packet(sock, "z1,100000,1") == "OK"
+        assert packet(sock, "P9999=00") == "E01" and packet(sock, "p9999") == "E01"
+        assert packet(sock, "Hg99") == "E01"
+        assert packet(sock, "qUnknownThing") == "" and packet(sock, "vBogus") == ""
+        assert packet(sock, "g").startswith(packet(sock, "p0"))           # still answering
+        sock.sendall(b"$k#6b")
+    code, _, err = b.finish()
+    assert code != 0 and "Traceback" not in err
