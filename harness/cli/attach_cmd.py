@@ -102,4 +102,8 @@ def _done(run_dir: Path, slug: str) -> bool:
 
 
 def _outcome(run_dir: Path, slug: str) -> str:
-    return str(_progress(run_dir, slug).get("outcome") or "still running")
+    """The result file's outcome (written before the progress file says done), else the progress file's."""
+    try:
+        return str(json.loads((run_dir / "cells" / f"{slug}.json").read_text())["outcome"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return str(_progress(run_dir, slug).get("outcome") or "still running")
