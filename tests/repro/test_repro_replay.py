@@ -11,15 +11,24 @@ import yaml
 from repro_support import harness, replay_repo, run_one
 
 
-def recorded(tmp_path: Path) -> tuple[Path, Path, dict]:
+def recorded(tmp_path: Path, through_cli: bool = False) -> tuple[Path, Path, dict]:
+    """One recorded cell of the replay repo: through `harness run` (as CI records it), or the same
+    expansion and run_cell in this process (fast: most tests only need a recorded cell)."""
     repo = replay_repo(tmp_path / "repo")
-    cell_dir, result = run_one("replayed", tmp_path / "run", guests=repo / "guests", matrix=repo / "matrix.yaml",
-                               cwd=repo)
-    return repo, cell_dir, result
+    if through_cli:
+        return (repo, *run_one("replayed", tmp_path / "run", guests=repo / "guests", matrix=repo / "matrix.yaml",
+                               cwd=repo))
+    from harness.runner.execute import RunOptions, run_cell
+    from harness.runner.guestfile import load_guests
+    from harness.runner.matrix import load_matrix
+    guests = load_guests(repo / "guests")
+    (cell,) = load_matrix(repo / "matrix.yaml", guests).cells(guests)
+    result = run_cell(cell, RunOptions(run_dir=tmp_path / "run")).to_dict()
+    return repo, tmp_path / "run" / Path(result["console_log"]).parent, result
 
 
 def test_a_cell_records_what_a_repro_needs(tmp_path: Path):
-    repo, cell_dir, result = recorded(tmp_path)
+    repo, cell_dir, result = recorded(tmp_path, through_cli=True)
     rec = result["repro"]
     assert result["outcome"] == "fail"
     assert (rec["cell"]["backend"], rec["cell"]["vcpus"], rec["cell"]["memory"]) == ("replay", 2, 96)
@@ -81,7 +90,7 @@ def test_different_asset_bytes_are_refused_with_the_command_that_gets_the_right_
 
 
 def test_a_bundle_with_assets_reproduces_on_a_clean_cache_without_the_original_files(tmp_path: Path):
-    repo, cell_dir, result = recorded(tmp_path)
+    repo, cell_dir, result = recorded(tmp_path, through_cli=True)   # with the run's run.json (host facts)
     bundle = tmp_path / "cell.tar.gz"
     proc = harness("bundle", str(cell_dir), "-o", str(bundle), "--with-assets", cwd=repo)
     assert proc.returncode == 0, proc.stderr
