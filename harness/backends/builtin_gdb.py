@@ -16,6 +16,7 @@ from typing import Any
 
 from harness.backends import events as ev
 from harness.backends.debugopts import DebugOptions
+from harness.errors import BackendUnavailable
 
 HOLD_SIGNAL = signal.SIGUSR2
 
@@ -31,7 +32,11 @@ class ChildDebugger:
                                  hold_failures=options.on_failure, on_stop=self._stopped, on_resume=self._resumed)
         machine.run_cfg.debugger = self.debugger
         host, port = options.address()
-        self.server = GdbServer(self.debugger, host, port, Hooks(kill=self._end, detach=self._detached))
+        try:
+            self.server = GdbServer(self.debugger, host, port, Hooks(kill=self._end, detach=self._detached))
+        except OSError as exc:
+            raise BackendUnavailable(f"the gdb stub cannot listen on {host}:{port}: {exc.strerror or exc}",
+                                     "pick another port (--gdb PORT; --gdb 0 takes any free one)") from None
         self._sigabrt = SIGABRT
 
     def start(self) -> None:

@@ -172,7 +172,9 @@ class Machine:
 
     def vcpu_state(self) -> list[dict[str, Any]]:
         """Every stopped vCPU's registers and instruction at RIP (one still inside KVM_RUN is skipped:
-        its state ioctls would wait for it)."""
+        its state ioctls would wait for it). Nothing when the VM never ran."""
+        if not self._threads:
+            return []
         return [loop.state() if loop.stopped_by is not None else {"vcpu": loop.vcpu.index, "error": "still running"}
                 for loop in self.loops]
 
