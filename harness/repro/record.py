@@ -13,7 +13,7 @@ import hashlib
 import importlib.metadata
 import shutil
 import subprocess
-from dataclasses import fields
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,10 @@ def guest_to_dict(guest: GuestSpec) -> dict[str, Any]:
         value = getattr(guest, f.name)
         if value is None or value == "" or value == [] or value == {}:
             continue
-        if f.name in ("milestones", "dialogs", "failures"):
-            value = [{k: v for k, v in vars(item).items()} for item in value]
+        if is_dataclass(value):
+            value = asdict(value)
+        elif isinstance(value, list):
+            value = [asdict(item) if is_dataclass(item) else item for item in value]
         out[f.name] = value
     return out
 
