@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_repro(args: argparse.Namespace) -> int:
     from harness.repro.bundle import import_assets
-    from harness.repro.record import host_kind
+    from harness.runner.repro_record import host_kind
     from harness.repro.run import boot_command, matrix_snippet, reproduce
     from harness.repro.source import load_source
     from harness.kvm.system import kvm_module

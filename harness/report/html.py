@@ -520,7 +520,7 @@ def _reproduce(view: CellView) -> str:
     r = view.result
     if r.outcome == "pass" or not r.repro:
         return ""
-    from harness.repro.bundle import bundle_command
+    from harness.runner.repro_record import bundle_command
     cell_dir = str(view.work_rel)
     return (f'<div class="repro"><h4>Reproduce</h4><p class="hint">From the run directory:</p>'
             f'<pre class="console small">{esc(bundle_command(cell_dir))}\n'

@@ -25,16 +25,11 @@ from typing import Any
 from harness.assets.cache import AssetCache, sha256_file
 from harness.assets.pinned import cached_blob
 from harness.errors import AssetError, ConfigError
-from harness.repro.record import harness_version
 from harness.repro.source import ASSET_DIR, CELL_DIR_NAME, MANIFEST_NAME, RESULT_NAME, ReproSource
+from harness.runner.repro_record import bundle_command as bundle_command  # noqa: F401  (the report's command)
+from harness.runner.repro_record import harness_version
 
 BUNDLE_FORMAT = 1
-
-
-def bundle_command(cell_dir: str, with_assets: bool = True) -> str:
-    """The command a report shows next to a failed cell."""
-    name = Path(cell_dir).name
-    return f"harness bundle {cell_dir} -o {name}.tar.gz" + (" --with-assets" if with_assets else "")
 
 
 def make_bundle(source: ReproSource, out: Path, with_assets: bool = False) -> dict[str, Any]:

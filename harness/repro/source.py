@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.repro.record import GUEST_DIR
+from harness.runner.repro_record import GUEST_DIR
 from harness.runner.guestfile import GuestSpec, load_guest
 from harness.runner.matrix import Cell
 

@@ -25,7 +25,7 @@ from harness.console.watcher import ConsoleWatcher, WatchConfig, WatchOutcome
 from harness.errors import HarnessError
 from harness.gaps.record import GapRecord
 from harness.report.culprit import classify
-from harness.repro.record import host_kind, keep_guest_file, repro_record
+from harness.runner.repro_record import host_kind, keep_guest_file, repro_record
 from harness.runner.guest_shell import CommandResult, after_prompt, apply_commands
 from harness.runner.matrix import Cell
 from harness.runner.tries import Try, another_try

@@ -88,7 +88,7 @@ class CellResult:
     host: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)          # assets: path, sha256, package versions
     command: list[str] = field(default_factory=list)
-    repro: dict[str, Any] = field(default_factory=dict)               # what harness repro needs (repro/record.py)
+    repro: dict[str, Any] = field(default_factory=dict)               # what harness repro needs (runner/repro_record.py)
     console_log: str = ""                  # path relative to the run directory
     attempts: int = 1
     repeat_index: int = 0

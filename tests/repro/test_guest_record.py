@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from harness.repro.record import keep_guest_file
+from harness.runner.repro_record import keep_guest_file
 from harness.runner.guest_shell import AutoLogin, GuestCommand
 from harness.runner.guestfile import Dialog, FailurePattern, GuestSpec, Milestone, load_guest
 
