@@ -26,7 +26,6 @@ from harness.assets.cache import AssetCache, sha256_file
 from harness.assets.pinned import cached_blob
 from harness.errors import AssetError, ConfigError
 from harness.repro.source import ASSET_DIR, CELL_DIR_NAME, MANIFEST_NAME, RESULT_NAME, ReproSource
-from harness.runner.repro_record import bundle_command as bundle_command  # noqa: F401  (the report's command)
 from harness.runner.repro_record import harness_version
 
 BUNDLE_FORMAT = 1
