@@ -102,7 +102,8 @@ def boot_command(source: ReproSource, kernel: str | None = None, initrd: str | N
     if initrd:
         argv += ["--initrd", initrd]
     argv += ["--cmdline", rec.get("cmdline", ""), "--memory", str(cell["memory"]), "--vcpus", str(cell["vcpus"]),
-             "--boot", rec.get("boot", "auto"), "--backend", cell["backend"], "--cpu-profile", cell["cpu_profile"],
+             "--boot", rec.get("boot", "auto"), "--backend", cell["backend"], "--host", cell.get("host", "native"),
+             "--cpu-profile", cell["cpu_profile"],
              "--gap-policy", cell["gap_policy"], "--family", guest.family]
     for m in guest.milestones:
         argv += ["--expect", m.pattern]
@@ -116,7 +117,8 @@ def boot_command(source: ReproSource, kernel: str | None = None, initrd: str | N
 def matrix_snippet(source: ReproSource) -> str:
     """The matrix.yaml lines that make this cell part of a matrix (with the recorded overrides)."""
     cell = source.record["cell"]
-    axes = {"guest": source.result["guest"], "backend": cell["backend"], "cpu_profile": cell["cpu_profile"],
+    axes = {"guest": source.result["guest"], "backend": cell["backend"], "host": cell.get("host", "native"),
+            "cpu_profile": cell["cpu_profile"],
             "gap_policy": cell["gap_policy"], "vcpus": cell["vcpus"], "memory": cell["memory"], "tier": cell["tier"]}
     lines = ["include:", "  - " + _flow(axes)]
     settings = {k: cell[k] for k in ("expect", "cmdline_append", "hang_timeout", "fail_on_new_gaps")

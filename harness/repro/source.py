@@ -49,7 +49,8 @@ class ReproSource:
         return Cell(self.guest(), c["backend"], c["cpu_profile"], c["gap_policy"], int(c["vcpus"]), int(c["memory"]),
                     c["tier"], timeout_scale=float(c["timeout_scale"]), retries=int(c["retries"]),
                     fail_on_new_gaps=bool(c["fail_on_new_gaps"]), expect=c["expect"],
-                    cmdline_append=c["cmdline_append"], hang_timeout=c["hang_timeout"])
+                    cmdline_append=c["cmdline_append"], hang_timeout=c["hang_timeout"],
+                    host=c.get("host", "native"))
 
 
 def load_source(arg: str | Path, unpack_dir: Path) -> ReproSource:

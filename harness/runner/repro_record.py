@@ -25,7 +25,7 @@ from harness.runner.matrix import Cell
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUEST_DIR, BASELINE_DIR = "guests", "baselines"
 # The Cell fields that, with the guest, decide what a run does (the rest is derived from them).
-CELL_FIELDS = ("backend", "cpu_profile", "gap_policy", "vcpus", "memory", "tier", "timeout_scale", "retries",
+CELL_FIELDS = ("backend", "host", "cpu_profile", "gap_policy", "vcpus", "memory", "tier", "timeout_scale", "retries",
                "fail_on_new_gaps", "expect", "cmdline_append", "hang_timeout")
 # GuestSpec fields written out for a guest that has no file; the rest are not schema keys.
 _NOT_SCHEMA = ("name", "path")

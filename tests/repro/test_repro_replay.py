@@ -56,12 +56,12 @@ def test_repro_from_the_cell_dir_reproduces_n_of_n_and_prints_boot_and_matrix(tm
     assert "reproduced 3/3" in proc.stderr
     assert "fail: panic: panic: replayed deliberate panic" in proc.stderr
     boot = next(ln.strip() for ln in proc.stderr.splitlines() if ln.strip().startswith("harness boot "))
-    for part in ("--memory 96", "--vcpus 2", "--backend replay", "--hang-timeout 5", "--boot pvh",
+    for part in ("--memory 96", "--vcpus 2", "--backend replay", "--host native", "--hang-timeout 5", "--boot pvh",
                  "--failure 'panic=(?m)^panic: replayed'"):
         assert part in boot, boot
     snippet = proc.stderr.split("matrix snippet:\n", 1)[1]
     doc = yaml.safe_load(snippet)
-    assert doc["include"] == [{"guest": "replayed", "backend": "replay", "cpu_profile": "default",
+    assert doc["include"] == [{"guest": "replayed", "backend": "replay", "host": "native", "cpu_profile": "default",
                                "gap_policy": "emulate", "vcpus": 2, "memory": 96, "tier": "quick"}]
     runs = sorted((tmp_path / "again" / "cells").glob("*.json"))
     assert len(runs) == 3
