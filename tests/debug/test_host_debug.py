@@ -137,3 +137,15 @@ def test_qemu_backends_map_the_same_flags_to_qemus_own_stub(tmp_path):
     plain = QemuBackend("tcg").build_argv(BootRequest(cell_id="c", guest="g", family="linux", arch="x86_64",
                                                       boot="pvh", kernel=tmp_path / "k", workdir=tmp_path))
     assert "-gdb" not in plain and "-S" not in plain
+
+
+def test_debugging_in_the_lab_is_refused_in_one_line_until_the_lab_has_a_port_for_it(tmp_path):
+    import subprocess
+    import sys
+    from debug_support import REPO
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"\0" * 64)
+    proc = subprocess.run([sys.executable, "-m", "harness", "boot", str(kernel), "--boot", "pvh", "--host", "lab",
+                           "--gdb", "1234"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --gdb") and "Traceback" not in proc.stderr
