@@ -30,6 +30,11 @@ CMDLINE_MAX = 0x10000        # 64 KiB incl. terminating NUL
 EBDA_START = 0x9FC00         # RAM below 1 MiB ends here (MP table / EBDA above)
 LOW_RAM_END = EBDA_START
 BIOS_AREA_START = 0xA0000    # VGA + option ROM + BIOS: reserved in every memory map
+MPTABLE_ADDR = EBDA_START    # MP floating pointer + configuration table (searched in the EBDA's first KiB)
+MPTABLE_MAX = 0x400
+ACPI_RSDP_ADDR = 0xE0000     # in the BIOS area [0xE0000, 0x100000) that OSes scan for "RSD PTR "
+ACPI_TABLES_ADDR = 0xE0040   # XSDT, FADT, MADT, DSDT, ... right after the RSDP
+ACPI_TABLES_END = 0x100000
 HIGH_RAM_START = 0x100000    # 1 MiB
 KERNEL_LOAD_ADDR = 0x100000  # default physical load address of a protected-mode kernel
 
@@ -40,7 +45,13 @@ PCI_MMIO_START = 0xC000_0000        # 32-bit PCI BARs (virtio-pci when present)
 PCI_MMIO_SIZE = 0x1000_0000
 VIRTIO_MMIO_START = 0xD000_0000     # virtio-mmio slots, 4 KiB apart
 VIRTIO_MMIO_SLOT = 0x1000
+# Level-triggered lines live on IOAPIC pins 16-23, which KVM never wires to the 8259:
+PCI_INTX_GSIS = (16, 17, 18, 19)    # PCI INTA#..INTD# (swizzled by slot, see harness.firmware.machine)
+VIRTIO_MMIO_GSIS = (20, 21, 22, 23) # virtio-mmio slot i interrupts on VIRTIO_MMIO_GSIS[i]
+VIRTIO_MMIO_SLOTS = len(VIRTIO_MMIO_GSIS)
+PCI_IO_WINDOW = (0xC000, 0x4000)    # I/O BARs of PCI devices (transitional virtio-pci)
 IOAPIC_ADDR = 0xFEC0_0000
+IOAPIC_PINS = 24                    # KVM's in-kernel IOAPIC
 LAPIC_ADDR = 0xFEE0_0000
 KVM_TSS_ADDR = 0xFFFB_D000          # KVM_SET_TSS_ADDR: three pages, inside the hole
 KVM_IDENTITY_MAP_ADDR = 0xFFFB_C000 # KVM_SET_IDENTITY_MAP_ADDR: one page, just below the TSS

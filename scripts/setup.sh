@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 MODE="${1:-setup}"
 shift || true
 VENV="${HARNESS_VENV:-.venv}"
-APT_PACKAGES=(python3 python3-venv python3-dev gcc binutils make
+APT_PACKAGES=(python3 python3-venv python3-dev gcc binutils make acpica-tools
               qemu-system-x86 qemu-system-arm qemu-utils ipxe-qemu seabios qemu-efi-aarch64
               busybox-static cpio gzip lz4 zstd xz-utils e2fsprogs debootstrap dpkg-dev
               chromium gdb)

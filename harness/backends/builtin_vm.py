@@ -85,7 +85,9 @@ class ChildVm:
                             rescue=bool(opts.get("rescue", True)),
                             gap_overrides=gap_overrides(opts))
         self.machine = Machine(self.ram, self.devices.io_bus, self.devices.mmio_bus, cfg, emit=self.emit)
-        entry, self.boot_info = load_guest(req, self.ram)
+        firmware = install_firmware(req, self.ram, self.devices, self.machine)
+        entry, self.boot_info = load_guest(req, self.ram, firmware.rsdp_address)
+        self.boot_info["firmware"] = firmware.info()
         self.machine.set_entry(entry)
         from harness.backends.debugopts import DebugOptions
         debug = DebugOptions.from_options(opts)
@@ -192,7 +194,21 @@ def build_devices(child: ChildVm) -> Any:
     return build_x86_devices(ctx, console_write, memory_bytes=child.request.memory_mib * layout.MiB)
 
 
-def load_guest(req: BootRequest, ram: Any) -> tuple[Any, dict[str, Any]]:
+def install_firmware(req: BootRequest, ram: Any, devices: Any, machine: Any) -> Any:
+    """ACPI + MP tables for this VM's CPUs and devices; each table left out is a gap record."""
+    from harness import firmware
+    from harness.gaps.record import FIRMWARE_TABLE_MISSING, GapRecord
+    opts = firmware.FirmwareOptions.from_guest(req.options)
+    desc = firmware.describe(req.vcpus, mmio=devices.mmio_descriptions(), pci=devices.pci_descriptions(),
+                             second_uart=devices.uart2 is not None)
+    installed = firmware.install(ram, desc, opts)
+    for table in installed.omitted:
+        machine.gaps.record(GapRecord(kind=FIRMWARE_TABLE_MISSING, key=table, access="omitted",
+                                      detail={"why": "turned off by the guest's builtin options"}))
+    return installed
+
+
+def load_guest(req: BootRequest, ram: Any, rsdp: int | None = None) -> tuple[Any, dict[str, Any]]:
     if req.kernel is None:
         raise BackendUnavailable(f"cell {req.cell_id}: the built-in backend needs a kernel",
                                  "give the guest a kernel file")
@@ -200,7 +216,7 @@ def load_guest(req: BootRequest, ram: Any) -> tuple[Any, dict[str, Any]]:
         from harness.kvm.rawboot import load_raw
         return load_raw(ram, req.kernel, mode=str((req.options or {}).get("raw_mode", "real16")))
     from harness.boot import load
-    plan = load(req.boot, ram, req.kernel, req.initrd, req.cmdline, req.vcpus)
+    plan = load(req.boot, ram, req.kernel, req.initrd, req.cmdline, req.vcpus, rsdp=rsdp)
     return plan.entry, dict(plan.info)
 
 

@@ -33,8 +33,9 @@ _VERSION_RE = re.compile(rb"(Linux version \d[^\0\n]{0,200}"
 
 
 def load(method: str, mem: GuestRam, kernel: Path, initrd: Path | None, cmdline: str,
-         vcpus: int = 1) -> BootPlan:
-    """Load `kernel` (and `initrd`) with boot method `method` ("auto" detects it)."""
+         vcpus: int = 1, rsdp: int | None = None) -> BootPlan:
+    """Load `kernel` (and `initrd`) with boot method `method` ("auto" detects it). `rsdp` is the
+    ACPI RSDP address for the handoffs that carry one (bzImage, PVH); the others scan for it."""
     kernel = Path(kernel)
     if method == "auto":
         method = detect_method(kernel)
@@ -44,7 +45,7 @@ def load(method: str, mem: GuestRam, kernel: Path, initrd: Path | None, cmdline:
     initrd_data = read_initrd(Path(initrd), mem.size) if initrd is not None else None
     name = kernel.name
     plan = _dispatch(method, mem, data, initrd_data, cmdline, name,
-                     Path(initrd).name if initrd is not None else "initrd")
+                     Path(initrd).name if initrd is not None else "initrd", rsdp or 0)
     # BIOS-era kernels read the EBDA pointer / base memory size from the BDA (see bda.py).
     plan.regions.append(write_bda(mem))
     plan.info.setdefault("protocol", method)
@@ -57,10 +58,10 @@ def load(method: str, mem: GuestRam, kernel: Path, initrd: Path | None, cmdline:
 
 
 def _dispatch(method: str, mem: GuestRam, data: bytes, initrd: bytes | None, cmdline: str, name: str,
-              initrd_name: str) -> BootPlan:
+              initrd_name: str, rsdp: int = 0) -> BootPlan:
     if method == "bzimage":
         from harness.boot.bzimage import load_bzimage
-        return load_bzimage(mem, data, initrd, cmdline, name)
+        return load_bzimage(mem, data, initrd, cmdline, name, rsdp=rsdp)
     if method == "multiboot":
         from harness.boot.multiboot import load_multiboot
         return load_multiboot(mem, data, initrd, cmdline, name, initrd_name)
@@ -71,7 +72,7 @@ def _dispatch(method: str, mem: GuestRam, data: bytes, initrd: bytes | None, cmd
             from harness.boot.image import parse_setup_header
             version = parse_setup_header(data, name).kernel_version
             data = extract_vmlinux(data, mem.size, name)
-        plan = load_pvh(mem, parse_elf(data, name), initrd, cmdline, name)
+        plan = load_pvh(mem, parse_elf(data, name), initrd, cmdline, name, rsdp=rsdp)
         plan.info["kernel_version"] = version or find_version(data)
         return plan
     elf = parse_elf(data, name)

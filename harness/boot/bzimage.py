@@ -19,6 +19,8 @@ from harness.memory import GuestRam
 ZERO_PAGE_SIZE = 0x1000
 SETUP_HEADER_START = 0x1F1
 # boot_params offsets
+BP_ACPI_RSDP_ADDR = 0x070       # u64, read by kernels of boot protocol >= 2.14
+RSDP_PROTOCOL = 0x020E
 BP_E820_ENTRIES = 0x1E8
 BP_TYPE_OF_LOADER = 0x210
 BP_LOADFLAGS = 0x211
@@ -44,8 +46,10 @@ def load_address(hdr: SetupHeader) -> int:
 
 
 def zero_page(data: bytes, hdr: SetupHeader, cmdline_ptr: int, initrd: tuple[int, int] | None,
-              e820: list[tuple[int, int, int]]) -> bytes:
+              e820: list[tuple[int, int, int]], rsdp: int = 0) -> bytes:
     page = bytearray(ZERO_PAGE_SIZE)
+    if rsdp and hdr.version >= RSDP_PROTOCOL:
+        struct.pack_into("<Q", page, BP_ACPI_RSDP_ADDR, rsdp)  # older kernels scan 0xE0000-0xFFFFF
     # The setup header is copied as the kernel wrote it, as far as the header says it goes.
     page[SETUP_HEADER_START:hdr.header_end] = data[SETUP_HEADER_START:hdr.header_end]
     page[BP_TYPE_OF_LOADER] = LOADER_UNDEFINED
@@ -62,7 +66,8 @@ def zero_page(data: bytes, hdr: SetupHeader, cmdline_ptr: int, initrd: tuple[int
     return bytes(page)
 
 
-def load_bzimage(mem: GuestRam, data: bytes, initrd: bytes | None, cmdline: str, name: str = "kernel") -> BootPlan:
+def load_bzimage(mem: GuestRam, data: bytes, initrd: bytes | None, cmdline: str, name: str = "kernel",
+                 rsdp: int = 0) -> BootPlan:
     hdr = parse_setup_header(data, name)
     require_64bit_entry(hdr, name)
     kernel = data[hdr.pm_offset:]
@@ -91,7 +96,8 @@ def load_bzimage(mem: GuestRam, data: bytes, initrd: bytes | None, cmdline: str,
         info["initrd"] = initrd_range
 
     e820 = placement.memory_map(mem)
-    mem.write(layout.ZERO_PAGE_ADDR, zero_page(data, hdr, cmd_gpa, initrd_range, e820))
+    mem.write(layout.ZERO_PAGE_ADDR, zero_page(data, hdr, cmd_gpa, initrd_range, e820, rsdp))
+    info["rsdp"] = rsdp
     regions.append(("zero_page", layout.ZERO_PAGE_ADDR, ZERO_PAGE_SIZE))
     info["memmap"] = e820
 

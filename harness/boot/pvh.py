@@ -36,16 +36,18 @@ def pvh_entry(elf: ElfImage) -> int | None:
     return int.from_bytes(note.desc[:4], "little")
 
 
-def start_info_bytes(nr_modules: int, modlist: int, cmdline: int, memmap: int, memmap_entries: int) -> bytes:
+def start_info_bytes(nr_modules: int, modlist: int, cmdline: int, memmap: int, memmap_entries: int,
+                     rsdp: int = 0) -> bytes:
     return struct.pack("<IIIIQQQQII", START_INFO_MAGIC, START_INFO_VERSION, 0, nr_modules, modlist,
-                       cmdline, 0, memmap, memmap_entries, 0)
+                       cmdline, rsdp, memmap, memmap_entries, 0)
 
 
 def memmap_bytes(entries: list[tuple[int, int, int]]) -> bytes:
     return b"".join(struct.pack("<QQII", addr, size, kind, 0) for addr, size, kind in entries)
 
 
-def load_pvh(mem: GuestRam, elf: ElfImage, initrd: bytes | None, cmdline: str, name: str = "kernel") -> BootPlan:
+def load_pvh(mem: GuestRam, elf: ElfImage, initrd: bytes | None, cmdline: str, name: str = "kernel",
+             rsdp: int = 0) -> BootPlan:
     entry = pvh_entry(elf)
     if entry is None:
         raise KernelImageError(f"{name} has no Xen PVH entry note (owner 'Xen', type 18)",
@@ -85,7 +87,8 @@ def load_pvh(mem: GuestRam, elf: ElfImage, initrd: bytes | None, cmdline: str, n
     if MEMMAP_OFFSET + len(table) > layout.PVH_INFO_MAX:
         raise KernelImageError("the PVH memory map does not fit its page", "report this harness bug")
     mem.write(base + MEMMAP_OFFSET, table)
-    mem.write(base, start_info_bytes(nr_modules, modlist, cmd_gpa, base + MEMMAP_OFFSET, len(entries)))
+    mem.write(base, start_info_bytes(nr_modules, modlist, cmd_gpa, base + MEMMAP_OFFSET, len(entries), rsdp))
+    info["rsdp"] = rsdp
     regions += [("pvh_start_info", base, START_INFO_SIZE), ("pvh_memmap", base + MEMMAP_OFFSET, len(table))]
     info["memmap"] = entries
 

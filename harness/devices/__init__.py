@@ -7,7 +7,7 @@ speaker 0x61, PIC 0x20/0xA0 and ELCR 0x4D0-0x4D1 (KVM never exits for them).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from harness import layout
 from harness.devices.bus import Bus
@@ -39,6 +39,7 @@ class DeviceSet:
     post: PostPort
     boot_timer: BootTimer
     uart2: Uart16550 | None = None
+    virtio: list[Any] = field(default_factory=list)     # attached virtio transports (harness.devices.virtio)
     _closed: bool = field(default=False, repr=False)
 
     def close(self) -> None:
@@ -49,6 +50,14 @@ class DeviceSet:
         self.rtc.close()
         self.i8042.flush_gaps()
         self.pci.flush_gaps()
+
+    def mmio_descriptions(self) -> list[Any]:
+        """The virtio-mmio slots, as harness.firmware.machine.MmioDevice (for the DSDT)."""
+        return [t.firmware_entry() for t in self.virtio if t.transport == "mmio"]
+
+    def pci_descriptions(self) -> list[Any]:
+        """The PCI functions beside the host bridge, as harness.firmware.machine.PciDevice."""
+        return [t.firmware_entry() for t in self.virtio if t.transport == "pci"]
 
     def describe(self) -> dict[str, list[dict[str, object]]]:
         """The bus maps, for reports."""
