@@ -86,7 +86,7 @@ class ChildVm:
                             gap_overrides=gap_overrides(opts))
         self.machine = Machine(self.ram, self.devices.io_bus, self.devices.mmio_bus, cfg, emit=self.emit)
         firmware = install_firmware(req, self.ram, self.devices, self.machine)
-        entry, self.boot_info = load_guest(req, self.ram, firmware.rsdp_address)
+        entry, self.boot_info = load_guest(req, self.ram, firmware.rsdp_address, self.devices)
         self.boot_info["firmware"] = firmware.info()
         self.machine.set_entry(entry)
         from harness.backends.debugopts import DebugOptions
@@ -191,7 +191,30 @@ def build_devices(child: ChildVm) -> Any:
                         emit=child.emit,
                         gap=lambda gap: child.machine.gaps.record(gap) if child.machine else None)
     from harness.devices import build_x86_devices
-    return build_x86_devices(ctx, console_write, memory_bytes=child.request.memory_mib * layout.MiB)
+    from harness.devices.virtio import VirtioSetup, attach
+    req = child.request
+    devices = build_x86_devices(ctx, console_write, memory_bytes=req.memory_mib * layout.MiB)
+    setup = VirtioSetup.from_guest(req.options, req.disk, req.workdir)
+    attach(devices, ctx, child.ram, setup, sinks={"hvc0": SecondConsole(req.workdir / HVC_LOG).write})
+    return devices
+
+
+HVC_LOG = "console-hvc0.log"
+
+
+class SecondConsole:
+    """The virtio console's output, recorded beside the UART's: raw bytes in console-hvc0.log and
+    a CLOCK_MONOTONIC timestamp per chunk in console-hvc0.timing.jsonl."""
+
+    def __init__(self, path: Path) -> None:
+        self.log = open(path, "ab", buffering=0)
+        self.timing = open(path.with_suffix(".timing.jsonl"), "a", buffering=1)
+        self.offset = 0
+
+    def write(self, data: bytes) -> None:
+        self.timing.write(json.dumps({"t": time.monotonic(), "offset": self.offset, "n": len(data)}) + "\n")
+        self.log.write(data)
+        self.offset += len(data)
 
 
 def install_firmware(req: BootRequest, ram: Any, devices: Any, machine: Any) -> Any:
@@ -208,7 +231,16 @@ def install_firmware(req: BootRequest, ram: Any, devices: Any, machine: Any) -> 
     return installed
 
 
-def load_guest(req: BootRequest, ram: Any, rsdp: int | None = None) -> tuple[Any, dict[str, Any]]:
+def kernel_cmdline(req: BootRequest, devices: Any) -> str:
+    """The guest's command line, plus virtio_mmio.device= hints when the guest asks for them
+    (kernels built with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES; the DSDT announces them either way)."""
+    if devices is None or not (req.options or {}).get("virtio_mmio_cmdline"):
+        return req.cmdline
+    hints = [t.cmdline_hint() for t in devices.virtio if t.transport == "mmio"]
+    return " ".join([req.cmdline, *hints]).strip()
+
+
+def load_guest(req: BootRequest, ram: Any, rsdp: int | None = None, devices: Any = None) -> tuple[Any, dict[str, Any]]:
     if req.kernel is None:
         raise BackendUnavailable(f"cell {req.cell_id}: the built-in backend needs a kernel",
                                  "give the guest a kernel file")
@@ -216,7 +248,7 @@ def load_guest(req: BootRequest, ram: Any, rsdp: int | None = None) -> tuple[Any
         from harness.kvm.rawboot import load_raw
         return load_raw(ram, req.kernel, mode=str((req.options or {}).get("raw_mode", "real16")))
     from harness.boot import load
-    plan = load(req.boot, ram, req.kernel, req.initrd, req.cmdline, req.vcpus, rsdp=rsdp)
+    plan = load(req.boot, ram, req.kernel, req.initrd, kernel_cmdline(req, devices), req.vcpus, rsdp=rsdp)
     return plan.entry, dict(plan.info)
 
 

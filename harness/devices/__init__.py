@@ -48,6 +48,10 @@ class DeviceSet:
             return
         self._closed = True
         self.rtc.close()
+        for transport in self.virtio:
+            disk = getattr(transport.device, "disk", None)
+            if disk is not None:
+                disk.close()
         self.i8042.flush_gaps()
         self.pci.flush_gaps()
 

@@ -1,0 +1,104 @@
+"""virtio 1.x devices for the built-in VMM: one device a module, one shared virtqueue module,
+two transports.
+
+    queue.py    split virtqueue, every guest value bounds-checked (shared by all devices, and by an
+                aarch64 VMM through virtio-mmio)
+    device.py   feature negotiation, status, config space, failure -> gap + DEVICE_NEEDS_RESET
+    mmio.py     virtio-mmio v2 (announced in the DSDT, optionally on the kernel command line)
+    pci.py      virtio-pci modern + transitional legacy I/O BAR, INTx
+    blk.py      virtio-blk over disk.py's copy-on-write overlay (raw, or qcow2 via qemu-img)
+    console.py  virtio-console (hvc0), a second console stream
+    rng.py      virtio-rng
+
+`attach()` builds what a guest's options ask for and puts it on the buses of a DeviceSet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from harness import layout
+from harness.devices.pci import Bdf
+from harness.devices.virtio.blk import DEFAULT_SEG_MAX, DEFAULT_SIZE_MAX, VirtioBlk
+from harness.devices.virtio.console import VirtioConsole
+from harness.devices.virtio.disk import CowDisk, prepare_image
+from harness.devices.virtio.mmio import VirtioMmio
+from harness.devices.virtio.pci import PciWindows, VirtioPci
+from harness.devices.virtio.rng import VirtioRng
+from harness.errors import ConfigError
+
+TRANSPORTS = ("pci", "mmio")
+FIRST_PCI_SLOT = 1                 # 00:00.0 is the host bridge
+
+
+@dataclass
+class VirtioSetup:
+    """What the guest asked for (guest file `builtin:` keys virtio_devices, virtio_transport, ...)."""
+    devices: list[str] = field(default_factory=list)
+    transport: str = "pci"
+    disk: Path | None = None
+    disk_format: str = "auto"
+    size_max: int = DEFAULT_SIZE_MAX
+    seg_max: int = DEFAULT_SEG_MAX
+    workdir: Path = Path(".")
+
+    @classmethod
+    def from_guest(cls, options: dict[str, Any] | None, disk: Path | None, workdir: Path) -> "VirtioSetup":
+        opts = options or {}
+        devices = list(opts.get("virtio_devices") or (["blk"] if disk is not None else []))
+        unknown = sorted(set(devices) - set(DEVICE_TYPES))
+        if unknown:
+            raise ConfigError(f"unknown virtio devices {unknown}", f"use some of: {', '.join(DEVICE_TYPES)}")
+        if "blk" in devices and disk is None:
+            raise ConfigError("virtio_devices lists blk but the guest has no disk", "give the guest a disk: source")
+        transport = str(opts.get("virtio_transport", "pci"))
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"unknown virtio transport {transport!r}", f"use one of: {', '.join(TRANSPORTS)}")
+        return cls(devices=devices, transport=transport, disk=disk, disk_format=str(opts.get("disk_format", "auto")),
+                   size_max=int(opts.get("virtio_size_max", DEFAULT_SIZE_MAX)),
+                   seg_max=int(opts.get("virtio_seg_max", DEFAULT_SEG_MAX)), workdir=workdir)
+
+
+def _blk(ram: Any, gap: Callable, setup: VirtioSetup, sinks: dict[str, Callable[[bytes], None]]) -> VirtioBlk:
+    base = prepare_image(setup.disk, setup.workdir, setup.disk_format)
+    disk = CowDisk(base, setup.workdir / "disk.overlay")
+    return VirtioBlk(ram, gap, disk, size_max=setup.size_max, seg_max=setup.seg_max)
+
+
+def _console(ram: Any, gap: Callable, setup: VirtioSetup, sinks: dict[str, Callable[[bytes], None]]) -> VirtioConsole:
+    return VirtioConsole(ram, gap, sinks.get("hvc0", lambda data: None))
+
+
+def _rng(ram: Any, gap: Callable, setup: VirtioSetup, sinks: dict[str, Callable[[bytes], None]]) -> VirtioRng:
+    return VirtioRng(ram, gap)
+
+
+DEVICE_TYPES: dict[str, Callable[..., Any]] = {"blk": _blk, "console": _console, "rng": _rng}
+
+
+def attach(devset: Any, ctx: Any, ram: Any, setup: VirtioSetup,
+           sinks: dict[str, Callable[[bytes], None]] | None = None) -> list[Any]:
+    """Build `setup.devices` on `setup.transport` and register them on `devset`'s buses."""
+    sinks = sinks or {}
+    transports: list[Any] = []
+    for i, kind in enumerate(setup.devices):
+        device = DEVICE_TYPES[kind](ram, ctx.gap, setup, sinks)
+        if setup.transport == "mmio":
+            if i >= layout.VIRTIO_MMIO_SLOTS:
+                raise ConfigError(f"{len(setup.devices)} virtio-mmio devices, {layout.VIRTIO_MMIO_SLOTS} slots",
+                                  "use fewer devices or virtio_transport: pci")
+            base = layout.VIRTIO_MMIO_START + i * layout.VIRTIO_MMIO_SLOT
+            transport = VirtioMmio(device, base, layout.VIRTIO_MMIO_GSIS[i], ctx.set_irq)
+            devset.mmio_bus.register(base, layout.VIRTIO_MMIO_SLOT, transport, f"virtio-mmio-{kind}")
+        else:
+            transport = VirtioPci(device, FIRST_PCI_SLOT + i, ctx.set_irq)
+            devset.pci.add_function(Bdf(0, transport.slot, 0), transport)
+        transports.append(transport)
+    pci = [t for t in transports if t.transport == "pci"]
+    if pci:
+        windows = PciWindows(pci)
+        devset.mmio_bus.register(layout.PCI_MMIO_START, layout.PCI_MMIO_SIZE, windows.memory, "pci-mmio-window")
+        devset.io_bus.register(layout.PCI_IO_WINDOW[0], layout.PCI_IO_WINDOW[1], windows.io, "pci-io-window")
+    devset.virtio.extend(transports)
+    return transports
