@@ -128,9 +128,15 @@ def legacy_devices(second_uart: bool = False, i8042: bool = True) -> list[IsaDev
     return devices
 
 
+# KVM's in-kernel IOAPIC resets its ID register to 0 (virt/kvm/ioapic.c) and QEMU's MADT says 0
+# too. The tables state the ID the register holds: BSD ioapic drivers compare the two and rewrite
+# the register ("misconfigured as apic N") when they differ.
+KVM_IOAPIC_ID = 0
+
+
 def describe(vcpus: int, mmio: list[MmioDevice] | None = None, pci: list[PciDevice] | None = None,
              second_uart: bool = False, msi_supported: bool = False) -> MachineDescription:
-    """The built-in VMM's machine: `vcpus` CPUs with APIC ids 0..n-1, the IOAPIC after them."""
-    return MachineDescription(cpus=[Cpu(i) for i in range(vcpus)], ioapic=IoApic(apic_id=vcpus),
+    """The built-in VMM's machine: `vcpus` CPUs with APIC ids 0..n-1 (KVM's LAPIC ID = vCPU id)."""
+    return MachineDescription(cpus=[Cpu(i) for i in range(vcpus)], ioapic=IoApic(apic_id=KVM_IOAPIC_ID),
                               isa=legacy_devices(second_uart), mmio=list(mmio or []), pci=list(pci or []),
                               msi_supported=msi_supported)
