@@ -147,7 +147,9 @@ def parse_elf(data: bytes, name: str = "kernel") -> ElfImage:
     except KernelImageError:
         raise
     except Exception as exc:  # pyelftools/construct raise ELFError, StreamError, ValueError...
-        if isinstance(exc, (ELFError, ValueError, KeyError, EOFError)) or type(exc).__module__.startswith("elftools"):
+        # OverflowError: a header offset beyond what a file position can be (found by fuzzing)
+        if isinstance(exc, (ELFError, ValueError, KeyError, EOFError, OverflowError, MemoryError)) \
+                or type(exc).__module__.startswith(("elftools", "construct")):
             raise KernelImageError(f"{name} is a truncated or corrupt ELF file ({exc})",
                                    "download it again") from None
         raise
