@@ -225,6 +225,10 @@ def install_firmware(req: BootRequest, ram: Any, devices: Any, machine: Any) -> 
     desc = firmware.describe(req.vcpus, mmio=devices.mmio_descriptions(), pci=devices.pci_descriptions(),
                              second_uart=devices.uart2 is not None)
     installed = firmware.install(ram, desc, opts)
+    if installed.watched:
+        from harness.devices.table_rom import TableRom
+        rom = TableRom(devices.ctx, layout.ACPI_WATCH_ADDR, layout.ACPI_WATCH_SIZE, installed.watched)
+        devices.mmio_bus.register(layout.ACPI_WATCH_ADDR, layout.ACPI_WATCH_SIZE, rom, "acpi-tables")
     for table in installed.omitted:
         machine.gaps.record(GapRecord(kind=FIRMWARE_TABLE_MISSING, key=table, access="omitted",
                                       detail={"why": "turned off by the guest's builtin options"}))

@@ -40,6 +40,7 @@ class DeviceSet:
     boot_timer: BootTimer
     uart2: Uart16550 | None = None
     virtio: list[Any] = field(default_factory=list)     # attached virtio transports (harness.devices.virtio)
+    ctx: DeviceContext | None = None                    # what later devices (virtio, table ROM) report through
     _closed: bool = field(default=False, repr=False)
 
     def close(self) -> None:
@@ -104,4 +105,4 @@ def build_x86_devices(ctx: DeviceContext, console_output: Callable[[bytes], None
     io_bus.register(layout.BOOT_TIMER_PORT, BOOT_TIMER_PORTS, boot_timer, "boot-timer")
 
     return DeviceSet(io_bus=io_bus, mmio_bus=mmio_bus, uart=uart, rtc=rtc, i8042=i8042, pci=pci,
-                     post=post, boot_timer=boot_timer, uart2=uart2)
+                     post=post, boot_timer=boot_timer, uart2=uart2, ctx=ctx)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness import layout
 from harness.errors import ConfigError
 from harness.firmware import acpi, mptable
 from harness.firmware.machine import MachineDescription, describe
@@ -25,6 +26,7 @@ class FirmwareOptions:
     acpi: bool = True
     mptable: bool = True
     acpi_omit: tuple[str, ...] = ()
+    watch: bool = False               # tables in an MMIO window, so every read the guest makes is seen
 
     @classmethod
     def from_guest(cls, options: dict[str, Any] | None) -> "FirmwareOptions":
@@ -37,7 +39,7 @@ class FirmwareOptions:
             raise ConfigError(f"builtin option acpi_omit names unknown tables {bad}",
                               f"use some of: {', '.join(acpi.TABLES)}")
         return cls(acpi=bool(opts.get("acpi", True)), mptable=bool(opts.get("mptable", True)),
-                   acpi_omit=tuple(omit))
+                   acpi_omit=tuple(omit), watch=bool(opts.get("acpi_watch", False)))
 
 
 @dataclass
@@ -46,6 +48,7 @@ class InstalledFirmware:
     tables: dict[str, int] = field(default_factory=dict)      # "RSDP", "XSDT", "APIC", ..., "MP" -> gpa
     regions: list[tuple[str, int, int]] = field(default_factory=list)
     omitted: list[str] = field(default_factory=list)           # tables a guest may look for and not find
+    watched: dict[int, bytes] = field(default_factory=dict)    # blobs for an MMIO table window (watch)
 
     def info(self) -> dict[str, Any]:
         return {"rsdp": self.rsdp_address, "tables": {k: hex(v) for k, v in self.tables.items()},
@@ -55,12 +58,17 @@ class InstalledFirmware:
 def install(ram: Any, machine: MachineDescription, options: FirmwareOptions = FirmwareOptions()) -> InstalledFirmware:
     """Write the tables `options` ask for into guest RAM (the reserved BIOS area and the EBDA)."""
     out = InstalledFirmware(rsdp_address=None)
-    tables = acpi.build(machine, omit=options.acpi_omit) if options.acpi else None
+    where = {"base": layout.ACPI_WATCH_ADDR, "end": layout.ACPI_WATCH_ADDR + layout.ACPI_WATCH_SIZE} \
+        if options.watch else {}
+    tables = acpi.build(machine, omit=options.acpi_omit, **where) if options.acpi else None
     if tables is None:
         out.omitted.append("acpi")
     else:
         for addr, blob in tables.blobs.items():
-            ram.write(addr, blob)
+            if options.watch and addr != tables.rsdp_address:
+                out.watched[addr] = blob          # the RSDP stays in RAM: guests find it by scanning
+            else:
+                ram.write(addr, blob)
         out.rsdp_address = tables.rsdp_address
         out.tables.update(tables.names)
         out.regions += tables.regions()

@@ -121,3 +121,50 @@ def test_guest_reads_and_writes_a_virtio_mmio_disk(tmp_path):
     assert not gaps and transport.isr & 1
     blk.disk.close()
     ram.close()
+
+
+def test_watched_acpi_tables_record_what_the_guest_read(tmp_path):
+    """acpi_watch: the RSDP stays in RAM, the tables are served from MMIO; a guest that follows
+    RSDP -> XSDT -> first entry reads XSDT and that table, and nothing else is recorded."""
+    from harness.devices.context import DeviceContext
+    from harness.devices.table_rom import TableRom
+    from harness.firmware import FirmwareOptions, describe, install
+    from harness.kvm.machine import Machine, MachineConfig
+    from harness.kvm.rawboot import load_raw
+    from harness.memory import GuestRam
+    ram = GuestRam(8 << 20)
+    fw = install(ram, describe(1), FirmwareOptions(watch=True, mptable=False))
+    holder: dict = {}
+    ctx = DeviceContext(set_irq=lambda g, l: None, emit=lambda e: None, gap=lambda g: holder["m"].gaps.record(g))
+    mmio = Bus("mmio")
+    mmio.register(layout.ACPI_WATCH_ADDR, layout.ACPI_WATCH_SIZE,
+                  TableRom(ctx, layout.ACPI_WATCH_ADDR, layout.ACPI_WATCH_SIZE, fw.watched), "acpi-tables")
+    io, port = FakeBus(), FakeDevice()
+    io.register(0x10, 4, port)
+    code = f"""
+    mov esi, dword ptr ds:[{layout.ACPI_RSDP_ADDR + 24:#x}]   # RSDP.XsdtAddress (low half)
+    mov eax, dword ptr ds:[esi + 36]                         # XSDT.Entry[0]
+    mov eax, dword ptr ds:[eax]                              # that table's signature
+    mov dx, 0x10
+    out dx, eax
+1:  jmp 1b
+    """
+    m = Machine(ram, io, mmio, MachineConfig(vcpus=1, irqchip=True, pit=True))
+    holder["m"] = m
+    try:
+        entry, _ = load_raw(ram, assemble(code, 32), mode="protected32")
+        m.set_entry(entry)
+        m.start()
+        deadline = time.monotonic() + 20
+        while not port.writes and time.monotonic() < deadline:
+            time.sleep(0.02)
+        reads = {g.key: g.count for g in m.gaps.records() if g.kind == "firmware-table-read"}
+    finally:
+        m.stop()
+        m.close()
+        ram.close()
+    assert port.writes[0][2].to_bytes(4, "little") == b"FACP"
+    assert reads == {"XSDT": 1, "FACP": 1}
+    assert set(fw.tables) >= {"XSDT", "FACP", "APIC", "DSDT"} and all(
+        layout.ACPI_WATCH_ADDR <= a < layout.ACPI_WATCH_ADDR + layout.ACPI_WATCH_SIZE
+        for n, a in fw.tables.items() if n != "RSDP")
