@@ -263,6 +263,12 @@ def parse_setup_header(data: bytes, name: str = "kernel") -> SetupHeader:
     if header_end > len(data) or hdr.pm_offset >= len(data):
         raise KernelImageError(f"{name} is truncated: its setup code ends at {hdr.pm_offset:#x} but the "
                                f"file is {len(data):#x} bytes", "download it again")
+    # syssize (protocol >= 2.04): the protected-mode part in 16-byte units. Real images are longer
+    # (a signature may follow); a file shorter than its header promises was cut off.
+    syssize = _u(data, 0x1F4, 4) if version >= 0x0204 else 0
+    if hdr.pm_offset + 16 * syssize > len(data):
+        raise KernelImageError(f"{name} is truncated: its header promises {16 * syssize:#x} bytes of kernel after "
+                               f"the setup code, the file holds {len(data) - hdr.pm_offset:#x}", "download it again")
     hdr.kernel_version = _kernel_version(data, hdr)
     return hdr
 

@@ -171,3 +171,17 @@ def test_mutated_bzimage_headers_never_escape_as_tracebacks(tmp_path, mem):
                 load(method, mem, path, None, "")
             except HarnessError as exc:
                 assert exc.problem and exc.fix
+
+
+def test_bzimage_shorter_than_its_syssize_is_refused_before_the_vm_starts(tmp_path):
+    """A header that promises more kernel than the file holds: one line, no VM."""
+    import struct as _struct
+
+    from builders import fake_bzimage
+    from harness.boot.image import parse_setup_header
+    from harness.errors import KernelImageError
+    data = bytearray(fake_bzimage())
+    _struct.pack_into("<I", data, 0x1F4, (len(data) // 16) + 1)
+    with pytest.raises(KernelImageError, match="promises") as info:
+        parse_setup_header(bytes(data), "bzImage")
+    assert "\n" not in info.value.one_line()
