@@ -195,7 +195,10 @@ def build_devices(child: ChildVm) -> Any:
     req = child.request
     devices = build_x86_devices(ctx, console_write, memory_bytes=req.memory_mib * layout.MiB)
     setup = VirtioSetup.from_guest(req.options, req.disk, req.workdir)
-    attach(devices, ctx, child.ram, setup, sinks={"hvc0": SecondConsole(req.workdir / HVC_LOG).write})
+    msi = None
+    if child.host.get("caps", {}).get("SIGNAL_MSI"):
+        msi = lambda address, data: bool(child.machine) and child.machine.vm.signal_msi(address, data)  # noqa: E731
+    attach(devices, ctx, child.ram, setup, sinks={"hvc0": SecondConsole(req.workdir / HVC_LOG).write}, msi=msi)
     return devices
 
 
@@ -223,7 +226,8 @@ def install_firmware(req: BootRequest, ram: Any, devices: Any, machine: Any) -> 
     from harness.gaps.record import FIRMWARE_TABLE_MISSING, GapRecord
     opts = firmware.FirmwareOptions.from_guest(req.options)
     desc = firmware.describe(req.vcpus, mmio=devices.mmio_descriptions(), pci=devices.pci_descriptions(),
-                             second_uart=devices.uart2 is not None)
+                             second_uart=devices.uart2 is not None,
+                             msi_supported=any(getattr(t, "msix_vectors", 0) for t in devices.virtio))
     installed = firmware.install(ram, desc, opts)
     if installed.watched:
         from harness.devices.table_rom import TableRom

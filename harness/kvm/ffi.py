@@ -42,6 +42,8 @@ struct kvm_msr_filter_range { uint32_t flags; uint32_t nmsrs; uint32_t base; uin
 struct kvm_msr_filter { uint32_t flags; struct kvm_msr_filter_range ranges[16]; };
 struct kvm_pit_config { uint32_t flags; uint32_t pad[15]; };
 struct kvm_irq_level { uint32_t irq; uint32_t level; };
+struct kvm_msi { uint32_t address_lo; uint32_t address_hi; uint32_t data; uint32_t flags; uint32_t devid;
+                 uint8_t pad[12]; };
 struct kvm_enable_cap { uint32_t cap; uint32_t flags; uint64_t args[4]; uint8_t pad[64]; };
 struct kvm_mp_state { uint32_t mp_state; };
 struct kvm_translation {
@@ -155,6 +157,7 @@ KVM_REGISTER_COALESCED_MMIO = _iow(0x67, "struct kvm_coalesced_mmio_zone")
 KVM_UNREGISTER_COALESCED_MMIO = _iow(0x68, "struct kvm_coalesced_mmio_zone")
 KVM_CREATE_PIT2 = _iow(0x77, "struct kvm_pit_config")
 KVM_ENABLE_CAP = _iow(0xA3, "struct kvm_enable_cap")
+KVM_SIGNAL_MSI = _iow(0xA5, "struct kvm_msi")
 KVM_X86_SET_MSR_FILTER = _iow(0xC6, "struct kvm_msr_filter")
 # vcpu fd
 KVM_RUN = _io(0x80)
@@ -251,4 +254,4 @@ IOCTLS = {name: value for name, value in dict(globals()).items()
                        "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_TRANSLATE", "KVM_GET_MSRS", "KVM_SET_MSRS",
                        "KVM_SET_CPUID2", "KVM_GET_MP_STATE", "KVM_SET_MP_STATE", "KVM_GET_VCPU_EVENTS",
                        "KVM_SET_VCPU_EVENTS", "KVM_SET_GUEST_DEBUG", "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XCRS",
-                       "KVM_SET_XCRS"}}
+                       "KVM_SET_XCRS", "KVM_SIGNAL_MSI"}}

@@ -85,6 +85,18 @@ class Vm:
         line.irq, line.level = irq, 1 if level else 0
         ioctl(self.fd, k.KVM_IRQ_LINE, line, what="KVM_IRQ_LINE")
 
+    def signal_msi(self, address: int, data: int) -> bool:
+        """Inject one MSI (address/data as a device writes them) through KVM_SIGNAL_MSI.
+        True when delivered; False when the host lacks the ioctl or the guest masked it."""
+        if not self.irqchip or not self.caps.get("SIGNAL_MSI"):
+            return False
+        msi = ffi.new("struct kvm_msi *")
+        msi.address_lo, msi.address_hi, msi.data = address & 0xFFFF_FFFF, address >> 32, data
+        try:
+            return ioctl(self.fd, k.KVM_SIGNAL_MSI, msi, what="KVM_SIGNAL_MSI") > 0
+        except OSError:
+            return False
+
     # -- coalesced PIO / MMIO --------------------------------------------------------------------
     def coalesce(self, addr: int, size: int, pio: bool) -> bool:
         """Let guest writes to [addr, addr+size) go into the ring instead of exiting. False if unsupported."""

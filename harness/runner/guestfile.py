@@ -18,7 +18,7 @@ FAMILIES = ("linux", "netbsd", "openbsd", "freebsd", "fixture", "xen", "other")
 ARCHES = ("x86_64", "aarch64")
 BOOT_METHODS = ("bzimage", "pvh", "multiboot", "netbsd", "openbsd", "freebsd", "firmware", "image", "raw", "auto")
 BUILTIN_OPTIONS = ("coalesce_serial", "rescue", "raw_mode", "acpi", "mptable", "acpi_omit", "virtio_transport",
-                   "virtio_devices", "disk_format", "virtio_size_max", "virtio_seg_max", "virtio_mmio_cmdline", "acpi_watch")
+                   "virtio_devices", "disk_format", "virtio_size_max", "virtio_seg_max", "virtio_mmio_cmdline", "acpi_watch", "virtio_msix")
 BACKENDS = BACKEND_NAMES
 DEFAULT_BACKENDS = ("builtin", "qemu-tcg", "qemu-kvm")
 SOURCE_KINDS = ("path", "fixture", "asset", "url")

@@ -232,3 +232,41 @@ def test_attach_puts_devices_on_the_buses_and_into_the_tables(ram, rec, image, t
             fn = devs.virtio[0]
             assert devs.io_bus.read(fn.bar_base(0), 4) == fn.device.offered & 0xFFFF_FFFF
         devs.close()
+
+
+def test_msix_vectors_fire_latch_when_masked_and_fall_back_to_intx(ram, rec):
+    from harness.devices.virtio import pci as P
+    sent = []
+    fn = VirtioPci(VirtioRng(ram, rec.gap), 1, rec.set_irq, msi=lambda a, d: sent.append((a, d)) or True)
+    drv = PciModernDriver(fn, ram)
+    cap = fn.msix_cap
+    assert fn.read_config(cap, 1) == P.PCI_CAP_MSIX and fn.read_config(cap + 2, 2) & 0x7FF == 1   # 2 vectors
+    drv.init()
+    drv.cw(P.CC_Q_SELECT, 2, 0)
+    drv.cw(P.CC_Q_MSIX, 2, 1)
+    assert drv.cr(P.CC_Q_MSIX, 2) == 1
+    drv.cw(P.CC_MSIX, 2, 7)                                    # beyond the table: refused
+    assert drv.cr(P.CC_MSIX, 2) == P.NO_VECTOR
+    base = P.MSIX_TABLE_OFF + 16
+    fn.mem_write(base, 4, 0xFEE0_0000)
+    fn.mem_write(base + 8, 4, 0x41)
+    fn.write_config(cap + 2, 2, P.MSIX_ENABLE)                  # MSI-X on; entry 1 still masked
+    drv.rings[0].submit([(DATA_BASE, 16, True)])
+    drv.kick(0)
+    assert sent == [] and fn.mem_read(P.MSIX_PBA_OFF, 1) == 0b10  # pending bit latched
+    fn.mem_write(base + 12, 4, 0)                              # unmask -> delivered
+    assert sent == [(0xFEE0_0000, 0x41)] and fn.mem_read(P.MSIX_PBA_OFF, 1) == 0
+    assert rec.level(fn.gsi) == 0                              # no INTx while MSI-X is on
+    fn.write_config(cap + 2, 2, 0)                             # MSI-X off: INTx again
+    drv.rings[0].submit([(DATA_BASE, 16, True)])
+    drv.kick(0)
+    assert rec.level(fn.gsi) == 1 and len(sent) == 1
+
+
+def test_no_msix_capability_without_an_msi_path(ram, rec):
+    fn = VirtioPci(VirtioRng(ram, rec.gap), 1, rec.set_irq)
+    at, ids = fn.read_config(0x34, 1), []
+    while at:
+        ids.append(fn.read_config(at, 1))
+        at = fn.read_config(at + 1, 1)
+    assert ids == [0x09] * 4

@@ -63,7 +63,7 @@ def driver(transport: str, dev, ram):
     irq = lambda gsi, level: None  # noqa: E731
     if transport == "mmio":
         return MmioDriver(VirtioMmio(dev, layout.VIRTIO_MMIO_START, 20, irq), ram)
-    return PciModernDriver(VirtioPci(dev, 1, irq), ram)
+    return PciModernDriver(VirtioPci(dev, 1, irq, msi=lambda address, data: True), ram)   # MSI-X on
 
 
 def outcome_ok(dev, gaps) -> None:

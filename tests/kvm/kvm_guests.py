@@ -5,6 +5,7 @@ protected mode through the flat GDT that `protected_entry` writes).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -240,3 +241,37 @@ def host_label() -> str:
     from harness.kvm.system import host_info
     info = host_info()
     return f"{info['kvm_module']} on Linux {info['kernel_release']}, {info['cpu_model'] or 'unknown CPU'}"
+
+
+@contextlib.contextmanager
+def running_machine(code: bytes, mode: str = "protected32", *, io: Any = None, mmio: Any = None,
+                    ram: Any = None, memory: int = 4 << 20, **config: Any):
+    """A started Machine (in-kernel irqchip + PIT by default) running `code`; stopped and closed
+    on exit. Yields the machine; the caller polls its fake devices."""
+    from harness.kvm.machine import Machine, MachineConfig
+    from harness.kvm.rawboot import load_raw
+    from harness.memory import GuestRam
+    config.setdefault("irqchip", True)
+    config.setdefault("pit", True)
+    own_ram = ram is None
+    ram = ram if ram is not None else GuestRam(memory)
+    machine = Machine(ram, io or FakeBus(), mmio or FakeBus(), MachineConfig(**config))
+    try:
+        entry, _ = load_raw(ram, code, mode=mode)
+        machine.set_entry(entry)
+        machine.start()
+        yield machine
+    finally:
+        machine.stop()
+        machine.close()
+        if own_ram:
+            ram.close()
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    """Poll `predicate` until true or `timeout` seconds pass."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(predicate())

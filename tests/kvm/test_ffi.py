@@ -17,7 +17,7 @@ STRUCTS = ["kvm_userspace_memory_region", "kvm_regs", "kvm_segment", "kvm_dtable
            "kvm_pit_config", "kvm_irq_level", "kvm_enable_cap", "kvm_mp_state", "kvm_translation",
            "kvm_coalesced_mmio_zone", "kvm_coalesced_mmio", "kvm_coalesced_mmio_ring", "kvm_vcpu_events",
            "kvm_sync_regs", "kvm_run", "kvm_xsave", "kvm_xcr", "kvm_xcrs", "kvm_guest_debug", "kvm_guest_debug_arch",
-           "kvm_debugregs"]
+           "kvm_debugregs", "kvm_msi"]
 # (struct, field path) for every field the code touches by offset or attribute.
 FIELDS = [
     ("kvm_run", "immediate_exit"), ("kvm_run", "exit_reason"), ("kvm_run", "io.direction"), ("kvm_run", "io.size"),
@@ -42,6 +42,7 @@ FIELDS = [
     ("kvm_run", "debug.arch.dr7"), ("kvm_guest_debug", "control"), ("kvm_guest_debug", "arch"),
     ("kvm_guest_debug_arch", "debugreg"), ("kvm_debugregs", "db"), ("kvm_debugregs", "dr6"), ("kvm_debugregs", "dr7"),
     ("kvm_debugregs", "flags"),
+    ("kvm_msi", "address_lo"), ("kvm_msi", "address_hi"), ("kvm_msi", "data"), ("kvm_msi", "flags"),
 ]
 
 

@@ -6,9 +6,7 @@ to the AP thread our run loop keeps in KVM_RUN (KVM_MP_STATE_UNINITIALIZED until
 """
 from __future__ import annotations
 
-import time
-
-from kvm_guests import FakeBus, FakeDevice, assemble, needs_as, needs_kvm
+from kvm_guests import FakeBus, FakeDevice, assemble, needs_as, needs_kvm, running_machine, wait_for
 
 pytestmark = [needs_kvm, needs_as]
 
@@ -53,38 +51,21 @@ ap_start:
 
 
 def test_bsp_starts_the_ap_with_init_sipi():
-    from harness.kvm.machine import Machine, MachineConfig
-    from harness.kvm.rawboot import load_raw
-    from harness.memory import GuestRam
     io, bsp_port, ap_port = FakeBus(), FakeDevice(), FakeDevice()
     io.register(0x10, 1, bsp_port)
     io.register(0x11, 1, ap_port)
-    ram = GuestRam(4 << 20)
-    m = Machine(ram, io, FakeBus(), MachineConfig(vcpus=2, irqchip=True, pit=True))
-    try:
-        entry, _ = load_raw(ram, assemble(bsp_code(assemble(AP_CODE, 16)), 32), mode="protected32")
-        m.set_entry(entry)
-        m.start()
-        deadline = time.monotonic() + 30
-        while not bsp_port.writes and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with running_machine(assemble(bsp_code(assemble(AP_CODE, 16)), 32), io=io, vcpus=2) as m:
+        wait_for(lambda: bsp_port.writes, 30)
         assert ap_port.writes == [(0, 1, 0xA1)], "the AP never ran its trampoline"
         assert bsp_port.writes == [(0, 1, 0xB0)]
         counts = [loop.exit_counts().get("io", 0) for loop in m.loops]
         assert counts[0] >= 1 and counts[1] >= 1            # each vCPU exited on its own thread
-    finally:
-        m.stop()
-        m.close()
-        ram.close()
 
 
 def test_ioapic_id_register_matches_the_tables():
     """The guest reads the IOAPIC's ID register (index 0 via IOREGSEL/IOWIN) and its version
     register (24 pins); both must be what the MADT and the MP table say."""
     from harness.firmware import describe, mptable
-    from harness.kvm.machine import Machine, MachineConfig
-    from harness.kvm.rawboot import load_raw
-    from harness.memory import GuestRam
     io, port = FakeBus(), FakeDevice()
     io.register(0x10, 4, port)
     code = """
@@ -98,19 +79,8 @@ def test_ioapic_id_register_matches_the_tables():
     out dx, eax
 1:  jmp 1b
     """
-    ram = GuestRam(4 << 20)
-    m = Machine(ram, io, FakeBus(), MachineConfig(vcpus=1, irqchip=True, pit=True))
-    try:
-        entry, _ = load_raw(ram, assemble(code, 32), mode="protected32")
-        m.set_entry(entry)
-        m.start()
-        deadline = time.monotonic() + 20
-        while len(port.writes) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        m.stop()
-        m.close()
-        ram.close()
+    with running_machine(assemble(code, 32), io=io):
+        wait_for(lambda: len(port.writes) >= 2)
     desc = describe(2)
     (_, _, ioapic_id), (_, _, version) = port.writes[:2]
     assert ioapic_id == desc.ioapic.apic_id

@@ -4,9 +4,9 @@ status on ports; its write to sector 1 lands in the overlay, never in the image.
 from __future__ import annotations
 
 import hashlib
-import time
+from collections import Counter
 
-from kvm_guests import FakeBus, FakeDevice, assemble, needs_as, needs_kvm
+from kvm_guests import FakeBus, FakeDevice, assemble, needs_as, needs_kvm, running_machine, wait_for
 
 from harness import layout
 from harness.devices.bus import Bus
@@ -85,8 +85,6 @@ GUEST = f"""
 
 
 def test_guest_reads_and_writes_a_virtio_mmio_disk(tmp_path):
-    from harness.kvm.machine import Machine, MachineConfig
-    from harness.kvm.rawboot import load_raw
     from harness.memory import GuestRam
     image = tmp_path / "disk.img"
     image.write_bytes(b"\xC3" + bytes(64 * 1024 - 1))
@@ -99,20 +97,12 @@ def test_guest_reads_and_writes_a_virtio_mmio_disk(tmp_path):
     holder: dict = {}
     gaps: list = []
     blk = VirtioBlk(ram, gaps.append, CowDisk(image, tmp_path / "overlay"))
-    transport = VirtioMmio(blk, B, layout.VIRTIO_MMIO_GSIS[0], lambda gsi, lvl: holder["m"].set_irq(gsi, lvl))
+    transport = VirtioMmio(blk, B, layout.VIRTIO_MMIO_GSIS[0], 
+                           lambda gsi, lvl: holder["m"].set_irq(gsi, lvl) if "m" in holder else None)
     mmio.register(B, layout.VIRTIO_MMIO_SLOT, transport, "virtio-blk")
-    m = Machine(ram, io, mmio, MachineConfig(vcpus=1, irqchip=True, pit=True))
-    holder["m"] = m
-    try:
-        entry, _ = load_raw(ram, assemble(GUEST, 32), mode="protected32")
-        m.set_entry(entry)
-        m.start()
-        deadline = time.monotonic() + 30
-        while not ports[2].writes and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        m.stop()
-        m.close()
+    with running_machine(assemble(GUEST, 32), io=io, mmio=mmio, ram=ram) as m:
+        holder["m"] = m
+        wait_for(lambda: ports[2].writes, 30)
     assert ports[0].writes == [(0, 1, 0xC3)]          # first byte of sector 0
     assert ports[1].writes == [(0, 1, 0)]             # VIRTIO_BLK_S_OK
     assert ports[2].writes == [(0, 1, 0)]             # the write succeeded too
@@ -129,13 +119,11 @@ def test_watched_acpi_tables_record_what_the_guest_read(tmp_path):
     from harness.devices.context import DeviceContext
     from harness.devices.table_rom import TableRom
     from harness.firmware import FirmwareOptions, describe, install
-    from harness.kvm.machine import Machine, MachineConfig
-    from harness.kvm.rawboot import load_raw
     from harness.memory import GuestRam
     ram = GuestRam(8 << 20)
     fw = install(ram, describe(1), FirmwareOptions(watch=True, mptable=False))
-    holder: dict = {}
-    ctx = DeviceContext(set_irq=lambda g, l: None, emit=lambda e: None, gap=lambda g: holder["m"].gaps.record(g))
+    seen: list = []
+    ctx = DeviceContext(set_irq=lambda g, l: None, emit=lambda e: None, gap=seen.append)
     mmio = Bus("mmio")
     mmio.register(layout.ACPI_WATCH_ADDR, layout.ACPI_WATCH_SIZE,
                   TableRom(ctx, layout.ACPI_WATCH_ADDR, layout.ACPI_WATCH_SIZE, fw.watched), "acpi-tables")
@@ -149,20 +137,10 @@ def test_watched_acpi_tables_record_what_the_guest_read(tmp_path):
     out dx, eax
 1:  jmp 1b
     """
-    m = Machine(ram, io, mmio, MachineConfig(vcpus=1, irqchip=True, pit=True))
-    holder["m"] = m
-    try:
-        entry, _ = load_raw(ram, assemble(code, 32), mode="protected32")
-        m.set_entry(entry)
-        m.start()
-        deadline = time.monotonic() + 20
-        while not port.writes and time.monotonic() < deadline:
-            time.sleep(0.02)
-        reads = {g.key: g.count for g in m.gaps.records() if g.kind == "firmware-table-read"}
-    finally:
-        m.stop()
-        m.close()
-        ram.close()
+    with running_machine(assemble(code, 32), io=io, mmio=mmio, ram=ram):
+        wait_for(lambda: port.writes)
+    ram.close()
+    reads = Counter(g.key for g in seen if g.kind == "firmware-table-read")
     assert port.writes[0][2].to_bytes(4, "little") == b"FACP"
     assert reads == {"XSDT": 1, "FACP": 1}
     assert set(fw.tables) >= {"XSDT", "FACP", "APIC", "DSDT"} and all(

@@ -42,6 +42,7 @@ class VirtioSetup:
     size_max: int = DEFAULT_SIZE_MAX
     seg_max: int = DEFAULT_SEG_MAX
     workdir: Path = Path(".")
+    msix: bool = True
 
     @classmethod
     def from_guest(cls, options: dict[str, Any] | None, disk: Path | None, workdir: Path) -> "VirtioSetup":
@@ -57,7 +58,8 @@ class VirtioSetup:
             raise ConfigError(f"unknown virtio transport {transport!r}", f"use one of: {', '.join(TRANSPORTS)}")
         return cls(devices=devices, transport=transport, disk=disk, disk_format=str(opts.get("disk_format", "auto")),
                    size_max=int(opts.get("virtio_size_max", DEFAULT_SIZE_MAX)),
-                   seg_max=int(opts.get("virtio_seg_max", DEFAULT_SEG_MAX)), workdir=workdir)
+                   seg_max=int(opts.get("virtio_seg_max", DEFAULT_SEG_MAX)), workdir=workdir,
+                   msix=bool(opts.get("virtio_msix", True)))
 
 
 def _blk(ram: Any, gap: Callable, setup: VirtioSetup, sinks: dict[str, Callable[[bytes], None]]) -> VirtioBlk:
@@ -78,8 +80,11 @@ DEVICE_TYPES: dict[str, Callable[..., Any]] = {"blk": _blk, "console": _console,
 
 
 def attach(devset: Any, ctx: Any, ram: Any, setup: VirtioSetup,
-           sinks: dict[str, Callable[[bytes], None]] | None = None) -> list[Any]:
-    """Build `setup.devices` on `setup.transport` and register them on `devset`'s buses."""
+           sinks: dict[str, Callable[[bytes], None]] | None = None,
+           msi: Callable[[int, int], bool] | None = None) -> list[Any]:
+    """Build `setup.devices` on `setup.transport` and register them on `devset`'s buses.
+    `msi` (address, data) -> delivered: given when the VMM can inject MSIs; virtio-pci devices
+    then offer MSI-X (unless the guest's options say virtio_msix: false)."""
     sinks = sinks or {}
     transports: list[Any] = []
     for i, kind in enumerate(setup.devices):
@@ -92,7 +97,7 @@ def attach(devset: Any, ctx: Any, ram: Any, setup: VirtioSetup,
             transport = VirtioMmio(device, base, layout.VIRTIO_MMIO_GSIS[i], ctx.set_irq)
             devset.mmio_bus.register(base, layout.VIRTIO_MMIO_SLOT, transport, f"virtio-mmio-{kind}")
         else:
-            transport = VirtioPci(device, FIRST_PCI_SLOT + i, ctx.set_irq)
+            transport = VirtioPci(device, FIRST_PCI_SLOT + i, ctx.set_irq, msi=msi if setup.msix else None)
             devset.pci.add_function(Bdf(0, transport.slot, 0), transport)
         transports.append(transport)
     pci = [t for t in transports if t.transport == "pci"]

@@ -45,7 +45,8 @@ class VirtioDevice:
         self.lock = threading.RLock()
         self.queues = [Virtqueue(ram, size) for size in self.queue_sizes]
         self.config = bytearray(self.config_bytes())
-        self.interrupt: Callable[[int], None] = lambda isr_bits: None   # set by the transport
+        # set by the transport: (ISR bits, queue index or None for a configuration change)
+        self.interrupt: Callable[[int, int | None], None] = lambda isr_bits, queue=None: None
         self.status = 0
         self.driver_features = 0
         self.broken: str | None = None
@@ -145,7 +146,7 @@ class VirtioDevice:
             try:
                 used = self.process(index, queue)
                 if used and not queue.interrupts_suppressed():
-                    self.interrupt(ISR_QUEUE)
+                    self.interrupt(ISR_QUEUE, index)
             except VirtqueueError as exc:
                 self.fail(index, exc)
             except GuestMemoryError as exc:
@@ -157,4 +158,4 @@ class VirtioDevice:
         self.status |= STATUS_DEVICE_NEEDS_RESET
         self.gap(GapRecord(kind=VIRTIO_QUEUE, key=f"{self.name}/{exc.what}", fate=FATE_STOPPED,
                            detail={"queue": index, **{k: v for k, v in exc.detail.items()}}))
-        self.interrupt(ISR_CONFIG)
+        self.interrupt(ISR_CONFIG, None)

@@ -47,7 +47,7 @@ class VirtioMmio:
         device.interrupt = self.raise_interrupt
 
     # -- interrupts (level: the line follows InterruptStatus != 0) ---------------------------------
-    def raise_interrupt(self, bits: int) -> None:
+    def raise_interrupt(self, bits: int, queue: int | None = None) -> None:
         with self._lock:
             self.isr |= bits
             self._set_irq(self.gsi, 1)

@@ -1,10 +1,11 @@
 """virtio-pci transport (virtio 1.2, 4.1): modern capabilities in a memory BAR, plus the legacy
 I/O BAR of a *transitional* device for drivers older than virtio 1.0; INTx, level-triggered.
 
-MSI-X is not offered: injecting an MSI needs KVM_SIGNAL_MSI (or irqfd routing), which the host
-this was built on (kvm_pvm) does not have; drivers then fall back to INTx, and the FADT says
-"MSI not supported". Read-only config registers ignore writes (OpenBSD writes the MSI capability,
-seed 001) - harness.devices.pci.PciFunction's write masks do that.
+MSI-X is offered when the VMM can inject MSIs (`msi` given: KVM_SIGNAL_MSI): a table of one
+vector per queue plus one for configuration changes, in the modern BAR; masked entries latch their
+pending bit and fire on unmask. Without it (or with MSI-X disabled by the driver) interrupts are
+INTx, and the FADT says "MSI not supported". Read-only config registers ignore writes (OpenBSD
+writes the MSI capability, seed 001) - harness.devices.pci.PciFunction's write masks do that.
 
 BARs are set the way firmware would leave them (slot-indexed addresses in the windows of
 harness.layout); the guest may move them: `PciWindows` decodes every access against the BARs'
@@ -39,6 +40,13 @@ NOTIFY_MULTIPLIER = 4
 CAP_FIRST = 0x40
 NO_VECTOR = 0xFFFF
 
+# MSI-X (PCI 3.0 6.8.2): capability, table and PBA (the table inside the ISR page, which uses 1 byte)
+PCI_CAP_MSIX = 0x11
+MSIX_ENABLE, MSIX_FUNCTION_MASK = 1 << 15, 1 << 14
+MSIX_TABLE_OFF, MSIX_PBA_OFF = 0x1800, 0x1C00
+MSIX_ENTRY = 16
+MSIX_VECTOR_MASKED = 1
+
 # common configuration structure (4.1.4.3)
 CC_DFSELECT, CC_DF, CC_GFSELECT, CC_GF = 0x00, 0x04, 0x08, 0x0C
 CC_MSIX, CC_NUMQ, CC_STATUS, CC_CFGGEN = 0x10, 0x12, 0x14, 0x15
@@ -65,7 +73,7 @@ class VirtioPci(PciFunction):
     transport = "pci"
 
     def __init__(self, device: VirtioDevice, slot: int, set_irq: Callable[[int, int], None],
-                 transitional: bool = True) -> None:
+                 transitional: bool = True, msi: Callable[[int, int], bool] | None = None) -> None:
         self.transitional = transitional and device.device_id in TRANSITIONAL_IDS
         dev_id = TRANSITIONAL_IDS[device.device_id] if self.transitional else MODERN_DEVICE_BASE + device.device_id
         super().__init__(vendor=VIRTIO_VENDOR, device=dev_id, class_code=CLASS_CODES.get(device.device_id, 0xFF0000),
@@ -78,6 +86,13 @@ class VirtioPci(PciFunction):
         self.isr = 0
         self.df_select = self.gf_select = self.queue_sel = 0
         self._driver_features = 0
+        self._msi = msi
+        self.msix_vectors = len(device.queues) + 1 if msi else 0
+        self.msix_table = bytearray(MSIX_ENTRY * self.msix_vectors)
+        for i in range(self.msix_vectors):
+            self.msix_table[MSIX_ENTRY * i + 12] = MSIX_VECTOR_MASKED   # masked until the driver programs it
+        self.msix_pending: set[int] = set()
+        self.config_vector = NO_VECTOR
         self.gsi = self.firmware_entry().gsi            # INTA#, swizzled by slot: the tables' own rule
         self._put(INTERRUPT_PIN, 1, 1)
         self._put(INTERRUPT_LINE, 1, self.gsi)
@@ -98,14 +113,18 @@ class VirtioPci(PciFunction):
         at = CAP_FIRST
         for i, (kind, offset, length) in enumerate(caps):
             cap_len = 20 if kind == CAP_NOTIFY else 16
-            nxt = at + cap_len if i + 1 < len(caps) else 0
+            nxt = at + cap_len if i + 1 < len(caps) or self.msix_vectors else 0
             raw = bytes([PCI_CAP_VENDOR, nxt, cap_len, kind, MODERN_BAR, 0, 0, 0]) + offset.to_bytes(4, "little") \
                 + length.to_bytes(4, "little")
             if kind == CAP_NOTIFY:
                 raw += NOTIFY_MULTIPLIER.to_bytes(4, "little")
             self.config[at:at + cap_len] = raw
             at += cap_len
-
+        if self.msix_vectors:
+            self.msix_cap = at
+            self.config[at:at + 12] = bytes([PCI_CAP_MSIX, 0]) + (self.msix_vectors - 1).to_bytes(2, "little") \
+                + (MSIX_TABLE_OFF | MODERN_BAR).to_bytes(4, "little") + (MSIX_PBA_OFF | MODERN_BAR).to_bytes(4, "little")
+            self._put_mask(at + 2, 2, MSIX_ENABLE | MSIX_FUNCTION_MASK)
     # -- firmware ----------------------------------------------------------------------------------
     def firmware_entry(self) -> Any:
         from harness.firmware.machine import PciDevice
@@ -120,10 +139,51 @@ class VirtioPci(PciFunction):
         return bool(self.read_config(COMMAND, 2) & (CMD_IO if io else CMD_MEMORY))
 
     # -- interrupts ----------------------------------------------------------------------------------
-    def raise_interrupt(self, bits: int) -> None:
+    def raise_interrupt(self, bits: int, queue: int | None = None) -> None:
+        if self._msix_control() & MSIX_ENABLE:
+            vector = self.config_vector if bits & ISR_CONFIG or queue is None else self.device.queues[queue].msix_vector
+            if vector != NO_VECTOR:               # NO_VECTOR: the driver wants no interrupt (4.1.4.3)
+                self._fire(vector)
+            return
         with self._lock:
             self.isr |= bits
             self._update_line()
+
+    # -- MSI-X -----------------------------------------------------------------------------------------
+    def _msix_control(self) -> int:
+        return self.read_config(self.msix_cap + 2, 2) if self.msix_vectors else 0
+
+    def _fire(self, vector: int) -> None:
+        with self._lock:
+            if vector >= self.msix_vectors:
+                return
+            entry = self.msix_table[MSIX_ENTRY * vector:MSIX_ENTRY * (vector + 1)]
+            if self._msix_control() & MSIX_FUNCTION_MASK or entry[12] & MSIX_VECTOR_MASKED:
+                self.msix_pending.add(vector)     # latched: delivered when unmasked (PCI 3.0 6.8.3.5)
+                return
+            self.msix_pending.discard(vector)
+            address = int.from_bytes(entry[0:8], "little")
+            data = int.from_bytes(entry[8:12], "little")
+        self._msi(address, data)
+
+    def _msix_table_write(self, offset: int, size: int, value: int) -> None:
+        if offset + size > len(self.msix_table):
+            return
+        self.msix_table[offset:offset + size] = value.to_bytes(size, "little")
+        vector = offset // MSIX_ENTRY
+        if vector in self.msix_pending and not self.msix_table[MSIX_ENTRY * vector + 12] & MSIX_VECTOR_MASKED:
+            self._fire(vector)
+
+    def _pba_read(self, offset: int, size: int) -> int:
+        bits = sum(1 << v for v in self.msix_pending)
+        return (bits >> (8 * offset)) & ((1 << (8 * size)) - 1)
+
+    def write_config(self, offset: int, size: int, value: int) -> None:
+        super().write_config(offset, size, value)
+        if self.msix_vectors and self.msix_cap <= offset < self.msix_cap + 4 \
+                and not self._msix_control() & MSIX_FUNCTION_MASK:
+            for vector in sorted(self.msix_pending):   # function unmasked: deliver what was latched
+                self._fire(vector)
 
     def _read_isr(self) -> int:
         with self._lock:
@@ -139,6 +199,11 @@ class VirtioPci(PciFunction):
 
     # -- modern BAR ----------------------------------------------------------------------------------
     def mem_read(self, offset: int, size: int) -> int:
+        if self.msix_vectors and MSIX_TABLE_OFF <= offset < MSIX_TABLE_OFF + len(self.msix_table):
+            at = offset - MSIX_TABLE_OFF
+            return int.from_bytes(self.msix_table[at:at + size].ljust(size, b"\0"), "little")
+        if self.msix_vectors and MSIX_PBA_OFF <= offset < MSIX_PBA_OFF + 8:
+            return self._pba_read(offset - MSIX_PBA_OFF, size)
         if COMMON_OFF <= offset < COMMON_OFF + COMMON_LEN:
             return self._common_read(offset - COMMON_OFF, size)
         if offset == ISR_OFF:
@@ -148,7 +213,9 @@ class VirtioPci(PciFunction):
         return 0
 
     def mem_write(self, offset: int, size: int, value: int) -> None:
-        if COMMON_OFF <= offset < COMMON_OFF + COMMON_LEN:
+        if self.msix_vectors and MSIX_TABLE_OFF <= offset < MSIX_TABLE_OFF + len(self.msix_table):
+            self._msix_table_write(offset - MSIX_TABLE_OFF, size, value)
+        elif COMMON_OFF <= offset < COMMON_OFF + COMMON_LEN:
             self._common_write(offset - COMMON_OFF, size, value)
         elif DEVICE_OFF <= offset < DEVICE_OFF + DEVICE_LEN:
             self.device.write_config(offset - DEVICE_OFF, size, value)
@@ -169,8 +236,9 @@ class VirtioPci(PciFunction):
                   CC_DF: (dev.offered >> (32 * self.df_select)) & 0xFFFF_FFFF if self.df_select < 2 else 0,
                   CC_GFSELECT: self.gf_select,
                   CC_GF: (self._driver_features >> (32 * self.gf_select)) & 0xFFFF_FFFF if self.gf_select < 2 else 0,
-                  CC_MSIX: NO_VECTOR, CC_NUMQ: len(dev.queues), CC_STATUS: dev.status, CC_CFGGEN: 0,
-                  CC_Q_SELECT: self.queue_sel, CC_Q_SIZE: queue.size if queue else 0, CC_Q_MSIX: NO_VECTOR,
+                  CC_MSIX: self.config_vector, CC_NUMQ: len(dev.queues), CC_STATUS: dev.status, CC_CFGGEN: 0,
+                  CC_Q_SELECT: self.queue_sel, CC_Q_SIZE: queue.size if queue else 0,
+                  CC_Q_MSIX: queue.msix_vector if queue else NO_VECTOR,
                   CC_Q_ENABLE: int(queue.ready) if queue else 0, CC_Q_NOFF: self.queue_sel}
         return values.get(offset, 0)
 
@@ -199,12 +267,20 @@ class VirtioPci(PciFunction):
             queue.size = value
         elif offset == CC_Q_ENABLE and queue and value & 1:
             dev.enable_queue(self.queue_sel)
-        # MSI-X vector writes: no MSI-X, the register keeps reading NO_VECTOR (4.1.4.3.2)
+        elif offset == CC_MSIX:
+            self.config_vector = self._vector(value)
+        elif offset == CC_Q_MSIX and queue:
+            queue.msix_vector = self._vector(value)
+
+    def _vector(self, value: int) -> int:
+        """A vector the table has, else NO_VECTOR: the driver reads it back to learn it failed (4.1.4.3.2)."""
+        return value if value < self.msix_vectors else NO_VECTOR
 
     def _write_status(self, value: int) -> None:
         self.device.write_status(value)
         if value == 0:
             self._driver_features = 0
+            self.config_vector = NO_VECTOR
             with self._lock:
                 self.isr = 0
                 self._update_line()
