@@ -65,6 +65,7 @@ COM2_PORT, COM2_IRQ = 0x2F8, 3
 RTC_PORT, RTC_IRQ = 0x70, 8          # index 0x70, data 0x71
 I8042_DATA_PORT, I8042_CMD_PORT = 0x60, 0x64
 POST_PORT = 0x80                     # POST codes: timestamped, like cloud-hypervisor
+ACPI_SLEEP_CONTROL_PORT = 0x600      # hardware-reduced ACPI sleep control (+1: status), harness.devices.acpi_sleep
 BOOT_TIMER_PORT = 0x440              # the guest writes a byte here to mark a moment (Firecracker-style)
 PCI_CONFIG_ADDRESS = 0xCF8
 PCI_CONFIG_DATA = 0xCFC

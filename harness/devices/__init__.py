@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from harness import layout
+from harness.devices.acpi_sleep import AcpiSleep
 from harness.devices.bus import Bus
 from harness.devices.context import DeviceContext
 from harness.devices.i8042 import I8042
@@ -101,6 +102,8 @@ def build_x86_devices(ctx: DeviceContext, console_output: Callable[[bytes], None
 
     post = PostPort(ctx)
     io_bus.register(layout.POST_PORT, 1, post, "post")
+    sleep = AcpiSleep(ctx, layout.ACPI_SLEEP_CONTROL_PORT)
+    io_bus.register(layout.ACPI_SLEEP_CONTROL_PORT, 2, sleep, "acpi-sleep")
     boot_timer = BootTimer(ctx)
     io_bus.register(layout.BOOT_TIMER_PORT, BOOT_TIMER_PORTS, boot_timer, "boot-timer")
 

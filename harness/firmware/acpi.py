@@ -5,8 +5,8 @@ Layouts from the ACPI 6.5 specification: RSDP 5.2.5.3, table header 5.2.6, XSDT 
 override, 4 local APIC NMI), DSDT 5.2.11.1 written with harness.firmware.aml.
 
 The FADT is hardware-reduced (no PM1/GPE blocks: the harness emulates none; Firecracker and QEMU's
-microvm do the same) with the one fixed register the harness does emulate: the reset register at
-port 0xCF9. The DSDT names the ISA devices, the virtio-mmio slots, and a PCI host bridge only when
+microvm do the same) with the registers the harness does emulate: the reset register at port 0xCF9
+and the sleep control/status registers (harness.devices.acpi_sleep: S5 powers the VM off). The DSDT names the ISA devices, the virtio-mmio slots, and a PCI host bridge only when
 a PCI device exists (seed 000). Each table can be left out (`omit`), so that its absence is a
 testable gap.
 """
@@ -32,6 +32,7 @@ TABLES = ("xsdt", "fadt", "madt", "dsdt")     # what `omit` may name
 FADT_REVISION, FADT_MINOR, FADT_SIZE = 6, 5, 276
 FADT_DSDT, FADT_PM_PROFILE, FADT_CENTURY, FADT_IAPC_BOOT_ARCH, FADT_FLAGS = 40, 45, 108, 109, 112
 FADT_RESET_REG, FADT_RESET_VALUE, FADT_MINOR_VERSION, FADT_X_DSDT, FADT_HYPERVISOR_ID = 116, 128, 131, 140, 268
+FADT_SLEEP_CONTROL, FADT_SLEEP_STATUS = 244, 256
 IAPC_LEGACY_DEVICES, IAPC_8042, IAPC_NO_VGA, IAPC_NO_MSI, IAPC_NO_ASPM = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4
 FADT_F_WBINVD, FADT_F_PWR_BUTTON, FADT_F_SLP_BUTTON, FADT_F_RESET_REG_SUP = 1 << 0, 1 << 4, 1 << 5, 1 << 10
 FADT_F_HW_REDUCED_ACPI = 1 << 20
@@ -49,6 +50,7 @@ MPS_INTI_TRIGGER = {"conforming": 0, "edge": 1, "level": 3}
 ALL_PROCESSORS = 0xFF
 LINT1 = 1
 
+S5_SLP_TYP = 5                    # \_S5's SLP_TYP; harness.devices.acpi_sleep powers off on it
 STA_PRESENT_ENABLED = 0x0B       # present, enabled, functioning (not shown in UI)
 DSDT_REVISION = 2                 # 64-bit integers
 XSDT_REVISION = 1
@@ -107,6 +109,8 @@ def fadt(machine: MachineDescription, dsdt_address: int) -> bytes:
     put(FADT_RESET_VALUE, "<B", machine.reset_value)
     put(FADT_MINOR_VERSION, "<B", FADT_MINOR)
     put(FADT_X_DSDT, "<Q", dsdt_address)
+    put(FADT_SLEEP_CONTROL, "<12s", gas_io(machine.sleep_port))
+    put(FADT_SLEEP_STATUS, "<12s", gas_io(machine.sleep_port + 1))
     put(FADT_HYPERVISOR_ID, "<8s", b"HARNESS\0")
     return table(b"FACP", FADT_REVISION, bytes(body))
 
@@ -193,8 +197,10 @@ def dsdt(machine: MachineDescription) -> bytes:
         terms += _pci_links(machine)
         terms.append(_pci_host(machine))
     body = aml.scope("\\_SB", *terms)
-    # \_S5: the sleep type for soft-off; hardware-reduced, so it is informational for OSPMs that read it.
-    body += aml.name("\\_S5", aml.package(aml.integer(5), aml.integer(5), aml.integer(0), aml.integer(0)))
+    # \_S5: SLP_TYP for soft-off, written by OSPM to the FADT's sleep control register
+    # (harness.devices.acpi_sleep powers the VM off on it).
+    body += aml.name("\\_S5", aml.package(aml.integer(S5_SLP_TYP), aml.integer(S5_SLP_TYP), aml.integer(0),
+                                           aml.integer(0)))
     return table(b"DSDT", DSDT_REVISION, body)
 
 

@@ -92,6 +92,7 @@ class MachineDescription:
     msi_supported: bool = False       # KVM_SIGNAL_MSI: absent on kvm_pvm, so devices use INTx
     reset_port: int = layout.PCI_CONFIG_ADDRESS + 1   # 0xCF9 reset control (harness.devices.pci)
     reset_value: int = 0x06           # SYS_RST | RST_CPU
+    sleep_port: int = layout.ACPI_SLEEP_CONTROL_PORT  # hardware-reduced sleep control / status (+1)
 
     @property
     def has_pci(self) -> bool:

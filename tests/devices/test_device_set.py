@@ -36,7 +36,7 @@ def test_kvm_served_ports_stay_unclaimed(rec) -> None:
             assert devs.io_bus.find(port) is None, hex(port)
         assert devs.mmio_bus.ranges() == []
         names = [r["name"] for r in devs.describe()["io"]]
-        assert names == ["i8042-data", "i8042-command", "rtc", "post", "com1", "boot-timer", "pci-config"]
+        assert names == ["i8042-data", "i8042-command", "rtc", "post", "com1", "boot-timer", "acpi-sleep", "pci-config"]
     finally:
         devs.close()
 

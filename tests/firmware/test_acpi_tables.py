@@ -49,6 +49,8 @@ def test_fadt_is_hardware_reduced_with_the_reset_port(iasl, tmp_path, desc):
     assert "Reset Register Supported (V2) : 1" in dsl
     assert "Address : 0000000000000CF9" in dsl
     assert "DSDT Address : 000E1000" in dsl
+    control = dsl.split("Sleep Control Register")[1][:600]
+    assert "Space ID : 01 [SystemIO]" in control and f"Address : {layout.ACPI_SLEEP_CONTROL_PORT:016X}" in control
 
 
 def test_dsdt_loads_in_acpiexec_and_resources_evaluate(acpiexec, tmp_path, desc):
