@@ -270,3 +270,15 @@ def test_no_msix_capability_without_an_msi_path(ram, rec):
         ids.append(fn.read_config(at, 1))
         at = fn.read_config(at + 1, 1)
     assert ids == [0x09] * 4
+
+
+def test_zero_length_descriptor_before_the_header_is_skipped(ram, rec, image, tmp_path):
+    """Found by test_virtio_fuzz: a 0-byte first descriptor cut the header read short."""
+    dev = make_blk(ram, rec, image, tmp_path)
+    drv = driver_for("mmio", dev, ram, rec)
+    drv.init()
+    ram.write(DATA_BASE, struct.pack("<IIQ", B.T_IN, 0, 0))
+    drv.rings[0].submit([(DATA_BASE + 0x40, 0, False), (DATA_BASE, 16, False), (DATA_BASE + 0x1000, 512, True),
+                         (DATA_BASE + 0x800, 1, True)])
+    drv.kick(0)
+    assert ram.read(DATA_BASE + 0x800, 1) == bytes([B.S_OK]) and not dev.broken

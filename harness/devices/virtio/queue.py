@@ -161,10 +161,11 @@ class Virtqueue:
         """The device-readable bytes of `chain`, at most `limit`."""
         out = bytearray()
         for buf in chain.readable:
-            take = min(buf.length, limit - len(out))
-            if take <= 0:
+            if len(out) >= limit:
                 break
-            out += self.ram.read(buf.addr, take)
+            take = min(buf.length, limit - len(out))
+            if take:                           # zero-length descriptors are legal: skip, don't stop
+                out += self.ram.read(buf.addr, take)
         return bytes(out)
 
     def write_all(self, chain: Chain, data: bytes) -> int:
