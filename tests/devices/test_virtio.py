@@ -282,3 +282,17 @@ def test_zero_length_descriptor_before_the_header_is_skipped(ram, rec, image, tm
                          (DATA_BASE + 0x800, 1, True)])
     drv.kick(0)
     assert ram.read(DATA_BASE + 0x800, 1) == bytes([B.S_OK]) and not dev.broken
+
+
+def test_writes_to_read_only_msix_capability_fields_are_ignored(ram, rec):
+    """Seed 001 (bhyve/OpenBSD): drivers write MSI capability registers that are read-only;
+    fine on hardware, so they must be harmless here: only enable/function-mask change."""
+    fn = VirtioPci(VirtioRng(ram, rec.gap), 1, rec.set_irq, msi=lambda a, d: True)
+    cap = fn.msix_cap
+    before = bytes(fn.config[cap:cap + 12])
+    for off in range(12):
+        fn.write_config(cap + off, 1, 0xFF)
+    after = bytes(fn.config[cap:cap + 12])
+    assert after[:2] == before[:2] and after[4:] == before[4:]            # id, next, table/PBA offsets
+    ctrl_before, ctrl_after = int.from_bytes(before[2:4], "little"), int.from_bytes(after[2:4], "little")
+    assert ctrl_after & 0x7FF == ctrl_before & 0x7FF and ctrl_after & 0xC000 == 0xC000
