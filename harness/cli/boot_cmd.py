@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("boot", help="boot one kernel on a backend and stream its console")
     p.add_argument("kernel", help="kernel image (bzImage, PVH ELF, multiboot ELF, BSD kernel; .gz accepted)")
     p.add_argument("--initrd", default=None)
+    p.add_argument("--disk", default=None, help="disk image (never written: a copy-on-write overlay takes writes)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a built-in backend option (guest file `builtin:` key), YAML value; repeatable, "
+                        "e.g. --option acpi=false --option 'virtio_devices=[blk, rng]'")
     p.add_argument("--cmdline", default="console=ttyS0")
     p.add_argument("--memory", type=int, default=256, help="MiB")
     p.add_argument("--vcpus", type=int, default=1)
@@ -68,6 +72,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
         raise ConfigError(f"kernel {kernel} does not exist", "give the path of a kernel image")
     if args.initrd and not Path(args.initrd).is_file():
         raise ConfigError(f"initrd {args.initrd} does not exist", "give the path of an initrd")
+    if args.disk and not Path(args.disk).is_file():
+        raise ConfigError(f"disk {args.disk} does not exist", "give the path of a disk image")
     boot = args.boot
     if boot == "auto" and args.backend == "builtin":
         from harness.boot import detect_method
@@ -81,9 +87,10 @@ def cmd_boot(args: argparse.Namespace) -> int:
                       milestones=milestones or [Milestone("end", _NEVER, args.timeout)],
                       kernel={"path": str(kernel.resolve())},
                       initrd={"path": str(Path(args.initrd).resolve())} if args.initrd else None,
+                      disk={"path": str(Path(args.disk).resolve())} if args.disk else None,
                       cmdline=args.cmdline, memory=args.memory, vcpus=args.vcpus,
                       failures=[_failure(text) for text in args.failure],
-                      hang_timeout=args.hang_timeout or args.timeout,
+                      hang_timeout=args.hang_timeout or args.timeout, builtin=builtin_options(args.option),
                       auto_login=AutoLogin(args.login, args.password, args.prompt) if args.login is not None else None,
                       commands=commands)
     host = resolve_host(args.host, args.backend)
@@ -147,6 +154,20 @@ def _failure(text: str) -> FailurePattern:
     if not sep or not name or not pattern:
         raise ConfigError(f"--failure {text!r} is not NAME=REGEX", "write e.g. --failure 'panic=^panic: '")
     return FailurePattern(name, pattern)
+
+
+def builtin_options(pairs: list[str]) -> dict:
+    """--option KEY=VALUE pairs -> the guest file's `builtin:` mapping (values parsed as YAML)."""
+    import yaml
+
+    from harness.runner.guestfile import BUILTIN_OPTIONS
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in BUILTIN_OPTIONS:
+            raise ConfigError(f"bad --option {pair!r}", f"use KEY=VALUE with KEY one of: {', '.join(BUILTIN_OPTIONS)}")
+        options[key] = yaml.safe_load(value)
+    return options
 
 
 def _echo(chunk: bytes) -> None:

@@ -109,3 +109,12 @@ def test_tables_stay_inside_the_reserved_bios_area():
     reserved = [(a, a + s) for a, s, t in layout.e820_map(ram.size) if t == layout.E820_RESERVED]
     for name, gpa, size in fw.regions:
         assert any(lo <= gpa and gpa + size <= hi for lo, hi in reserved), (name, hex(gpa))
+
+
+def test_boot_cli_options_parse_as_yaml_and_refuse_unknown_keys():
+    from harness.cli.boot_cmd import builtin_options
+    from harness.errors import ConfigError
+    assert builtin_options(["acpi=false", "virtio_devices=[blk, rng]", "acpi_omit=[madt]"]) == {
+        "acpi": False, "virtio_devices": ["blk", "rng"], "acpi_omit": ["madt"]}
+    with pytest.raises(ConfigError, match="bad --option"):
+        builtin_options(["no_such_key=1"])
