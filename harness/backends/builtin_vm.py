@@ -210,11 +210,15 @@ class SecondConsole:
     a CLOCK_MONOTONIC timestamp per chunk in console-hvc0.timing.jsonl."""
 
     def __init__(self, path: Path) -> None:
-        self.log = open(path, "ab", buffering=0)
-        self.timing = open(path.with_suffix(".timing.jsonl"), "a", buffering=1)
+        self.path = path
+        self.log: Any = None
+        self.timing: Any = None
         self.offset = 0
 
     def write(self, data: bytes) -> None:
+        if self.log is None:               # opened on the first byte: no empty files without a console
+            self.log = open(self.path, "ab", buffering=0)
+            self.timing = open(self.path.with_suffix(".timing.jsonl"), "a", buffering=1)
         self.timing.write(json.dumps({"t": time.monotonic(), "offset": self.offset, "n": len(data)}) + "\n")
         self.log.write(data)
         self.offset += len(data)
