@@ -296,3 +296,11 @@ def test_writes_to_read_only_msix_capability_fields_are_ignored(ram, rec):
     assert after[:2] == before[:2] and after[4:] == before[4:]            # id, next, table/PBA offsets
     ctrl_before, ctrl_after = int.from_bytes(before[2:4], "little"), int.from_bytes(after[2:4], "little")
     assert ctrl_after & 0x7FF == ctrl_before & 0x7FF and ctrl_after & 0xC000 == 0xC000
+
+
+def test_default_size_max_satisfies_freebsd_vtblk(ram, rec, image, tmp_path):
+    """FreeBSD's vtblk (sys/dev/virtio/block/virtio_blk.c) gives up on VIRTIO_BLK_F_SIZE_MAX when
+    size_max < MAXPHYS (1 MiB since FreeBSD 13): the default offers exactly 1 MiB."""
+    dev = make_blk(ram, rec, image, tmp_path)
+    assert dev.offered >> B.VIRTIO_BLK_F_SIZE_MAX & 1
+    assert struct.unpack_from("<I", dev.config, B.CFG_SIZE_MAX)[0] >= 1 << 20
