@@ -1,7 +1,7 @@
 """Linux on the built-in hypervisor finds its CPUs and IOAPIC in our ACPI tables and brings up
 the second vCPU by INIT/SIPI (the boot log is the evidence). Slow: on a hardware KVM host seconds;
-on kvm_pvm (software emulation) 10-20 minutes wall on a loaded 2-core machine, so it is marked
-slow and kept out of the quick tier; the result ends as soon as the last milestone matches."""
+on kvm_pvm (software emulation) 10-20 minutes wall on a loaded 2-core machine (measured: ~17 min
+at load 8), so it is marked slow; the cell ends as soon as the last milestone matches.""" 
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +33,9 @@ ACPI_MILESTONES = [
 
 def test_linux_reads_our_acpi_tables_and_brings_up_two_cpus(tmp_path: Path):
     guest = load_guest(REPO / "guests" / "linux-amd64-bzimage.yaml")
+    # The milestones end at the second CPU: no login or after-the-prompt commands (minutes more here).
     guest = dataclasses.replace(guest, milestones=ACPI_MILESTONES, cmdline=guest.cmdline + " nosmap",
-                                hang_timeout=1800)
+                                hang_timeout=1800, auto_login=None, commands=[])
     cell = Cell(guest, "builtin", "pvm-safe", "emulate", 2, 256, "nightly", timeout_scale=1, retries=0)
     result = run_cell(cell, RunOptions(run_dir=tmp_path, offline=False))
     assert result.outcome == "pass", f"{result.outcome}: {result.reason}"
