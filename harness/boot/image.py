@@ -235,6 +235,9 @@ class SetupHeader:
         return f"{self.version >> 8}.{self.version & 0xFF:02d}"
 
 
+SETUP_HEADER_END = 0x270
+
+
 def is_bzimage(data: bytes) -> bool:
     return len(data) >= 0x206 and data[0x202:0x206] == BZIMAGE_MAGIC
 
@@ -249,6 +252,11 @@ def parse_setup_header(data: bytes, name: str = "kernel") -> SetupHeader:
                                "use a bzImage, or pick the boot method that matches this kernel")
     version = _u(data, 0x206, 2)
     header_end = 0x202 + data[0x201]
+    # Every field read below lies before 0x270 (the 2.15 header's end); a shorter file was cut off
+    # (found by fuzzing: a file ending inside the header raised IndexError).
+    if len(data) < max(SETUP_HEADER_END, header_end):
+        raise KernelImageError(f"{name} is truncated: {len(data)} bytes end inside its setup header "
+                               f"(which reaches {max(SETUP_HEADER_END, header_end):#x})", "download it again")
     hdr = SetupHeader(setup_sects=data[0x1F1], version=version, loadflags=data[0x211],
                       header_end=header_end, kernel_version="",
                       initrd_addr_max=_u(data, 0x22C, 4) if version >= 0x0203 else 0x37FFFFFF,

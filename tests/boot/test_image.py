@@ -185,3 +185,13 @@ def test_bzimage_shorter_than_its_syssize_is_refused_before_the_vm_starts(tmp_pa
     with pytest.raises(KernelImageError, match="promises") as info:
         parse_setup_header(bytes(data), "bzImage")
     assert "\n" not in info.value.one_line()
+
+
+def test_bzimage_ending_inside_its_setup_header_is_refused():
+    """Found by test_loader_fuzz: a file cut inside the setup header raised IndexError."""
+    from builders import fake_bzimage
+    from harness.boot.image import parse_setup_header
+    from harness.errors import KernelImageError
+    for size in (0x206, 0x212, 0x235, 0x26F):
+        with pytest.raises(KernelImageError, match="truncated"):
+            parse_setup_header(fake_bzimage()[:size], "bzImage")
