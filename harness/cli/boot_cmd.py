@@ -23,6 +23,7 @@ from harness.runner.matrix import CPU_PROFILES, GAP_POLICIES, Cell
 from harness.runner.plugin import new_run_dir
 from harness.runner.result import PASS, TIMEOUT, CellResult
 
+DEFAULT_CONSOLE = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
 # An --expect-less boot watches until the guest stops or --timeout: nothing can match this.
 _NEVER = r"(?!x)x"
 
@@ -31,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("boot", help="boot one kernel on a backend and stream its console")
     p.add_argument("kernel", help="kernel image (bzImage, PVH ELF, multiboot ELF, BSD kernel; .gz accepted)")
     p.add_argument("--initrd", default=None)
-    p.add_argument("--cmdline", default="console=ttyS0")
+    p.add_argument("--cmdline", default=None,
+                   help="kernel command line (default: the architecture's console, console=ttyS0 / ttyAMA0)")
     p.add_argument("--memory", type=int, default=256, help="MiB")
     p.add_argument("--vcpus", type=int, default=1)
     p.add_argument("--boot", default="auto", choices=BOOT_METHODS, help="boot protocol (default: detect)")
@@ -60,20 +62,20 @@ def cmd_boot(args: argparse.Namespace) -> int:
         raise ConfigError(f"kernel {kernel} does not exist", "give the path of a kernel image")
     if args.initrd and not Path(args.initrd).is_file():
         raise ConfigError(f"initrd {args.initrd} does not exist", "give the path of an initrd")
-    boot = args.boot
-    if boot == "auto" and args.backend == "builtin":
-        from harness.boot import detect_method
-        boot = detect_method(kernel)
+    from harness.boot.archdetect import detect_arch
+    arch = detect_arch(kernel)
+    boot = _boot_method(args.boot, arch, args.backend, kernel)
+    cmdline = args.cmdline if args.cmdline is not None else f"console={DEFAULT_CONSOLE[arch]}"
     commands = commands_from_words(args.guest_command)
     if commands and args.login is None:
         raise ConfigError("a command after -- needs --login USER", "e.g. harness boot K --login root -- uname -a")
     expects = list(args.expect) or (["login:"] if args.login is not None else [])
     milestones = [Milestone(f"expect{i + 1}", rx, args.timeout) for i, rx in enumerate(expects)]
-    guest = GuestSpec(name=kernel.name, path=kernel, family=args.family, arch="x86_64", boot=boot,
+    guest = GuestSpec(name=kernel.name, path=kernel, family=args.family, arch=arch, boot=boot,
                       milestones=milestones or [Milestone("end", _NEVER, args.timeout)],
                       kernel={"path": str(kernel.resolve())},
                       initrd={"path": str(Path(args.initrd).resolve())} if args.initrd else None,
-                      cmdline=args.cmdline, memory=args.memory, vcpus=args.vcpus,
+                      cmdline=cmdline, memory=args.memory, vcpus=args.vcpus,
                       hang_timeout=args.timeout,
                       auto_login=AutoLogin(args.login, args.password, args.prompt) if args.login is not None else None,
                       commands=commands)
@@ -90,6 +92,23 @@ def cmd_boot(args: argparse.Namespace) -> int:
     if not expects:
         return 0 if result.outcome == TIMEOUT and result.failure is None else 1
     return 0 if result.outcome == PASS else 1
+
+
+def _boot_method(requested: str, arch: str, backend: str, kernel: Path) -> str:
+    """`--boot auto`: what the kernel file says, for the architecture it is built for. QEMU boots
+    every aarch64 kernel file as a Linux-style Image (-kernel)."""
+    if requested != "auto":
+        return requested
+    if arch == "aarch64":
+        if backend != "builtin":
+            return "image"
+        from harness.boot.arm64 import detect_aarch64_method
+        from harness.boot.image import read_kernel_any_arch
+        return detect_aarch64_method(read_kernel_any_arch(kernel, 512 << 20), kernel.name)
+    if backend == "builtin":
+        from harness.boot import detect_method
+        return detect_method(kernel)
+    return requested
 
 
 def _echo(chunk: bytes) -> None:
