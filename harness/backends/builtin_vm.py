@@ -71,6 +71,9 @@ class ChildVm:
             self.terminated.set()
 
     def build(self) -> None:
+        if self.request.arch == "aarch64":
+            self._build_aarch64()
+            return
         from harness.kvm.machine import Machine, MachineConfig
         from harness.kvm.system import host_info
         from harness.memory import GuestRam
@@ -86,6 +89,29 @@ class ChildVm:
         self.machine = Machine(self.ram, self.devices.io_bus, self.devices.mmio_bus, cfg, emit=self.emit)
         entry, self.boot_info = load_guest(req, self.ram)
         self.machine.set_entry(entry)
+
+    def _build_aarch64(self) -> None:
+        """arm64 host: PL011/PL031 on the MMIO bus, the DTB from the same machine description."""
+        from harness.boot.arm64 import load_aarch64
+        from harness.boot.fdt import Aarch64Machine
+        from harness.kvm.arch.aarch64.machine import Aarch64KvmMachine, Aarch64MachineConfig
+        from harness.kvm.system import host_info
+        from harness.memory import GuestRam
+        req = self.request
+        self.host = host_info()
+        memory = req.memory_mib * layout.MiB
+        self.ram = GuestRam.aarch64(memory)
+        description = Aarch64Machine(memory, vcpus=req.vcpus, cmdline=req.cmdline)
+        self.devices = build_aarch64_device_set(self, description)
+        self.machine = Aarch64KvmMachine(self.ram, self.devices.mmio_bus,
+                                         Aarch64MachineConfig(vcpus=req.vcpus, gap_policy=req.gap_policy,
+                                                              cpu_profile=req.cpu_profile), emit=self.emit)
+        if req.kernel is None:
+            raise BackendUnavailable(f"cell {req.cell_id}: the built-in backend needs a kernel",
+                                     "give the guest a kernel file")
+        boot = load_aarch64(req.boot, self.ram, req.kernel, req.initrd, description)
+        self.machine.loops[0].vcpu.set_entry(boot.plan.entry)
+        self.boot_info = dict(boot.plan.info)
 
     def run(self) -> int:
         m = self.machine
@@ -173,13 +199,21 @@ def console_write(data: bytes) -> None:
         pass  # the parent closed the console; the guest keeps running until stopped
 
 
-def build_devices(child: ChildVm) -> Any:
+def _device_context(child: ChildVm) -> Any:
     from harness.devices.context import DeviceContext
-    ctx = DeviceContext(set_irq=lambda gsi, level: child.machine.set_irq(gsi, level) if child.machine else None,
-                        emit=child.emit,
-                        gap=lambda gap: child.machine.gaps.record(gap) if child.machine else None)
+    return DeviceContext(set_irq=lambda gsi, level: child.machine.set_irq(gsi, level) if child.machine else None,
+                         emit=child.emit,
+                         gap=lambda gap: child.machine.gaps.record(gap) if child.machine else None)
+
+
+def build_devices(child: ChildVm) -> Any:
     from harness.devices import build_x86_devices
-    return build_x86_devices(ctx, console_write, memory_bytes=child.request.memory_mib * layout.MiB)
+    return build_x86_devices(_device_context(child), console_write, memory_bytes=child.request.memory_mib * layout.MiB)
+
+
+def build_aarch64_device_set(child: ChildVm, description: Any) -> Any:
+    from harness.devices.aarch64 import build_aarch64_devices
+    return build_aarch64_devices(_device_context(child), description, console_write)
 
 
 def load_guest(req: BootRequest, ram: Any) -> tuple[Any, dict[str, Any]]:

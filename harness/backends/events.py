@@ -24,6 +24,7 @@ POST_CODE = "post-code"          # data: {value}
 EXIT_COUNTS = "exit-counts"      # periodic snapshot: {counts: {reason: n}, user_time_s: float}
 BACKEND_ERROR = "backend-error"  # infrastructure failure inside the backend: {message}
 VM_EXIT = "vm-exit"              # the VM stopped; data: {reason, code}
+CPU_ON = "cpu-on"                # a secondary vCPU left power-off (PSCI CPU_ON); data: {vcpu, source}
 
 
 @dataclass

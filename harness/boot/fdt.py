@@ -112,11 +112,18 @@ def _strings(name: str, *values: str) -> fdt.PropStrings:
     return fdt.PropStrings(name, *values)
 
 
+def kvm_mpidr(index: int) -> int:
+    """The MPIDR affinity KVM gives vCPU `index` (arch/arm64/kvm/sys_regs.c reset_mpidr: 16 CPUs per
+    Aff0 cluster, then Aff1, Aff2): a cpu node's reg must be it, or the guest cannot match them."""
+    return ((index >> 12) & 0xFF) << 16 | ((index >> 4) & 0xFF) << 8 | (index & 0xF)
+
+
 def _cpus(m: Aarch64Machine) -> fdt.Node:
     cpus = _node("cpus", _words("#address-cells", 1), _words("#size-cells", 0))
     for i in range(m.vcpus):
-        cpus.append(_node(f"cpu@{i:x}", _strings("device_type", "cpu"),
-                          _strings("compatible", "arm,armv8"), _words("reg", i),
+        mpidr = kvm_mpidr(i)
+        cpus.append(_node(f"cpu@{mpidr:x}", _strings("device_type", "cpu"),
+                          _strings("compatible", "arm,armv8"), _words("reg", mpidr),
                           _strings("enable-method", "psci")))
     return cpus
 

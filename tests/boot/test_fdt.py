@@ -48,6 +48,14 @@ def test_blob_passes_dtc_and_matches_description(tmp_path, vcpus, virtio, initrd
         assert fdtget(blob, tmp_path, "/chosen", "linux,initrd-end") == _hex_cells(initrd[0] + initrd[1])
 
 
+def test_cpu_nodes_carry_kvms_mpidr(tmp_path):
+    blob = build_fdt(Aarch64Machine(256 * MiB, vcpus=20))
+    dtc_decompile(blob, tmp_path)
+    cpus = fdt_nodes(blob, tmp_path, "/cpus")
+    assert cpus[15] == "cpu@f" and cpus[16] == "cpu@100" and cpus[19] == "cpu@103"
+    assert fdtget(blob, tmp_path, "/cpus/cpu@103", "reg") == "103"
+
+
 def test_last_virtio_slot_irq_and_address(tmp_path):
     blob = build_fdt(Aarch64Machine(256 * MiB, virtio_slots=layout.A64_VIRTIO_MMIO_SLOTS))
     base, spi = layout.a64_virtio_slot(layout.A64_VIRTIO_MMIO_SLOTS - 1)
