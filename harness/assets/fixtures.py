@@ -47,13 +47,14 @@ class FixtureInfo:
     boot: str                     # boot method, as in guests/*.yaml
     description: str
     sources: tuple[str, ...]      # relative to fixtures/
-    output: str = "elf32"         # elf32 | elf64 (an ELF32 link converted by objcopy) | aout | bzimage
+    output: str = "elf32"         # elf32 | elf64 (an ELF32 link converted by objcopy) | aout | bzimage | image
+    arch: str = "x86_64"          # x86_64 (gcc, binutils) | aarch64 (the cross toolchain, output "image")
     osabi: int = 0                # EI_OSABI to stamp into the output ELF (0 = leave as linked)
     defines: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def ext(self) -> str:
-        return {"elf32": "elf", "elf64": "elf", "aout": "bin", "bzimage": "bzImage"}[self.output]
+        return {"elf32": "elf", "elf64": "elf", "aout": "bin", "bzimage": "bzImage", "image": "Image"}[self.output]
 
     @property
     def bits(self) -> int:
@@ -80,6 +81,10 @@ FIXTURES: dict[str, FixtureInfo] = {f.name: f for f in (
     FixtureInfo("fixture-openbsd", "openbsd",
                 "OpenBSD native entry (ELF64, 32-bit entry): checks the cdecl args and bootargs, then probes",
                 ("openbsd/entry.S", "openbsd/main.c") + LIB32, output="elf64", osabi=ELFOSABI_OPENBSD),
+    FixtureInfo("fixture-arm64", "image",
+                "arm64 Image: checks x0 = DTB and every device it names, then PSCI, GICv3 + timer interrupt, "
+                "PL011 character mode (TX interrupt per byte) and FIFO mode, PSCI CPU_ON, SYSTEM_OFF",
+                ("arm64/head.S", "arm64/main.c"), output="image", arch="aarch64"),
     FixtureInfo("fixture-triple-fault", "pvh", "prints its entry, loads a zero-limit IDT, faults: triple fault",
                 ("fail/triple_fault.c",) + PVH32),
     FixtureInfo("fixture-panic", "pvh", "prints its entry, then a BSD-style 'panic:' line, and halts",
@@ -94,7 +99,10 @@ FIXTURES: dict[str, FixtureInfo] = {f.name: f for f in (
 )}
 
 # Files every build depends on besides its sources.
-COMMON_INPUTS = ("include/fixture.h", "include/entry32.h", "link32.ld", "link64.ld", "bzimage/setup.S")
+COMMON_INPUTS = ("include/fixture.h", "include/entry32.h", "link32.ld", "link64.ld", "bzimage/setup.S",
+                 "arm64/link.ld")
+CROSS = "aarch64-linux-gnu-"
+CROSS_TOOLS = tuple(CROSS + tool for tool in TOOLS)
 
 
 def layout_header() -> str:
@@ -146,11 +154,12 @@ def fixture_path(name: str) -> Path:
     return build_dir() / f"{name}-{source_digest(info)}.{info.ext}"
 
 
-def check_toolchain() -> None:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+def check_toolchain(arch: str = "x86_64") -> None:
+    tools = CROSS_TOOLS if arch == "aarch64" else TOOLS
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
-        raise AssetError(f"the fixture toolchain is missing ({', '.join(missing)})",
-                         "apt-get install gcc binutils")
+        packages = "gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu" if arch == "aarch64" else "gcc binutils"
+        raise AssetError(f"the fixture toolchain is missing ({', '.join(missing)})", f"apt-get install {packages}")
 
 
 def build_fixture(name: str) -> Path:
@@ -159,7 +168,7 @@ def build_fixture(name: str) -> Path:
     out = fixture_path(name)
     if out.is_file():
         return out
-    check_toolchain()
+    check_toolchain(info.arch)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)   # one builder per fixture; the others wait, then reuse
@@ -217,7 +226,35 @@ def _link(info: FixtureInfo, objs: list[Path], elf: Path) -> None:
           "-o", str(elf), *map(str, objs)], f"linking {info.name}")
 
 
+ARM64_CFLAGS = ("-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-ffreestanding", "-nostdlib",
+                "-fno-pic", "-fno-pie", "-fno-stack-protector", "-fno-asynchronous-unwind-tables",
+                "-mgeneral-regs-only", "-mstrict-align", "-mcmodel=small", "-fno-omit-frame-pointer")
+
+
+def _build_arm64(info: FixtureInfo, tmp: Path) -> Path:
+    """Cross-compile, link at 0 (the code is PC-relative), objcopy to a flat arm64 Image."""
+    gen = tmp / "gen"
+    gen.mkdir()
+    (gen / "fixture_layout.h").write_text(layout_header())
+    objs = []
+    for i, rel in enumerate(info.sources):
+        obj = tmp / f"{i:02d}-{Path(rel).stem}.o"
+        _run([CROSS + "gcc", *ARM64_CFLAGS, "-I", str(gen), "-c", str(FIXTURES_DIR / rel), "-o", str(obj)],
+             f"compiling {rel}")
+        objs.append(obj)
+    elf = tmp / f"{info.name}.elf"
+    _run([CROSS + "ld", "-nostdlib", "--build-id=none", "-static", "-z", "noexecstack", "-z", "max-page-size=0x1000",
+          "-T", str(FIXTURES_DIR / "arm64/link.ld"), "-o", str(elf), *map(str, objs)], f"linking {info.name}")
+    out = tmp / f"{info.name}.Image"
+    _run([CROSS + "objcopy", "-O", "binary", str(elf), str(out)], "objcopy to an arm64 Image")
+    if out.read_bytes()[56:60] != b"ARM\x64":
+        raise AssetError("the arm64 fixture does not start with its Image header", "fix fixtures/arm64/head.S")
+    return out
+
+
 def _build_in(info: FixtureInfo, tmp: Path) -> Path:
+    if info.arch == "aarch64":
+        return _build_arm64(info, tmp)
     objs = _compile(info, tmp)
     elf = tmp / f"{info.name}.elf"
     _link(info, objs, elf)
