@@ -198,6 +198,8 @@ def _run(argv: list[str], what: str) -> None:
 
 
 def _cflags(info: FixtureInfo, gen: Path) -> list[str]:
+    if info.arch == "aarch64":
+        return [*ARM64_CFLAGS, "-I", str(gen)] + [f"-D{d}" for d in info.defines]
     arch = ["-m64", "-mno-red-zone", "-mcmodel=small"] if info.bits == 64 else ["-m32", "-march=i686"]
     return arch + ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                    "-ffreestanding", "-nostdlib", "-fno-pic", "-fno-pie", "-fno-stack-protector",
@@ -213,7 +215,8 @@ def _compile(info: FixtureInfo, tmp: Path) -> list[Path]:
     objs = []
     for i, rel in enumerate(info.sources):
         obj = tmp / f"{i:02d}-{Path(rel).stem}.o"
-        _run(["gcc", *_cflags(info, gen), "-c", str(FIXTURES_DIR / rel), "-o", str(obj)], f"compiling {rel}")
+        compiler = CROSS + "gcc" if info.arch == "aarch64" else "gcc"
+        _run([compiler, *_cflags(info, gen), "-c", str(FIXTURES_DIR / rel), "-o", str(obj)], f"compiling {rel}")
         objs.append(obj)
     return objs
 
@@ -233,15 +236,7 @@ ARM64_CFLAGS = ("-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"
 
 def _build_arm64(info: FixtureInfo, tmp: Path) -> Path:
     """Cross-compile, link at 0 (the code is PC-relative), objcopy to a flat arm64 Image."""
-    gen = tmp / "gen"
-    gen.mkdir()
-    (gen / "fixture_layout.h").write_text(layout_header())
-    objs = []
-    for i, rel in enumerate(info.sources):
-        obj = tmp / f"{i:02d}-{Path(rel).stem}.o"
-        _run([CROSS + "gcc", *ARM64_CFLAGS, "-I", str(gen), "-c", str(FIXTURES_DIR / rel), "-o", str(obj)],
-             f"compiling {rel}")
-        objs.append(obj)
+    objs = _compile(info, tmp)
     elf = tmp / f"{info.name}.elf"
     _run([CROSS + "ld", "-nostdlib", "--build-id=none", "-static", "-z", "noexecstack", "-z", "max-page-size=0x1000",
           "-T", str(FIXTURES_DIR / "arm64/link.ld"), "-o", str(elf), *map(str, objs)], f"linking {info.name}")
