@@ -76,14 +76,24 @@ def build_asset(name: str, *, cache: AssetCache | None = None, rebuild: bool = F
 
 
 # -- Debian inputs -----------------------------------------------------------------------------
+def _version(apt: Apt, package: str, quiet: bool) -> str:
+    """The candidate version; "" when apt knows no such package and `quiet` (a fallback follows)."""
+    try:
+        return apt.show_field(package, "Version")
+    except AssetError:
+        if quiet:
+            return ""
+        raise
+
+
 def fetch_deb(ctx: BuildContext, arch: str, package: str) -> DebPackage:
     """The .deb of `package` (candidate version), from the cache or downloaded once."""
     apt = Apt(arch, ctx.cache)
     apt.ensure_lists()
-    version = apt.show_field(package, "Version")
+    version = _version(apt, package, quiet=apt.foreign and ":" not in package)
     if not version and apt.foreign and ":" not in package:
         # An Architecture: all package (pure Python, data) has no :<arch> name in a foreign list.
-        version = apt.show_field(f"{package}:all", "Version")
+        version = _version(apt, f"{package}:all", quiet=True)
         package = f"{package}:all" if version else package
     if not version:
         raise AssetError(f"apt knows no package {package} for {apt.arch}",
