@@ -32,7 +32,7 @@ BASE_PACKAGES = ("libc6", "libgcc-s1", "zlib1g", "libexpat1", "libssl3", "libffi
                  f"python{PYTHON}-minimal", f"libpython{PYTHON}-minimal", f"libpython{PYTHON}-stdlib",
                  "python3-minimal")
 VMM_PACKAGES = ("python3-cffi-backend", "python3-cffi", "python3-pycparser", "python3-ply",
-                "python3-capstone", "libcapstone4", "python3-pyelftools")
+                "python3-capstone", "libcapstone4", "python3-distutils", "python3-lib2to3", "python3-pyelftools")
 PYPI_PURE = ("fdt",)                     # pure Python, not in Debian: copied from this installation
 DIST_PACKAGES = "usr/lib/python3/dist-packages"
 MERGED_DIRS = ("bin", "sbin", "lib")     # usrmerge: /bin -> usr/bin, ...
