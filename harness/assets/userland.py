@@ -80,6 +80,24 @@ def _copy_pure_python(name: str, dest_root: Path) -> dict[str, Any]:
     return {"pypi": name, "version": importlib.metadata.version(name)}
 
 
+def _precompile(root: Path) -> None:
+    """Byte-compile the standard library and dist-packages now, as Debian's postinst (py3compile)
+    would have: the lab imports from a read-only share under TCG, where compiling each module on
+    every start costs minutes. Unchecked-hash .pyc files never look at mtimes, so the normalised
+    mtimes of the tar do not invalidate them and the bytes are reproducible. Any 3.11 compiles
+    the same bytecode (one magic number per minor version)."""
+    import compileall
+    import py_compile
+    import sys
+    if sys.version_info[:2] != tuple(int(x) for x in PYTHON.split(".")):
+        raise AssetError(f"the userland is Python {PYTHON}; this harness runs {sys.version_info[0]}."
+                         f"{sys.version_info[1]} and cannot byte-compile it", f"build it with Python {PYTHON}")
+    for rel in (f"usr/lib/python{PYTHON}", DIST_PACKAGES):
+        # The result is ignored on purpose: a few stdlib test files are deliberately invalid Python.
+        compileall.compile_dir(str(root / rel), quiet=2, ddir="/" + rel, workers=1,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+
+
 def _reproducible_tar(root: Path, out: Path, epoch: int) -> None:
     """Sorted entries, uid/gid 0, mtime = SOURCE_DATE_EPOCH: the same inputs give the same bytes."""
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -107,6 +125,7 @@ def build_userland(spec: UserlandSpec, fetch: Any, work: Path, epoch: int) -> tu
         packages.append(deb.provenance())
     _usrmerge(root)
     pypi = [_copy_pure_python(name, root) for name in spec.pypi_pure]
+    _precompile(root)
     python = root / "usr" / "bin" / f"python{PYTHON}"
     if not python.is_file():
         raise AssetError(f"the userland has no usr/bin/python{PYTHON}", "check UserlandSpec.packages")

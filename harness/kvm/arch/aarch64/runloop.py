@@ -11,7 +11,7 @@ host-emulation failure with the vCPU's registers.
 Blind spots, by KVM design on Linux 6.1: an unknown system-register access is answered in the
 kernel (UNDEF injected into the guest, never a user-space exit), and an HVC/SMC outside PSCI and
 the SMCCC architecture calls is answered in the kernel with NOT_SUPPORTED. Neither can become a
-gap record here; the VM_START event lists them under `blind_spots`.
+gap record here; the machine summary lists them under `blind_spots`.
 """
 from __future__ import annotations
 
