@@ -103,3 +103,54 @@ def e820_map(memory_bytes: int) -> list[tuple[int, int, int]]:
         entries.append((HIGH_RAM_START, low_size - HIGH_RAM_START, E820_RAM))
     entries.extend((start, size, E820_RAM) for start, size in regions[1:])
     return entries
+
+
+# =====================================================================================================
+# aarch64 (the built-in hypervisor on an arm64 host). Addresses follow QEMU's `virt` machine, so a
+# guest that works on `qemu-system-aarch64 -M virt` finds its devices where it expects them, and the
+# generated device tree (harness.boot.fdt) is the one place a guest learns them from.
+# =====================================================================================================
+A64_GICD_BASE = 0x0800_0000          # GICv3 distributor, 64 KiB
+A64_GICD_SIZE = 0x1_0000
+A64_GICR_BASE = 0x080A_0000          # GICv3 redistributors, 128 KiB (RD + SGI frames) per vCPU
+A64_GICR_STRIDE = 0x2_0000
+A64_GICR_MAX_SIZE = 0x00F6_0000      # room for 123 vCPUs below the UART, as on QEMU virt
+A64_UART_BASE = 0x0900_0000          # PL011
+A64_UART_SIZE = 0x1000
+A64_RTC_BASE = 0x0901_0000           # PL031
+A64_RTC_SIZE = 0x1000
+A64_VIRTIO_MMIO_BASE = 0x0A00_0000   # virtio-mmio slots, 512 bytes apart, as on QEMU virt
+A64_VIRTIO_MMIO_SLOT = 0x200
+A64_VIRTIO_MMIO_SLOTS = 32
+A64_RAM_START = 0x4000_0000          # 1 GiB: RAM runs from here
+A64_MAX_RAM = 255 * GiB              # below the 256 GiB a 40-bit IPA space leaves above A64_RAM_START
+
+# Interrupts: SPI numbers (GIC INTID = 32 + SPI) and PPI numbers (INTID = 16 + PPI).
+A64_SPI_BASE = 32
+A64_UART_SPI = 1
+A64_RTC_SPI = 2
+A64_VIRTIO_FIRST_SPI = 16
+A64_TIMER_PPIS = {"secure-phys": 13, "phys": 14, "virt": 11, "hyp": 10}   # architected timer
+
+# Boot placement (Documentation/arch/arm64/booting.rst): the kernel at a 2 MiB-aligned base plus
+# text_offset; the DTB 8-byte aligned, at most 2 MiB, in a 2 MiB region of its own.
+A64_IMAGE_ALIGN = 2 * MiB
+A64_FDT_MAX = 2 * MiB
+A64_IPA_BITS_MIN = 40                # what the layout above needs (RAM up to 256 GiB)
+
+
+def a64_ram_end(memory_bytes: int) -> int:
+    """End (exclusive) of aarch64 guest RAM of `memory_bytes`."""
+    return A64_RAM_START + memory_bytes
+
+
+def a64_fdt_addr(memory_bytes: int) -> int:
+    """The DTB's address: the last 2 MiB of RAM (aligned), so no kernel placement rule can hit it."""
+    return (a64_ram_end(memory_bytes) - A64_FDT_MAX) & ~(A64_IMAGE_ALIGN - 1)
+
+
+def a64_virtio_slot(index: int) -> tuple[int, int]:
+    """(base, SPI) of virtio-mmio slot `index`."""
+    if not 0 <= index < A64_VIRTIO_MMIO_SLOTS:
+        raise ValueError(f"virtio-mmio slot {index} out of range 0..{A64_VIRTIO_MMIO_SLOTS - 1}")
+    return A64_VIRTIO_MMIO_BASE + index * A64_VIRTIO_MMIO_SLOT, A64_VIRTIO_FIRST_SPI + index

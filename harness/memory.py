@@ -22,7 +22,9 @@ class RamRegion:
 
 
 class GuestRam:
-    def __init__(self, memory_bytes: int) -> None:
+    def __init__(self, memory_bytes: int,
+                 ram_regions: list[tuple[int, int]] | None = None) -> None:
+        """`ram_regions` (guest start, size) default to the x86 layout around the MMIO hole."""
         if memory_bytes < 2 * layout.MiB or memory_bytes % layout.MiB:
             raise GuestMemoryError(f"guest memory of {memory_bytes} bytes is not a whole number of MiB >= 2",
                                    "give memory in MiB, at least 2")
@@ -31,10 +33,15 @@ class GuestRam:
                               | getattr(mmap, "MAP_NORESERVE", 0))
         offset = 0
         regions = []
-        for start, size in layout.ram_regions(memory_bytes):
+        for start, size in ram_regions or layout.ram_regions(memory_bytes):
             regions.append(RamRegion(start, size, offset))
             offset += size
         self._regions = tuple(regions)
+
+    @classmethod
+    def aarch64(cls, memory_bytes: int) -> "GuestRam":
+        """RAM of an aarch64 VM: one region from layout.A64_RAM_START."""
+        return cls(memory_bytes, [(layout.A64_RAM_START, memory_bytes)])
 
     # -- translation -----------------------------------------------------------------
     def regions(self) -> tuple[RamRegion, ...]:

@@ -16,6 +16,7 @@ VENV="${HARNESS_VENV:-.venv}"
 APT_PACKAGES=(python3 python3-venv python3-dev gcc binutils make acpica-tools
               qemu-system-x86 qemu-system-arm qemu-utils ipxe-qemu seabios qemu-efi-aarch64
               busybox-static cpio gzip lz4 zstd xz-utils e2fsprogs debootstrap dpkg-dev
+              device-tree-compiler gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
               chromium gdb)
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }

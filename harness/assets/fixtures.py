@@ -47,13 +47,14 @@ class FixtureInfo:
     boot: str                     # boot method, as in guests/*.yaml
     description: str
     sources: tuple[str, ...]      # relative to fixtures/
-    output: str = "elf32"         # elf32 | elf64 (an ELF32 link converted by objcopy) | aout | bzimage
+    output: str = "elf32"         # elf32 | elf64 (an ELF32 link converted by objcopy) | aout | bzimage | image
+    arch: str = "x86_64"          # x86_64 (gcc, binutils) | aarch64 (the cross toolchain, output "image")
     osabi: int = 0                # EI_OSABI to stamp into the output ELF (0 = leave as linked)
     defines: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def ext(self) -> str:
-        return {"elf32": "elf", "elf64": "elf", "aout": "bin", "bzimage": "bzImage"}[self.output]
+        return {"elf32": "elf", "elf64": "elf", "aout": "bin", "bzimage": "bzImage", "image": "Image"}[self.output]
 
     @property
     def bits(self) -> int:
@@ -83,6 +84,10 @@ FIXTURES: dict[str, FixtureInfo] = {f.name: f for f in (
     FixtureInfo("fixture-gdb", "bzimage",
                 "64-bit bzImage for the gdb stub: prints its variables' addresses and values, calls gdb_probe(a, b)",
                 ("bzimage/entry64.S", "gdb/main.c") + LIB64, output="bzimage"),
+    FixtureInfo("fixture-arm64", "image",
+                "arm64 Image: checks x0 = DTB and every device it names, then PSCI, GICv3 + timer interrupt, "
+                "PL011 character mode (TX interrupt per byte) and FIFO mode, PSCI CPU_ON, SYSTEM_OFF",
+                ("arm64/head.S", "arm64/main.c"), output="image", arch="aarch64"),
     FixtureInfo("fixture-triple-fault", "pvh", "prints its entry, loads a zero-limit IDT, faults: triple fault",
                 ("fail/triple_fault.c",) + PVH32),
     FixtureInfo("fixture-panic", "pvh", "prints its entry, then a BSD-style 'panic:' line, and halts",
@@ -97,7 +102,10 @@ FIXTURES: dict[str, FixtureInfo] = {f.name: f for f in (
 )}
 
 # Files every build depends on besides its sources.
-COMMON_INPUTS = ("include/fixture.h", "include/entry32.h", "link32.ld", "link64.ld", "bzimage/setup.S")
+COMMON_INPUTS = ("include/fixture.h", "include/entry32.h", "link32.ld", "link64.ld", "bzimage/setup.S",
+                 "arm64/link.ld")
+CROSS = "aarch64-linux-gnu-"
+CROSS_TOOLS = tuple(CROSS + tool for tool in TOOLS)
 
 
 def layout_header() -> str:
@@ -161,11 +169,12 @@ def fixture_symbols(name: str) -> Path:
     return symbols_path(name)
 
 
-def check_toolchain() -> None:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+def check_toolchain(arch: str = "x86_64") -> None:
+    tools = CROSS_TOOLS if arch == "aarch64" else TOOLS
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
-        raise AssetError(f"the fixture toolchain is missing ({', '.join(missing)})",
-                         "apt-get install gcc binutils")
+        packages = "gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu" if arch == "aarch64" else "gcc binutils"
+        raise AssetError(f"the fixture toolchain is missing ({', '.join(missing)})", f"apt-get install {packages}")
 
 
 def build_fixture(name: str) -> Path:
@@ -174,7 +183,7 @@ def build_fixture(name: str) -> Path:
     out = fixture_path(name)
     if out.is_file():
         return out
-    check_toolchain()
+    check_toolchain(info.arch)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)   # one builder per fixture; the others wait, then reuse
@@ -206,6 +215,8 @@ def _run(argv: list[str], what: str) -> None:
 
 
 def _cflags(info: FixtureInfo, gen: Path) -> list[str]:
+    if info.arch == "aarch64":
+        return [*ARM64_CFLAGS, "-I", str(gen)] + [f"-D{d}" for d in info.defines]
     arch = ["-m64", "-mno-red-zone", "-mcmodel=small"] if info.bits == 64 else ["-m32", "-march=i686"]
     return arch + ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                    "-ffreestanding", "-nostdlib", "-fno-pic", "-fno-pie", "-fno-stack-protector",
@@ -221,7 +232,8 @@ def _compile(info: FixtureInfo, tmp: Path) -> list[Path]:
     objs = []
     for i, rel in enumerate(info.sources):
         obj = tmp / f"{i:02d}-{Path(rel).stem}.o"
-        _run(["gcc", *_cflags(info, gen), "-c", str(FIXTURES_DIR / rel), "-o", str(obj)], f"compiling {rel}")
+        compiler = CROSS + "gcc" if info.arch == "aarch64" else "gcc"
+        _run([compiler, *_cflags(info, gen), "-c", str(FIXTURES_DIR / rel), "-o", str(obj)], f"compiling {rel}")
         objs.append(obj)
     return objs
 
@@ -234,7 +246,27 @@ def _link(info: FixtureInfo, objs: list[Path], elf: Path) -> None:
           "-o", str(elf), *map(str, objs)], f"linking {info.name}")
 
 
+ARM64_CFLAGS = ("-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-ffreestanding", "-nostdlib",
+                "-fno-pic", "-fno-pie", "-fno-stack-protector", "-fno-asynchronous-unwind-tables",
+                "-mgeneral-regs-only", "-mstrict-align", "-mcmodel=small", "-fno-omit-frame-pointer")
+
+
+def _build_arm64(info: FixtureInfo, tmp: Path) -> Path:
+    """Cross-compile, link at 0 (the code is PC-relative), objcopy to a flat arm64 Image."""
+    objs = _compile(info, tmp)
+    elf = tmp / f"{info.name}.elf"
+    _run([CROSS + "ld", "-nostdlib", "--build-id=none", "-static", "-z", "noexecstack", "-z", "max-page-size=0x1000",
+          "-T", str(FIXTURES_DIR / "arm64/link.ld"), "-o", str(elf), *map(str, objs)], f"linking {info.name}")
+    out = tmp / f"{info.name}.Image"
+    _run([CROSS + "objcopy", "-O", "binary", str(elf), str(out)], "objcopy to an arm64 Image")
+    if out.read_bytes()[56:60] != b"ARM\x64":
+        raise AssetError("the arm64 fixture does not start with its Image header", "fix fixtures/arm64/head.S")
+    return out
+
+
 def _build_in(info: FixtureInfo, tmp: Path) -> Path:
+    if info.arch == "aarch64":
+        return _build_arm64(info, tmp)
     objs = _compile(info, tmp)
     elf = tmp / f"{info.name}.elf"
     _link(info, objs, elf)
@@ -292,8 +324,9 @@ def _make_bzimage(info: FixtureInfo, elf: Path, tmp: Path) -> Path:
     if _elf_symbol(elf, "_start") != layout.KERNEL_LOAD_ADDR or len(body) <= 0x200:
         raise AssetError("the bzImage payload does not start with its entry code", "fix fixtures/link64.ld")
     image_end = _elf_symbol(elf, "_image_end")
+    body += bytes(-len(body) % 16)   # padded to whole paragraphs, as Linux's build tool pads to syssize
     setup[0x1F1] = SETUP_SECTS
-    struct.pack_into("<I", setup, 0x1F4, (len(body) + 15) // 16)               # syssize, 16-byte units
+    struct.pack_into("<I", setup, 0x1F4, len(body) // 16)                      # syssize, 16-byte units
     struct.pack_into("<I", setup, 0x260, image_end - layout.KERNEL_LOAD_ADDR)  # init_size incl. bss
     out = tmp / f"{info.name}.bzImage"
     out.write_bytes(bytes(setup) + body)

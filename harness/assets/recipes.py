@@ -38,7 +38,7 @@ class Recipe:
     name: str
     description: str
     arch: str                 # x86_64 | aarch64
-    kind: str                 # kernel | initrd | disk
+    kind: str                 # kernel | initrd | disk | rootfs (a tree for the lab, not a guest input)
     tier: str                 # quick | nightly (nightly ones take minutes)
     build: Callable[[BuildContext, Path], tuple[Path, dict[str, Any]]]
 
@@ -76,15 +76,29 @@ def build_asset(name: str, *, cache: AssetCache | None = None, rebuild: bool = F
 
 
 # -- Debian inputs -----------------------------------------------------------------------------
+def _version(apt: Apt, package: str, quiet: bool) -> str:
+    """The candidate version; "" when apt knows no such package and `quiet` (a fallback follows)."""
+    try:
+        return apt.show_field(package, "Version")
+    except AssetError:
+        if quiet:
+            return ""
+        raise
+
+
 def fetch_deb(ctx: BuildContext, arch: str, package: str) -> DebPackage:
     """The .deb of `package` (candidate version), from the cache or downloaded once."""
     apt = Apt(arch, ctx.cache)
     apt.ensure_lists()
-    version = apt.show_field(package, "Version")
+    version = _version(apt, package, quiet=apt.foreign and ":" not in package)
+    if not version and apt.foreign and ":" not in package:
+        # An Architecture: all package (pure Python, data) has no :<arch> name in a foreign list.
+        version = _version(apt, f"{package}:all", quiet=True)
+        package = f"{package}:all" if version else package
     if not version:
         raise AssetError(f"apt knows no package {package} for {apt.arch}",
                          "check the package name and /etc/apt/sources.list")
-    name = "deb." + re.sub(r"[^A-Za-z0-9._+-]", "_", f"{package}.{apt.arch}.{version}")
+    name = "deb." + re.sub(r"[^A-Za-z0-9._+-]", "_", f"{package.split(':')[0]}.{apt.arch}.{version}")
 
     def download(work: Path) -> tuple[Path, dict[str, Any]]:
         deb = apt.download(package, work)
@@ -231,6 +245,14 @@ def _initramfs_virtio_amd64(ctx: BuildContext, work: Path) -> tuple[Path, dict[s
          "aarch64", "initrd")
 def _initramfs_virtio_arm64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
     return _initramfs(ctx, work, "aarch64", kernel_asset="debian-cloud-kernel-arm64")
+
+
+@_recipe("lab-userland-arm64", "the aarch64 lab's /usr: Debian arm64 Python 3.11 + cffi, capstone, pyelftools",
+         "aarch64", "rootfs", NIGHTLY)
+def _userland_arm64(ctx: BuildContext, work: Path) -> tuple[Path, dict[str, Any]]:
+    from harness.assets.userland import UserlandSpec, build_userland
+    return build_userland(UserlandSpec("aarch64"), lambda package: fetch_deb(ctx, "aarch64", package), work,
+                          initramfs.source_date_epoch())
 
 
 @_recipe("debian-systemd-initramfs-amd64", "virtio modules, then switch_root to /dev/vda", "x86_64",

@@ -16,7 +16,8 @@ from harness.backends.base import Backend, BootRequest, ProcessSession, SessionS
 from harness.errors import BackendUnavailable, KvmUnavailable
 
 SPEC_NAME = "builtin-spec.json"
-ARCHES = ("x86_64",)
+ARCHES = ("x86_64", "aarch64")          # a guest runs on a host of its own architecture
+AARCH64_BOOT_METHODS = {"auto", "image", "netbsd"}   # harness.boot.arm64
 
 
 def supported_boot_methods() -> set[str]:
@@ -62,19 +63,20 @@ class BuiltinBackend(Backend):
         self.kvm_path = kvm_path
 
     def check(self, request: BootRequest) -> None:
-        self.check_guest(request)
+        self.check_guest(request, platform.machine())
         from harness.kvm.vm import require_kvm
         try:
             require_kvm(self.kvm_path)
         except KvmUnavailable as exc:
             raise BackendUnavailable(exc.problem, exc.fix) from None
 
-    def check_guest(self, request: BootRequest) -> None:
-        """What the VMM child can boot, wherever it runs (here, or in the lab)."""
-        if request.arch not in ARCHES or platform.machine() != "x86_64":
-            raise BackendUnavailable(f"the built-in VMM runs x86_64 guests on x86_64 hosts, not {request.arch} "
-                                     f"on {platform.machine()}", "use the qemu-tcg backend for this cell")
-        methods = supported_boot_methods()
+    def check_guest(self, request: BootRequest, host_arch: str) -> None:
+        """What the VMM child can boot on a host of `host_arch` (this machine, or a lab)."""
+        if request.arch not in ARCHES or host_arch != request.arch:
+            raise BackendUnavailable(f"the built-in VMM runs {host_arch} guests on this {host_arch} host, "
+                                     f"not {request.arch}",
+                                     "use the qemu-tcg backend for this cell, or host: lab (the lab of its arch)")
+        methods = AARCH64_BOOT_METHODS if request.arch == "aarch64" else supported_boot_methods()
         if request.boot not in methods:
             raise BackendUnavailable(f"the built-in VMM cannot boot {request.boot!r} guests",
                                      f"use one of {', '.join(sorted(methods))}, or the qemu-tcg backend")

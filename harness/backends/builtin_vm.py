@@ -72,6 +72,9 @@ class ChildVm:
             self.terminated.set()
 
     def build(self) -> None:
+        if self.request.arch == "aarch64":
+            self._build_aarch64()
+            return
         from harness.kvm.machine import Machine, MachineConfig
         from harness.kvm.system import host_info
         from harness.memory import GuestRam
@@ -94,6 +97,29 @@ class ChildVm:
         if debug.enabled:
             from harness.backends.builtin_gdb import ChildDebugger
             self.debug = ChildDebugger(self, debug)
+
+    def _build_aarch64(self) -> None:
+        """arm64 host: PL011/PL031 on the MMIO bus, the DTB from the same machine description."""
+        from harness.boot.arm64 import load_aarch64
+        from harness.boot.fdt import Aarch64Machine
+        from harness.kvm.arch.aarch64.machine import Aarch64KvmMachine, Aarch64MachineConfig
+        from harness.kvm.system import host_info
+        from harness.memory import GuestRam
+        req = self.request
+        self.host = host_info()
+        memory = req.memory_mib * layout.MiB
+        self.ram = GuestRam.aarch64(memory)
+        description = Aarch64Machine(memory, vcpus=req.vcpus, cmdline=req.cmdline)
+        self.devices = build_aarch64_device_set(self, description)
+        self.machine = Aarch64KvmMachine(self.ram, self.devices.mmio_bus,
+                                         Aarch64MachineConfig(vcpus=req.vcpus, gap_policy=req.gap_policy,
+                                                              cpu_profile=req.cpu_profile), emit=self.emit)
+        if req.kernel is None:
+            raise BackendUnavailable(f"cell {req.cell_id}: the built-in backend needs a kernel",
+                                     "give the guest a kernel file")
+        boot = load_aarch64(req.boot, self.ram, req.kernel, req.initrd, description)
+        self.machine.loops[0].vcpu.set_entry(boot.plan.entry)
+        self.boot_info = dict(boot.plan.info)
 
     def run(self) -> int:
         m = self.machine
@@ -185,14 +211,18 @@ def console_write(data: bytes) -> None:
         pass  # the parent closed the console; the guest keeps running until stopped
 
 
-def build_devices(child: ChildVm) -> Any:
+def _device_context(child: ChildVm) -> Any:
     from harness.devices.context import DeviceContext
-    ctx = DeviceContext(set_irq=lambda gsi, level: child.machine.set_irq(gsi, level) if child.machine else None,
-                        emit=child.emit,
-                        gap=lambda gap: child.machine.gaps.record(gap) if child.machine else None)
+    return DeviceContext(set_irq=lambda gsi, level: child.machine.set_irq(gsi, level) if child.machine else None,
+                         emit=child.emit,
+                         gap=lambda gap: child.machine.gaps.record(gap) if child.machine else None)
+
+
+def build_devices(child: ChildVm) -> Any:
     from harness.devices import build_x86_devices
     from harness.devices.virtio import VirtioSetup, attach
     req = child.request
+    ctx = _device_context(child)
     devices = build_x86_devices(ctx, console_write, memory_bytes=req.memory_mib * layout.MiB)
     setup = VirtioSetup.from_guest(req.options, req.disk, req.workdir)
     msi = None
@@ -200,6 +230,11 @@ def build_devices(child: ChildVm) -> Any:
         msi = lambda address, data: bool(child.machine) and child.machine.vm.signal_msi(address, data)  # noqa: E731
     attach(devices, ctx, child.ram, setup, sinks={"hvc0": SecondConsole(req.workdir / HVC_LOG).write}, msi=msi)
     return devices
+
+
+def build_aarch64_device_set(child: ChildVm, description: Any) -> Any:
+    from harness.devices.aarch64 import build_aarch64_devices
+    return build_aarch64_devices(_device_context(child), description, console_write)
 
 
 HVC_LOG = "console-hvc0.log"

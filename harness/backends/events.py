@@ -27,6 +27,7 @@ VM_EXIT = "vm-exit"              # the VM stopped; data: {reason, code}
 DEBUG_LISTEN = "debug-listen"    # a gdb stub listens; data: {host, port}
 DEBUG_STOP = "debug-stop"        # the VM stopped for a debugger; data: {vcpu, why, signal}
 DEBUG_RESUME = "debug-resume"    # the debugger let it run again
+CPU_ON = "cpu-on"                # a secondary vCPU left power-off (PSCI CPU_ON); data: {vcpu, source}
 
 
 @dataclass

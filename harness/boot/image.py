@@ -54,7 +54,15 @@ def read_file(path: Path, what: str, limit: int) -> bytes:
 
 
 def read_kernel(path: Path, mem_size: int) -> bytes:
-    """The kernel file's bytes, decompressed when the whole file is gzip/xz/zstd-compressed."""
+    """An x86 kernel file's bytes, decompressed when the whole file is gzip/xz/zstd-compressed."""
+    data = read_kernel_any_arch(path, mem_size)
+    reject_foreign(data, Path(path).name)
+    return data
+
+
+def read_kernel_any_arch(path: Path, mem_size: int) -> bytes:
+    """A kernel file's bytes, decompressed when the whole file is compressed (a gzip'd arm64 Image,
+    netbsd.gz), at least 64 bytes long; the caller checks its architecture."""
     data = read_file(path, "kernel", min(mem_size, MAX_FILE))
     fmt = decompress.sniff(data)
     if fmt in ("gzip", "xz", "zstd", "bzip2"):
@@ -62,7 +70,6 @@ def read_kernel(path: Path, mem_size: int) -> bytes:
     if len(data) < 64:
         raise KernelImageError(f"kernel {Path(path).name} is only {len(data)} bytes (truncated)",
                                "download it again")
-    reject_foreign(data, Path(path).name)
     return data
 
 
@@ -122,8 +129,12 @@ def elf_machine(data: bytes) -> int:
     return int.from_bytes(data[18:20], "little" if little else "big")
 
 
-def parse_elf(data: bytes, name: str = "kernel") -> ElfImage:
-    """An x86 ELF executable, or a KernelImageError saying what is wrong with it."""
+X86_MACHINES = (EM_X86_64, EM_386)
+
+
+def parse_elf(data: bytes, name: str = "kernel", machines: tuple[int, ...] = X86_MACHINES) -> ElfImage:
+    """An ELF executable for one of `machines` (x86 by default), or a KernelImageError saying what
+    is wrong with it."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
@@ -132,9 +143,10 @@ def parse_elf(data: bytes, name: str = "kernel") -> ElfImage:
     if len(data) < 52:
         raise KernelImageError(f"{name} is a truncated ELF file ({len(data)} bytes)", "download it again")
     machine = elf_machine(data)
-    if machine not in (EM_386, EM_X86_64):
+    if machine not in machines:
         arch = MACHINE_NAMES.get(machine, f"machine {machine}")
-        raise KernelImageError(f"{name} is an ELF file for {arch}, not x86-64 or i386",
+        wanted = " or ".join(MACHINE_NAMES[m] for m in machines)
+        raise KernelImageError(f"{name} is an ELF file for {arch}, not {wanted}",
                                "use an x86 kernel, or boot this one with a backend for its architecture")
     try:
         elf = ELFFile(io.BytesIO(data))

@@ -24,6 +24,7 @@ from harness.runner.matrix import CPU_PROFILES, GAP_POLICIES, Cell
 from harness.runner.plugin import new_run_dir
 from harness.runner.result import PASS, TIMEOUT, CellResult
 
+DEFAULT_CONSOLE = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
 # An --expect-less boot watches until the guest stops or --timeout: nothing can match this.
 _NEVER = r"(?!x)x"
 
@@ -36,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a built-in backend option (guest file `builtin:` key), YAML value; repeatable, "
                         "e.g. --option acpi=false --option 'virtio_devices=[blk, rng]'")
-    p.add_argument("--cmdline", default="console=ttyS0")
+    p.add_argument("--cmdline", default=None,
+                   help="kernel command line (default: the architecture's console, console=ttyS0 / ttyAMA0)")
     p.add_argument("--memory", type=int, default=256, help="MiB")
     p.add_argument("--vcpus", type=int, default=1)
     p.add_argument("--boot", default="auto", choices=BOOT_METHODS, help="boot protocol (default: detect)")
@@ -74,30 +76,30 @@ def cmd_boot(args: argparse.Namespace) -> int:
         raise ConfigError(f"initrd {args.initrd} does not exist", "give the path of an initrd")
     if args.disk and not Path(args.disk).is_file():
         raise ConfigError(f"disk {args.disk} does not exist", "give the path of a disk image")
-    boot = args.boot
-    if boot == "auto" and args.backend == "builtin":
-        from harness.boot import detect_method
-        boot = detect_method(kernel)
-    commands = commands_from_words(args.guest_command)
-    if commands and args.login is None:
-        raise ConfigError("a command after -- needs --login USER", "e.g. harness boot K --login root -- uname -a")
-    expects = list(args.expect) or (["login:"] if args.login is not None else [])
-    milestones = [Milestone(f"expect{i + 1}", rx, args.timeout) for i, rx in enumerate(expects)]
-    guest = GuestSpec(name=kernel.name, path=kernel, family=args.family, arch="x86_64", boot=boot,
-                      milestones=milestones or [Milestone("end", _NEVER, args.timeout)],
-                      kernel={"path": str(kernel.resolve())},
-                      initrd={"path": str(Path(args.initrd).resolve())} if args.initrd else None,
-                      disk={"path": str(Path(args.disk).resolve())} if args.disk else None,
-                      cmdline=args.cmdline, memory=args.memory, vcpus=args.vcpus,
-                      failures=[_failure(text) for text in args.failure],
-                      hang_timeout=args.hang_timeout or args.timeout, builtin=builtin_options(args.option),
-                      auto_login=AutoLogin(args.login, args.password, args.prompt) if args.login is not None else None,
-                      commands=commands)
     host = resolve_host(args.host, args.backend)
     if not can_run(host, args.backend):
         raise ConfigError(f"backend {args.backend} cannot run on host {host}",
                           f"use --backend {' or '.join(LAB_BACKENDS)} with --host lab")
     refuse_debugging_in_lab(host, args)
+    from harness.boot.archdetect import detect_arch
+    arch = detect_arch(kernel)
+    boot = _boot_method(args.boot, arch, args.backend, kernel)
+    cmdline = args.cmdline if args.cmdline is not None else f"console={DEFAULT_CONSOLE[arch]}"
+    commands = commands_from_words(args.guest_command)
+    if commands and args.login is None:
+        raise ConfigError("a command after -- needs --login USER", "e.g. harness boot K --login root -- uname -a")
+    expects = list(args.expect) or (["login:"] if args.login is not None else [])
+    milestones = [Milestone(f"expect{i + 1}", rx, args.timeout) for i, rx in enumerate(expects)]
+    guest = GuestSpec(name=kernel.name, path=kernel, family=args.family, arch=arch, boot=boot,
+                      milestones=milestones or [Milestone("end", _NEVER, args.timeout)],
+                      kernel={"path": str(kernel.resolve())},
+                      initrd={"path": str(Path(args.initrd).resolve())} if args.initrd else None,
+                      disk={"path": str(Path(args.disk).resolve())} if args.disk else None,
+                      cmdline=cmdline, memory=args.memory, vcpus=args.vcpus,
+                      failures=[_failure(text) for text in args.failure],
+                      hang_timeout=args.hang_timeout or args.timeout, builtin=builtin_options(args.option),
+                      auto_login=AutoLogin(args.login, args.password, args.prompt) if args.login is not None else None,
+                      commands=commands)
     cell = Cell(guest, args.backend, args.cpu_profile, args.gap_policy, args.vcpus, args.memory, "adhoc", retries=0,
                 host=host)
     run_dir = Path(args.report_dir) if args.report_dir else new_run_dir(Path("reports") / "boot")
@@ -168,6 +170,23 @@ def builtin_options(pairs: list[str]) -> dict:
             raise ConfigError(f"bad --option {pair!r}", f"use KEY=VALUE with KEY one of: {', '.join(BUILTIN_OPTIONS)}")
         options[key] = yaml.safe_load(value)
     return options
+
+
+def _boot_method(requested: str, arch: str, backend: str, kernel: Path) -> str:
+    """`--boot auto`: what the kernel file says, for the architecture it is built for. QEMU boots
+    every aarch64 kernel file as a Linux-style Image (-kernel)."""
+    if requested != "auto":
+        return requested
+    if arch == "aarch64":
+        if backend != "builtin":
+            return "image"
+        from harness.boot.arm64 import detect_aarch64_method
+        from harness.boot.image import read_kernel_any_arch
+        return detect_aarch64_method(read_kernel_any_arch(kernel, 512 << 20), kernel.name)
+    if backend == "builtin":
+        from harness.boot import detect_method
+        return detect_method(kernel)
+    return requested
 
 
 def _echo(chunk: bytes) -> None:

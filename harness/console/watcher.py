@@ -30,6 +30,8 @@ from harness.runner.guestfile import Dialog, Milestone
 from harness.runner.result import ERROR, FAIL, GAP, PASS, TIMEOUT, Failure, MilestoneHit, NearMiss
 
 Progress = Callable[[dict], None]
+GUEST_STOPS = ("shutdown", "reset")   # failures decided by a guest stop event, not by the console
+STOP_GRACE_S = 0.5                    # how long the console may still deliver lines printed before it
 
 
 @dataclass
@@ -107,13 +109,24 @@ class ConsoleWatcher:
         deadline = phase_start + milestones[0].timeout * self.config.timeout_scale
         patterns = self._patterns(0)
         last_progress = 0.0
+        # A guest that powers off (or resets) right after its last line: the event can overtake the
+        # console bytes still in the pipe. The stop is held for STOP_GRACE_S while the console is read.
+        pending_stop: WatchOutcome | None = None
+        grace_end = 0.0
         while True:
-            decided = self._check_events() or self._reboot_loop()
-            if decided:
-                return decided
+            if pending_stop is None:
+                decided = self._check_events() or self._reboot_loop()
+                if decided and decided.failure is not None and decided.failure.kind in GUEST_STOPS:
+                    pending_stop, grace_end = decided, time.monotonic() + STOP_GRACE_S
+                elif decided:
+                    return decided
+            elif time.monotonic() >= grace_end:
+                return pending_stop
             try:
                 i = self.child.expect([p.regex for p in patterns], timeout=self.config.poll_interval)
             except pexpect.TIMEOUT:
+                if pending_stop is not None:
+                    continue
                 now = time.monotonic()
                 if self.config.detached is not None and self.config.detached.is_set():
                     return self._timeout(index, f"detached from the interactive console while waiting for "
@@ -131,7 +144,7 @@ class ConsoleWatcher:
                     self._report_progress(index)
                 continue
             except pexpect.EOF:
-                return self._ended(index)
+                return pending_stop or self._ended(index)
             pattern = patterns[i]
             offset = self._advance()
             t, raw_offset = self.stream.locate(offset)

@@ -36,6 +36,8 @@ PREIMPORT = ("harness.backends.builtin_vm", "harness.kvm.machine", "harness.kvm.
              "harness.devices", "harness.devices.context", "harness.boot", "harness.kvm.rawboot",
              "harness.kvm.rescue", "harness.kvm.insn", "elftools.elf.elffile", "elftools.common.exceptions",
              "elftools.elf.enums")
+ARCH_PREIMPORT = {"aarch64": ("harness.kvm.arch.aarch64.machine", "harness.boot.arm64", "harness.boot.fdt",
+                              "harness.devices.aarch64", "fdt")}
 OPTIONAL_PREIMPORT = ("lz4.block", "zstandard")   # kernel decompressors, where installed
 # The VMM child's exit-count snapshots: every 100 ms natively; each costs ~50 ms of emulated CPU
 # in the lab, so there they come every 500 ms (phase profiles are that much coarser).
@@ -368,7 +370,8 @@ def warm_up() -> None:
     """Everything a forked child would otherwise do first: imports, and cffi's parse of every C
     type the VMM names (cffi caches parsed types by their string; a fork inherits the cache)."""
     import importlib
-    for name in PREIMPORT:
+    import platform
+    for name in PREIMPORT + ARCH_PREIMPORT.get(platform.machine(), ()):
         importlib.import_module(name)
     for name in OPTIONAL_PREIMPORT:
         try:

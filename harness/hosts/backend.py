@@ -19,7 +19,7 @@ class LabBuiltinBackend(BuiltinBackend):
     host = "lab"
 
     def check(self, request: BootRequest) -> None:
-        self.check_guest(request)          # arch and boot method, as on the native host
+        self.check_guest(request, lab_params(request.arch).arch)   # a lab runs guests of its own arch
         try:
             check_qemu(lab_params(request.arch))
         except HarnessError as exc:

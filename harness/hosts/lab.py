@@ -101,12 +101,20 @@ def check_lab_python() -> None:
                        f"make .venv from {LAB_PYTHON}: rm -rf .venv && PATH=/usr/bin:$PATH bash scripts/setup.sh")
 
 
-def lab_shares(inbox: Path) -> list[Share]:
-    check_lab_python()
+def lab_shares(inbox: Path, params: LabParams | None = None) -> list[Share]:
     harness_pkg = Path(__file__).resolve().parents[1]
-    return [Share("usr", Path("/usr"), "/usr"),
+    if params is not None and params.userland_asset:
+        # A lab of another architecture: its /usr and site-packages are the unpacked userland asset.
+        from harness.assets.recipes import build_asset
+        from harness.assets.userland import DIST_PACKAGES, unpack_userland
+        tree = unpack_userland(build_asset(params.userland_asset))
+        usr, site = tree / "usr", tree / DIST_PACKAGES
+    else:
+        check_lab_python()
+        usr, site = Path("/usr"), python_site_dir()
+    return [Share("usr", usr, "/usr"),
             Share("src", harness_pkg, "/lab/src/harness"),
-            Share("site", python_site_dir(), "/lab/site"),
+            Share("site", site, "/lab/site"),
             Share("in", inbox, "/lab/in", cache="none")]
 
 
@@ -197,7 +205,7 @@ class Lab:
         initrd = build_asset(self.params.initramfs_asset)
         if initrd.provenance.get("generator_sha256") != generator_sha256():   # the init script changed
             initrd = build_asset(self.params.initramfs_asset, rebuild=True)
-        shares = lab_shares(self.inbox)
+        shares = lab_shares(self.inbox, self.params)
         for share in shares:
             if not share.host_path.is_dir():
                 raise LabError(f"the lab's {share.tag!r} share {share.host_path} is missing",

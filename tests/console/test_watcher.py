@@ -154,3 +154,17 @@ def test_large_output_without_matches_stays_fast(watch):
     o, _, _ = watch([(0, noise), (0, b"login: ")], [("login", "login: ", 20)])
     assert o.outcome == "pass"
     assert time.monotonic() - start < 10
+
+
+def test_power_off_event_overtaking_the_last_lines_still_passes(watch):
+    """PSCI SYSTEM_OFF right after `login:`: the event may arrive before the console bytes."""
+    steps = [(0, b"fixture: entry arm64\n"), (0, ev.SHUTDOWN, {"source": "kvm-system-event"}),
+             (0.1, b"fixture login: \n")]
+    o, _, _ = watch(steps, [("entry", "fixture: entry", 5), ("login", "login: ", 5)], family="fixture")
+    assert o.outcome == "pass", o.reason
+
+
+def test_power_off_without_the_remaining_milestones_is_still_a_failure(watch):
+    steps = [(0, b"fixture: entry arm64\n"), (0.05, ev.SHUTDOWN, {"source": "kvm-system-event"})]
+    o, _, _ = watch(steps, [("entry", "fixture: entry", 5), ("login", "login: ", 5)], family="fixture")
+    assert o.outcome == "fail" and o.failure.kind == "shutdown"

@@ -59,7 +59,7 @@ def test_a_missing_share_is_one_error(monkeypatch, tmp_path: Path):
     import harness.hosts.lab as lab_mod
     real = lab_mod.lab_shares
     monkeypatch.setattr(lab_mod, "lab_shares",
-                        lambda inbox: real(inbox) + [lab_mod.Share("gone", tmp_path / "absent", "/lab/gone")])
+                        lambda inbox, params=None: real(inbox, params) + [lab_mod.Share("gone", tmp_path / "absent", "/lab/gone")])
     with pytest.raises(LabError) as exc:
         Lab(lab_params("x86_64")).start()
     assert "'gone' share" in exc.value.problem and "missing" in exc.value.problem

@@ -195,3 +195,30 @@ def test_report_pairs_builtin_with_qemu_only_on_the_same_host_and_names_the_host
     assert [m.ratio for m in lab_pair.milestones] == [2.0, 2.0, 2.0]
     text = "\n".join(render_markdown(results, md))
     assert md("kvm_amd nested in QEMU TCG") in text and "6.1.0-57-amd64" in text and md("kvm_pvm") in text
+
+
+def test_aarch64_lab_shares_the_arm64_userland_instead_of_this_machines_usr(tmp_path: Path, monkeypatch):
+    import harness.assets.recipes as recipes
+    import harness.assets.userland as userland
+    from harness.hosts.lab import lab_shares
+    tree = tmp_path / "tree"
+    (tree / "usr" / "lib" / "python3" / "dist-packages").mkdir(parents=True)
+    asked = []
+    monkeypatch.setattr(recipes, "build_asset", lambda name: asked.append(name) or name)
+    monkeypatch.setattr(userland, "unpack_userland", lambda entry: tree)
+    shares = {s.tag: s for s in lab_shares(tmp_path / "in", lab_params("aarch64"))}
+    assert asked == ["lab-userland-arm64"]
+    assert shares["usr"].host_path == tree / "usr" and shares["usr"].mount == "/usr"
+    assert shares["site"].host_path == tree / "usr/lib/python3/dist-packages"
+    assert shares["src"].host_path == REPO / "harness"
+    assert "pauth-impdef=on" in lab_params("aarch64").cpu and not lab_params("x86_64").userland_asset
+
+
+def test_builtin_in_a_lab_checks_the_guest_against_the_labs_arch(tmp_path: Path):
+    from harness.backends.builtin import BuiltinBackend
+    from harness.errors import BackendUnavailable
+    request = BootRequest(cell_id="c", guest="g", family="fixture", arch="aarch64", boot="image",
+                          kernel=tmp_path / "Image", workdir=tmp_path)
+    BuiltinBackend().check_guest(request, "aarch64")           # the aarch64 lab
+    with pytest.raises(BackendUnavailable, match="not aarch64"):
+        BuiltinBackend().check_guest(request, "x86_64")         # this machine

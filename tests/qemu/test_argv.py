@@ -57,7 +57,7 @@ def test_aarch64_image(tmp_path):
     argv = qemu.QemuBackend("tcg").build_argv(req(tmp_path, arch="aarch64", boot="image",
                                                   cmdline="console=ttyAMA0"))
     assert argv[0] == "qemu-system-aarch64"
-    assert after(argv, "-M") == "virt" and after(argv, "-cpu") == "cortex-a57"
+    assert after(argv, "-M") == "virt,gic-version=3" and after(argv, "-cpu") == "cortex-a57"
     assert after(argv, "-append") == "console=ttyAMA0"
 
 
