@@ -65,6 +65,9 @@ def _resolve_path(source: dict, guest: str) -> ResolvedAsset:
     path = Path(str(source["path"])).expanduser()
     if not path.is_absolute():
         path = REPO_ROOT / path
+    if path.is_dir() and (path / "console.log").is_file():
+        # A recorded cell directory (the replay backend plays it): identified by its console.
+        return ResolvedAsset(path, sha256_file(path / "console.log"), {"path": str(path)})
     if not path.is_file():
         raise AssetError(f"guest {guest}: file {path} does not exist", "create it or fix the path in the guest file")
     sha = sha256_file(path)

@@ -34,9 +34,13 @@ class ReplayBackend(Backend):
     name = "replay"
 
     def check(self, request: BootRequest) -> None:
-        if request.kernel is None or not Path(request.kernel).exists():
+        kernel = Path(request.kernel) if request.kernel is not None else None
+        if kernel is None or not kernel.exists():
             raise BackendUnavailable(f"replay transcript {request.kernel} does not exist",
-                                     "give the guest a kernel: {path: TRANSCRIPT.yaml}")
+                                     "give the guest a kernel: {path: TRANSCRIPT.yaml} or {path: RUN/cells/CELL}")
+        if kernel.is_dir() and not (kernel / "console.log").is_file():
+            raise BackendUnavailable(f"replay directory {kernel} holds no console.log",
+                                     "give the directory of a recorded cell (reports/RUN/cells/CELL)")
 
     def start(self, request: BootRequest) -> "ReplaySession":
         argv = [sys.executable, "-m", "harness.backends.replay", str(request.kernel), str(request.events_path)]

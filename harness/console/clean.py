@@ -11,25 +11,61 @@ The cleaner is incremental (an escape or a log line may straddle reads) and:
 - moves a timestamped Linux printk line ``[ seconds.micros] ... \\n`` that starts mid-line out of
   the line it interrupted: the interrupted line is joined back together, and the log line is
   emitted on its own right after it, so milestones can still match it. Nothing is lost.
+
+Nothing is held back for long: a prompt line that never ends (``login: [ 55.28] BUG: ...``)
+would otherwise keep every later kernel line from the watcher. Held log lines and undecided
+bytes are released after HOLD_S seconds (`release_due`, called on every feed and by the stream
+while the guest is silent); the interrupted line is then cut with a newline.
 """
 from __future__ import annotations
 
 import re
+import time
 
 _ESC = 0x1B
 _PRINTK_HEAD = re.compile(rb"\[\s*\d+\.\d+\]")
 _MAX_HELD = 4096  # never hold back more than this waiting for a sequence to finish
+HOLD_S = 0.25     # ... nor for longer than this
 _SCREEN_RESETS = {b"\x1bc", b"\x1b[2J", b"\x1b[H", b"\x1b[1;1H", b"\x1b[01;01H"}
 
 
 class ConsoleCleaner:
-    def __init__(self) -> None:
+    def __init__(self, hold_s: float = HOLD_S) -> None:
+        self.hold_s = hold_s
+        self._held_since: float | None = None   # when the oldest held line or byte was held
         self._pending = b""       # bytes not yet decided (a possible escape or printk head)
         self._at_line_start = True
         self._in_printk = False   # inside an interleaved log line until its newline
         self._moved = bytearray()  # interleaved log lines, emitted after the interrupted line ends
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes, now: float | None = None) -> bytes:
+        now = time.monotonic() if now is None else now
+        out = self._feed(data)
+        if self.holding() and self._held_since is None:
+            self._held_since = now
+        return out + self.release_due(now)
+
+    def holding(self) -> bool:
+        return bool(self._pending or (self._moved and not self._in_printk))
+
+    def release_due(self, now: float) -> bytes:
+        """What has been held back longer than the bound, as text (the interrupted line is cut)."""
+        if self._held_since is None or now - self._held_since < self.hold_s:
+            return b""
+        out = bytearray()
+        if self._moved and not self._in_printk:
+            out.append(0x0A)
+            out.extend(self._moved)
+            self._moved.clear()
+            self._at_line_start = True
+        if self._pending and not self._in_printk:
+            out.extend(self._pending)
+            self._at_line_start = self._pending.endswith(b"\n")
+            self._pending = b""
+        self._held_since = now if self.holding() else None
+        return bytes(out)
+
+    def _feed(self, data: bytes) -> bytes:
         buf = self._pending + data
         self._pending = b""
         out = bytearray()
@@ -103,6 +139,7 @@ class ConsoleCleaner:
         """End of stream: whatever was held back is plain text."""
         rest, self._pending = _strip_cr(self._pending), b""
         moved, self._moved = bytes(self._moved), bytearray()
+        self._held_since = None
         return rest + (b"\n" + moved if moved else b"")
 
 

@@ -15,6 +15,7 @@ import bisect
 import json
 import os
 import re
+import select
 import threading
 import time
 from pathlib import Path
@@ -58,6 +59,12 @@ class ConsoleStream:
     def _pump(self) -> None:
         try:
             while True:
+                if self._cleaner.holding() and not self._readable(self._cleaner.hold_s / 2):
+                    now = time.monotonic()
+                    released = self._cleaner.release_due(now)
+                    if released:
+                        self._emit_clean(released, now)
+                    continue
                 try:
                     chunk = os.read(self._source, 65536)
                 except OSError:
@@ -74,11 +81,17 @@ class ConsoleStream:
             os.close(self._clean_write_fd)   # pexpect sees EOF
             self.eof.set()
 
+    def _readable(self, timeout: float) -> bool:
+        try:
+            return bool(select.select([self._source], [], [], timeout)[0])
+        except (OSError, ValueError):
+            return True        # let os.read report the closed descriptor
+
     def _take(self, chunk: bytes, now: float) -> None:
         self._log.write(chunk)
         if self._echo:
             self._echo(chunk)
-        clean = self._cleaner.feed(chunk)
+        clean = self._cleaner.feed(chunk, now)
         with self._lock:
             self.raw_bytes += len(chunk)
             self.last_output = now

@@ -3,12 +3,18 @@
 One loop per cell, on the clean stream of ConsoleStream through pexpect. Between reads it
 tails the backend's events (triple fault, reset, host emulation failure, ...), watches for
 silence (a hang) and for the current milestone's deadline. The first decisive thing wins:
-- every milestone matched                      -> pass
-- a failure pattern, triple fault, reset,
+- every milestone matched, then `settle` s
+  without a crash                              -> pass
+- a crash report (harness.console.crashes),
+  a failure pattern, triple fault, reset,
   power-off or the boot banner seen twice      -> fail (banners are counted by ConsoleStream)
 - the backend stopped on an emulation gap      -> gap
 - a milestone's deadline or the hang window    -> timeout (with a near-miss report)
 - the backend died / reported an infra error   -> error
+Warning reports (WARNING:, lockdep, KASAN, lock order reversal, witness) do not end a cell
+unless `warnings` is "fail" (panic_on_warn semantics); the runner titles them from console.log.
+After a crash line the watcher keeps reading until the console is quiet, so the whole report
+(first line to end of backtrace) reaches console.log before the backend is stopped.
 """
 from __future__ import annotations
 
@@ -24,7 +30,9 @@ import pexpect.fdpexpect
 
 from harness.backends import events as ev
 from harness.backends.base import BackendSession
+from harness.console.crashes import CRASH, WARNINGS_FAIL, classify_line
 from harness.console.nearmiss import near_miss
+from harness.console.patterns import REPORT
 from harness.console.stream import ConsoleStream
 from harness.runner.guestfile import Dialog, Milestone
 from harness.runner.result import ERROR, FAIL, GAP, PASS, TIMEOUT, Failure, MilestoneHit, NearMiss
@@ -32,6 +40,7 @@ from harness.runner.result import ERROR, FAIL, GAP, PASS, TIMEOUT, Failure, Mile
 Progress = Callable[[dict], None]
 GUEST_STOPS = ("shutdown", "reset")   # failures decided by a guest stop event, not by the console
 STOP_GRACE_S = 0.5                    # how long the console may still deliver lines printed before it
+_PRINTK_PREFIX = re.compile(r"^(?:.*? login: )?(?:<\d+>)?\[\s*\d+\.\d+\](?:\[\s*[CT]\d+\])?\s*")
 
 
 @dataclass
@@ -45,6 +54,12 @@ class WatchConfig:
     timeout_scale: float = 1.0
     poll_interval: float = 0.1
     detached: threading.Event | None = None      # set by an interactive console's escape: stop watching
+    family: str = "other"
+    settle: float = 1.5          # seconds watched after the last milestone: a crash there still fails
+    warnings: str = "record"     # record: warnings never end the cell; fail: the first one fails it
+    report_quiet: float = 0.5    # after a crash line, read until the console is quiet this long
+    report_max_s: float = 5.0    # ... or this long at most
+
 
 
 @dataclass
@@ -102,17 +117,16 @@ class ConsoleWatcher:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> WatchOutcome:
-        start = self.stream.start_time
         milestones = self.config.milestones
         index = 0
-        phase_start = start
-        deadline = phase_start + milestones[0].timeout * self.config.timeout_scale
+        deadline = self.stream.start_time + milestones[0].timeout * self.config.timeout_scale
         patterns = self._patterns(0)
         last_progress = 0.0
         # A guest that powers off (or resets) right after its last line: the event can overtake the
         # console bytes still in the pipe. The stop is held for STOP_GRACE_S while the console is read.
         pending_stop: WatchOutcome | None = None
         grace_end = 0.0
+        settle_until: float | None = None       # set once every milestone matched
         while True:
             if pending_stop is None:
                 decided = self._check_events() or self._reboot_loop()
@@ -128,6 +142,10 @@ class ConsoleWatcher:
                 if pending_stop is not None:
                     continue
                 now = time.monotonic()
+                if settle_until is not None:
+                    if now >= settle_until:
+                        return self._passed()
+                    continue
                 if self.config.detached is not None and self.config.detached.is_set():
                     return self._timeout(index, f"detached from the interactive console while waiting for "
                                                 f"milestone {milestones[index].name!r}")
@@ -144,7 +162,7 @@ class ConsoleWatcher:
                     self._report_progress(index)
                 continue
             except pexpect.EOF:
-                return pending_stop or self._ended(index)
+                return pending_stop or (self._passed() if settle_until is not None else self._ended(index))
             pattern = patterns[i]
             offset = self._advance()
             t, raw_offset = self.stream.locate(offset)
@@ -155,18 +173,17 @@ class ConsoleWatcher:
                 index += 1
                 self._report_progress(index)
                 if index == len(milestones):
-                    return WatchOutcome(PASS, f"all {len(milestones)} milestones reached", self.hits,
-                                        events=self.seen_events)
-                phase_start = time.monotonic()
-                deadline = phase_start + milestones[index].timeout * self.config.timeout_scale
+                    if self.config.settle <= 0:
+                        return self._passed()
+                    settle_until = time.monotonic() + self.config.settle * self.config.timeout_scale
+                    patterns = [p for p in self._fixed if p.role == "failure"]
+                    continue
+                deadline = time.monotonic() + milestones[index].timeout * self.config.timeout_scale
                 self.debug_shift = 0.0
             elif pattern.role == "failure":
-                # Let the backend's events (e.g. a triple fault right after the panic text) arrive too.
-                message = _text(self.child.after + self._rest_of_failure())
-                self._check_events()
-                failure = Failure(pattern.name, message.strip()[:2000], round(t, 6), raw_offset)
-                return WatchOutcome(FAIL, f"{pattern.name}: {_headline(failure.message)}", self.hits,
-                                    failure=failure, events=self.seen_events)
+                kind = self._failure_kind(pattern, line)
+                if kind is not None:
+                    return self._failed(kind, t, raw_offset)
             elif pattern.role == "dialog":
                 assert pattern.dialog is not None
                 self._dialog_sends[id(pattern.dialog)] = self._dialog_sends.get(id(pattern.dialog), 0) + 1
@@ -174,22 +191,50 @@ class ConsoleWatcher:
             elif pattern.role == "keepalive":
                 deadline = time.monotonic() + milestones[index].timeout * self.config.timeout_scale
                 self.debug_shift = 0.0
-            patterns = self._patterns(index)
+            if settle_until is None:
+                patterns = self._patterns(index)
+
+    def _failure_kind(self, pattern: _Pattern, line: str) -> str | None:
+        """The failure kind a matched failure pattern stands for, or None if the line is no failure
+        (a report header in a suppressed line, or a warning while warnings only get recorded)."""
+        if pattern.name != REPORT:
+            return pattern.name
+        found = classify_line(self.config.family, _text(self.child.after))
+        if found is None:
+            return None
+        kind, severity = found
+        if severity != CRASH and self.config.warnings != WARNINGS_FAIL:
+            return None
+        return kind
+
+    def _failed(self, kind: str, t: float, raw_offset: int) -> WatchOutcome:
+        # The rest of the report (and the backend's events, e.g. a triple fault right after a panic).
+        message = _text(self.child.after + self._rest_of_report())
+        self._check_events()
+        failure = Failure(kind, message.strip()[:2000], round(t, 6), raw_offset)
+        return WatchOutcome(FAIL, _reason(kind, _headline(failure.message)), self.hits, failure=failure,
+                            events=self.seen_events)
+
+    def _passed(self) -> WatchOutcome:
+        n = len(self.config.milestones)
+        return WatchOutcome(PASS, f"all {n} milestones reached", self.hits, events=self.seen_events)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _rest_of_failure(self, line_wait: float = 1.0, context_wait: float = 0.3, max_lines: int = 8) -> bytes:
-        """The rest of the failure's line (a pattern can match a partial read) and a few lines of context."""
+    def _rest_of_report(self, max_lines: int = 2000) -> bytes:
+        """Read on until the console is quiet (the backtrace is complete) or a bound is reached."""
         tail = b""
-        deadline = time.monotonic() + line_wait
-        for n in range(max_lines + 1):
-            wait = max(0.0, deadline - time.monotonic()) if n == 0 else context_wait
+        deadline = time.monotonic() + self.config.report_max_s
+        for _ in range(max_lines):
+            wait = min(self.config.report_quiet, deadline - time.monotonic())
+            if wait <= 0:
+                break
             try:
                 self.child.expect(b"\n", timeout=wait)
             except (pexpect.TIMEOUT, pexpect.EOF):
                 break
             self._advance()
             tail += self.child.before + b"\n"
-        return tail
+        return tail[-65536:]
 
     def _advance(self) -> int:
         self._consumed += len(self.child.before) + len(self.child.after)
@@ -290,9 +335,16 @@ class ConsoleWatcher:
                             events=self.seen_events)
 
 
+def _reason(kind: str, headline: str) -> str:
+    """`kind: headline`, without saying the kind twice (`panic: panic: ...`)."""
+    if headline.lower().startswith(kind.lower()):
+        return headline
+    return f"{kind}: {headline}"
+
+
 def _headline(message: str) -> str:
     """The line that says what failed; a header line like Xen's 'Panic on CPU 0:' takes the next one too."""
-    lines = [l.strip() for l in message.splitlines() if l.strip()]
+    lines = [_PRINTK_PREFIX.sub("", l).strip() for l in message.splitlines() if l.strip()]
     head = lines[0] if lines else ""
     if head.endswith(":") and len(lines) > 1:
         head = f"{head} {lines[1]}"

@@ -131,6 +131,21 @@ def read_baseline_file(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def read_warning_baseline(path: Path) -> list[str]:
+    """The accepted warning titles (shell globs allowed) of a baseline file's `warnings:` list."""
+    if not path.exists():
+        return []
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"baseline {path} cannot be read: {err}".splitlines()[0], "fix the YAML")
+    titles = data.get("warnings", []) if isinstance(data, dict) else []
+    if not isinstance(titles, list) or not all(isinstance(t, str) for t in titles):
+        raise ConfigError(f"baseline {path}: `warnings` is not a list of titles",
+                          "write `warnings: [\"WARNING in foo\", ...]`")
+    return list(titles)
+
+
 def _guest_expected_gaps(guest: str, root: Path) -> list[dict[str, Any]]:
     path = root / "guests" / f"{guest}.yaml"
     if not path.exists():
@@ -157,6 +172,9 @@ def write_baseline(path: Path, guest: str, gaps: Iterable[GapRecord | dict[str, 
         "accepted_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "gaps": entries,
     }
+    kept = read_warning_baseline(path) if path.exists() else []
+    if kept:
+        doc["warnings"] = kept
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("# Known emulation gaps; written by `harness gaps accept`, edit freely.\n"

@@ -27,6 +27,7 @@ from harness.gaps.record import GapRecord
 from harness.report.culprit import classify
 from harness.runner.repro_record import host_kind, keep_guest_file, repro_record
 from harness.runner.guest_shell import CommandResult, after_prompt, apply_commands
+from harness.runner.crash_report import add_console_reports
 from harness.runner.matrix import Cell
 from harness.runner.tries import Try, another_try
 from harness.runner.result import (ERROR, FAIL, PASS, CellResult, Failure, cell_slug, write_json_atomic,
@@ -127,7 +128,7 @@ def _attempt(cell: Cell, options: RunOptions, attempt: int) -> CellResult:
         if options.console is not None:
             options.console.close()
     result.duration_s = round(time.monotonic() - wall_start, 3)
-    _fill(result, cell, watch, summary, session.start_time)
+    _fill(result, cell, watch, summary, session.start_time, request.workdir / "console.log")
     if commands:
         apply_commands(result, commands)
     return result
@@ -178,7 +179,8 @@ def _watch(cell: Cell, session: Any, request: BootRequest,
                          failures=failure_patterns(guest.family) + [(f.name, f.pattern) for f in guest.failures],
                          dialogs=guest.dialogs, keepalive=guest.keepalive,
                          hang_timeout=cell.hang_timeout or guest.hang_timeout,
-                         banner=banner, timeout_scale=cell.timeout_scale,
+                         banner=banner, timeout_scale=cell.timeout_scale, family=guest.family,
+                         settle=guest.settle, warnings=guest.warnings,
                          detached=options.console.detached if options.console is not None else None)
     reader = ev.EventReader(request.events_path)
     watcher = ConsoleWatcher(session, stream, reader, config,
@@ -222,8 +224,9 @@ def _hold_for_debugger(session: Any, request: BootRequest, watch: WatchOutcome, 
         notify("ending the held guest")
 
 
-def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionSummary, start_time: float) -> None:
-    from harness.gaps.baseline import baseline_path, compare, read_baseline_file
+def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionSummary, start_time: float,
+          console_log: Path) -> None:
+    from harness.gaps.baseline import baseline_path, compare, read_baseline_file, read_warning_baseline
     from harness.gaps.ledger import build_ledger, gaps_from_events
     from harness.report.profile import phases_from_snapshots
 
@@ -256,6 +259,8 @@ def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionS
     result.host = host
     result.repro["host_kind"] = host_kind(host)
     result.command = summary.command
+    add_console_reports(result, console_log, cell.guest.family, cell.guest.warnings,
+                        cell.guest.expected_warnings + read_warning_baseline(baseline_path(cell.guest.name, repo_root)))
     if result.outcome == PASS and cell.fail_on_new_gaps and diff.new:
         keys = ", ".join(f"{g['kind']} {g['key']}" if isinstance(g, dict) else f"{g.kind} {g.key}" for g in diff.new)
         result.outcome, result.reason = FAIL, f"new emulation gaps not in the baseline: {keys}"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.base import BACKEND_NAMES
+from harness.console.crashes import WARNING_MODES
 from harness.errors import ConfigError
 from harness.runner import yamlfile as y
 from harness.runner.guest_shell import AutoLogin, GuestCommand, parse_auto_login, parse_commands
@@ -27,7 +28,9 @@ SOURCE_KEYS = ("path", "fixture", "asset", "url", "sha256", "sha512", "checksum_
 
 GUEST_KEYS = ("family", "arch", "boot", "description", "kernel", "initrd", "disk", "firmware", "cmdline",
               "memory", "vcpus", "backends", "qemu", "builtin", "milestones", "dialogs", "failures", "keepalive",
-              "hang_timeout", "banner", "expected_gaps", "fetch_hint", "auto_login", "commands")
+              "hang_timeout", "banner", "expected_gaps", "fetch_hint", "auto_login", "commands",
+              "settle", "warnings", "expected_warnings")
+DEFAULT_SETTLE_S = 1.5
 
 
 @dataclass
@@ -78,6 +81,9 @@ class GuestSpec:
     fetch_hint: str = ""
     auto_login: AutoLogin | None = None                       # how to reach a shell after the last milestone
     commands: list[GuestCommand] = field(default_factory=list)   # run there, each checked (runner.guest_shell)
+    settle: float = DEFAULT_SETTLE_S        # seconds watched after the last milestone
+    warnings: str = "record"                # record | fail-new | fail
+    expected_warnings: list[str] = field(default_factory=list)   # warning titles (globs) this guest is known to print
 
 
 def load_guest(path: Path) -> GuestSpec:
@@ -108,6 +114,9 @@ def load_guest(path: Path) -> GuestSpec:
         expected_gaps=_expected_gaps(data, what),
         auto_login=parse_auto_login(data, what),
         commands=parse_commands(data, what),
+        settle=_settle(data, what),
+        warnings=y.get_choice(data, "warnings", WARNING_MODES, "record", what),
+        expected_warnings=y.get_str_list(data, "expected_warnings", [], what),
     )
     spec.backends = y.get_str_list(data, "backends", list(DEFAULT_BACKENDS), what)
     for b in spec.backends:
@@ -138,6 +147,14 @@ def _positive_number(data: y.YMap, key: str, default: float, what: str) -> float
     value = y.get_typed(data, key, (int, float), default, what)
     if value <= 0:
         raise y.fail(data, key, f"{what}.{key} must be positive, got {value}", "give a positive number of seconds")
+    return float(value)
+
+
+def _settle(data: y.YMap, what: str) -> float:
+    value = y.get_typed(data, "settle", (int, float), DEFAULT_SETTLE_S, what)
+    if value < 0:
+        raise y.fail(data, "settle", f"{what}.settle must not be negative, got {value}",
+                     "give seconds to keep watching after the last milestone (0: stop at once)")
     return float(value)
 
 

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.console.crashes import ConsoleReport
+
 SCHEMA_VERSION = 1
 
 # Outcomes
@@ -64,6 +66,21 @@ class Failure:
 
 
 @dataclass
+class WarningDiff:
+    """The warning titles of a cell against its guest's warning baseline."""
+    new: list[str] = field(default_factory=list)      # no baseline entry matches: a regression
+    known: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"new": list(self.new), "known": list(self.known)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> "WarningDiff":
+        data = data or {}
+        return cls(list(data.get("new", [])), list(data.get("known", [])))
+
+
+@dataclass
 class CellResult:
     cell_id: str
     guest: str
@@ -77,6 +94,9 @@ class CellResult:
     expected_milestones: list[str] = field(default_factory=list)
     phases: list[Phase] = field(default_factory=list)
     failure: Failure | None = None
+    crash: ConsoleReport | None = None     # the titled report that ended (or spoiled) the boot
+    warnings: list[ConsoleReport] = field(default_factory=list)       # reports the boot survived
+    warning_diff: WarningDiff = field(default_factory=WarningDiff)
     near_miss: NearMiss | None = None
     gaps: list[dict[str, Any]] = field(default_factory=list)          # GapRecord.to_dict(), phases assigned
     gap_diff: dict[str, Any] = field(default_factory=dict)            # vs expected gaps: new / fixed / known
@@ -112,6 +132,10 @@ class CellResult:
             data["failure"] = Failure(**data["failure"])
         if data.get("near_miss"):
             data["near_miss"] = NearMiss(**data["near_miss"])
+        if data.get("crash"):
+            data["crash"] = ConsoleReport.from_json(data["crash"])
+        data["warnings"] = [ConsoleReport.from_json(w) for w in data.get("warnings", [])]
+        data["warning_diff"] = WarningDiff.from_json(data.get("warning_diff"))
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 

@@ -66,12 +66,13 @@ def chunks(text: bytes, size: int = 7, delay: float = 0.0) -> list[tuple]:
 def watch(tmp_path: Path):
     def run(steps: list[tuple], milestones: list[tuple[str, str, float]], family: str = "linux",
             dialogs: list[Dialog] | None = None, keepalive: list[str] | None = None, hang: float = 5.0,
-            idle: bool = True):
+            idle: bool = True, settle: float = 0.0, warnings: str = "record"):
         session = ScriptedSession(tmp_path, steps, idle)
         stream = ConsoleStream(session.console_fd, tmp_path / "console.log", session.start_time,
                                banner=banner_pattern(family))
         config = WatchConfig([Milestone(*m) for m in milestones], failure_patterns(family), dialogs or [],
-                             keepalive or [], hang_timeout=hang, banner=banner_pattern(family))
+                             keepalive or [], hang_timeout=hang, banner=banner_pattern(family), family=family,
+                             settle=settle, warnings=warnings, report_quiet=0.2)
         outcome = ConsoleWatcher(session, stream, ev.EventReader(session.request.events_path), config).run()
         stream.detach()
         return outcome, session, stream

@@ -58,11 +58,18 @@ def test_linux_oops_and_bug(watch):
 
 def test_netbsd_fatal_page_fault(watch):
     o = _failure(watch, "netbsd-fatal-page-fault.txt", "netbsd")
-    assert o.outcome == "fail" and o.failure.kind == "fatal-page-fault"
+    assert o.outcome == "fail" and o.failure.kind == "fatal-fault"
 
 
-def test_openbsd_ddb(watch):
+def test_openbsd_trap_line_wins_over_the_ddb_prompt_after_it(watch):
     o = _failure(watch, "openbsd-ddb.txt", "openbsd")
+    assert o.outcome == "fail" and o.failure.kind == "trap"
+    assert o.reason.startswith("trap: kernel: protection fault trap")
+
+
+def test_openbsd_ddb_prompt_alone(watch):
+    steps = [(0, b"OpenBSD 7.5 (GENERIC) #1\nStopped at      db_enter+0x10:  popq    %rbp\nddb> ")]
+    o, _, _ = watch(steps, [("banner", "OpenBSD", 5), ("login", "login:", 5)], family="openbsd")
     assert o.outcome == "fail" and o.failure.kind == "ddb"
 
 

@@ -9,6 +9,7 @@ with the ones its dashboards show.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -16,10 +17,16 @@ from harness.console.crashes import bsd, linux
 from harness.console.crashes.rules import (CRASH, WARNING, FrameSyntax, ReportKind, TitleRule, Titled, rx,
                                            title_report)
 
+# What a warning report does to its cell: recorded only; fails the cell when its title is not in
+# the guest's baseline; fails the cell at once (the harness's panic_on_warn).
+WARNINGS_RECORD, WARNINGS_FAIL_NEW, WARNINGS_FAIL = "record", "fail-new", "fail"
+WARNING_MODES = (WARNINGS_RECORD, WARNINGS_FAIL_NEW, WARNINGS_FAIL)
+
 MAX_BLOCK_LINES = 300      # a report block kept in a result is at most this long
 MAX_REPORTS = 200          # a console flooding reports keeps the first ones
 
-__all__ = ["CRASH", "WARNING", "ConsoleReport", "FAMILIES", "find_reports", "reports_in_console", "crash_of"]
+__all__ = ["CRASH", "WARNING", "ConsoleReport", "FAMILIES", "find_reports", "reports_in_console", "crash_of",
+           "spotter", "classify_line"]
 
 
 @dataclass
@@ -62,7 +69,7 @@ class FamilyTable:
 
 def _cut_linux(lines: list[str], offsets: list[int], start: int, kinds: tuple[ReportKind, ...]) -> _Cut:
     cut = linux.cut_report(lines, offsets, start, kinds)
-    following = _next_header(lines, start + 1, kinds)
+    following = _next_header(lines, start + 1, kinds, tails=linux.TAIL_LINES)
     return _Cut(cut.text, cut.title_end or len(cut.text), following)
 
 
@@ -72,13 +79,19 @@ def _cut_to_end(lines: list[str], offsets: list[int], start: int, kinds: tuple[R
     return _Cut(text, len(text), _next_header(lines, start + 1, kinds))
 
 
-def _next_header(lines: list[str], first: int, kinds: tuple[ReportKind, ...]) -> int:
+TAIL_WINDOW = 150   # lines: a panic or oops line this close after a report is that report's tail
+
+
+def _next_header(lines: list[str], first: int, kinds: tuple[ReportKind, ...], tails: tuple[str, ...] = ()) -> int:
     for i in range(first, len(lines)):
+        if i - first < TAIL_WINDOW and any(t in lines[i] for t in tails):
+            continue
         if any(k.starts(lines[i]) for k in kinds):
             return i
     return len(lines)
 
 
+_OTHER = linux.KINDS + bsd.NETBSD[:1] + bsd.OPENBSD[4:6] + bsd.FREEBSD[:1] + bsd.COMMON
 _XEN = (ReportKind("Panic on CPU", (TitleRule(rx(r"Panic on CPU \d+:\n(?:\(XEN\) )*(.*)"), "Xen panic: {1}"),),
                    CRASH, (), "panic"),)
 
@@ -89,11 +102,12 @@ FAMILIES: dict[str, FamilyTable] = {
     "freebsd": FamilyTable(bsd.FREEBSD, _cut_to_end),
     "xen": FamilyTable(_XEN, _cut_to_end),
     "fixture": FamilyTable(bsd.COMMON, _cut_to_end),
+    "other": FamilyTable(_OTHER, _cut_linux, linux.SYNTAX),
 }
 
 
 def table_for(family: str) -> FamilyTable:
-    return FAMILIES.get(family, FAMILIES["linux"])
+    return FAMILIES.get(family, FAMILIES["other"])
 
 
 def find_reports(family: str, text: str) -> list[ConsoleReport]:
@@ -132,6 +146,24 @@ def _report(kind: ReportKind, titled: Titled, block_lines: list[str], offset: in
     return ConsoleReport(title=titled.title, severity=severity, kind=kind.name, block=block, clean_offset=offset,
                          corrupted=titled.corrupted, follow_up=bool(rule and rule.follow_up),
                          alt_titles=[a for a in titled.alt if a != titled.title])
+
+
+def spotter(family: str) -> str:
+    """A regex matching a whole console line that holds a report header of `family` (the watcher's
+    detector; `classify_line` then says whether the line really starts a report, and how bad)."""
+    headers = sorted({re.escape(k.header) for k in table_for(family).kinds}, key=len, reverse=True)
+    return r"(?m)^[^\n]*(?:" + "|".join(headers) + r")[^\n]*\n"
+
+
+def classify_line(family: str, line: str) -> tuple[str, str] | None:
+    """(kind, severity) of the report a console line starts, or None if it starts none."""
+    for kind in table_for(family).kinds:
+        if kind.starts(line):
+            for rule in kind.rules:
+                if rule.severity and rule.match.search(line):
+                    return kind.name, rule.severity
+            return kind.name, kind.severity
+    return None
 
 
 def reports_in_console(family: str, raw: bytes) -> list[ConsoleReport]:

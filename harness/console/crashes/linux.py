@@ -241,7 +241,7 @@ BUG = ReportKind("BUG:", name="bug", rules=(
 ), suppress=tuple(rx(p) for p in ("ODEBUG:", "Boot_DEBUG:", "xlog_status:", "DEBUG:",
                                    "BUG: no syscalls can create resource")))
 
-WARNING_KIND = ReportKind("WARNING:", name="warning", severity=WARNING, rules=(
+WARNING_KIND = ReportKind("WARNING:", name="warning", severity=WARNING, kernel_line=_LINE_PREFIX, rules=(
     R(r"WARNING: .*lib/debugobjects\.c.* (?:debug_print|debug_check|at)", "WARNING: ODEBUG bug in {1}",
       stack=_warning_stack("debug_", "rcu", "hrtimer_", "timer_", "work_", "percpu_", "vunmap", "vfree", "__free_",
                            "debug_check", "kobject_")),
@@ -309,7 +309,7 @@ _RCU_STALL = S("apic_timer_interrupt", RIP, TRACE,
                fallback=("(?:apic_timer_interrupt|Exception stack|el1h_64_irq)", TRACE),
                skip=("apic_timer_interrupt", "rcu"), pick=stall_frame)
 
-INFO = ReportKind("INFO:", name="info", severity=WARNING, rules=(
+INFO = ReportKind("INFO:", name="info", severity=WARNING, kernel_line=_LINE_PREFIX, rules=(
     R("INFO: possible circular locking dependency detected", "possible deadlock in {1}",
       capture=r"INFO: possible circular locking dependency detected \](?:.*\n)+?.*is trying to acquire lock"
               r"(?:.*\n)+?.*at: {{PC}} +{{FUNC}}"),
@@ -426,8 +426,13 @@ KINDS: tuple[ReportKind, ...] = (
             R("trusty: panic", "trusty: panic: {1}", capture=r"trusty: panic \(.*?\): (.+)")),
 )
 
+# An oops line on its own (no BUG: line before it, e.g. a console that lost it): last resort.
+OOPS = ReportKind("Oops: ", (R("Oops: ", "Oops in {1}", stack=_FAULT),), CRASH, (), "oops")
+KINDS = KINDS + (OOPS,)
+
 # Lines that start a report but are usually the tail of an earlier one (not a second report).
-_NOT_A_SECOND_REPORT = tuple(rx(p) for p in ("invalid opcode: 0000", "Kernel panic - not syncing",
+TAIL_LINES = ("Oops: ", "Kernel panic - not syncing", "---[ end Kernel panic")
+_NOT_A_SECOND_REPORT = tuple(rx(p) for p in ("Oops: ", "invalid opcode: 0000", "Kernel panic - not syncing",
                                              "unregister_netdevice: waiting for", "PANIC: double fault",
                                              "Internal error:"))
 _INFO_WITH_STACK = ("vmalloc: allocation failure:", "FAULT_INJECTION: forcing a failure",

@@ -1,0 +1,76 @@
+"""Titled crash and warning reports of a finished cell, from its console.log.
+
+The watcher decides *that* a boot failed; this names *what* failed: the console is parsed with
+the guest family's report tables (harness.console.crashes), the report that names the failure
+becomes `result.crash` (its title the reason line), and every warning report the boot survived is
+kept in `result.warnings`, compared with the guest's warning baseline (`expected_warnings` in the
+guest file plus `warnings:` in baselines/<guest>.yaml). A new warning is a regression; with
+`warnings: fail-new` (or `fail`) it fails a cell that otherwise passed.
+"""
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+from harness.console.clean import ConsoleCleaner
+from harness.console.crashes import (WARNING, WARNINGS_FAIL, WARNINGS_FAIL_NEW, ConsoleReport, crash_of,
+                                     find_reports)
+from harness.runner.result import FAIL, PASS, CellResult, Failure, WarningDiff
+
+MAX_CONSOLE = 64 * 1024 * 1024     # a console larger than this is titled from its last 64 MiB
+
+
+def add_console_reports(result: CellResult, console_log: Path, family: str, mode: str,
+                        baseline: list[str]) -> None:
+    raw = _read_tail(console_log)
+    text = _clean(raw)
+    reports = find_reports(family, text)
+    after = _clean_length(raw[:result.milestones[-1].console_offset]) if result.milestones else 0
+    crash = crash_of(reports, after) if result.outcome != PASS else None
+    result.crash = crash
+    result.warnings = [r for r in reports if r.severity == WARNING and r is not crash]
+    result.warning_diff = compare_warnings(result.warnings, baseline)
+    if result.outcome == FAIL and crash is not None and _console_failure(result):
+        result.reason = crash.title
+    if result.outcome == PASS and result.warnings and mode in (WARNINGS_FAIL, WARNINGS_FAIL_NEW):
+        failing = result.warning_diff.new if mode == WARNINGS_FAIL_NEW else [w.title for w in result.warnings]
+        if failing:
+            what = "new warnings not in the baseline" if mode == WARNINGS_FAIL_NEW else "warnings"
+            result.outcome, result.reason = FAIL, f"{what}: {'; '.join(failing)}"[:500]
+            result.failure = Failure("new-warning" if mode == WARNINGS_FAIL_NEW else "warning", result.reason)
+            result.crash = next(w for w in result.warnings if w.title in failing)
+
+
+def compare_warnings(warnings: list[ConsoleReport], baseline: list[str]) -> WarningDiff:
+    diff = WarningDiff()
+    for title in dict.fromkeys(w.title for w in warnings):
+        known = any(fnmatch.fnmatchcase(title, entry) for entry in baseline)
+        (diff.known if known else diff.new).append(title)
+    return diff
+
+
+def _console_failure(result: CellResult) -> bool:
+    """The failure came from the console (a report line or a debugger prompt), not from an event."""
+    return result.failure is not None and result.failure.console_offset is not None
+
+
+def _read_tail(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - MAX_CONSOLE))
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _clean(raw: bytes) -> str:
+    cleaner = ConsoleCleaner()
+    return (cleaner.feed(raw, now=0.0) + cleaner.flush()).decode(errors="replace")
+
+
+def _clean_length(raw: bytes) -> int:
+    """How long the clean text of `raw` is (where a raw console offset falls in the clean text)."""
+    cleaner = ConsoleCleaner()
+    return len(cleaner.feed(raw, now=0.0).decode(errors="replace"))
