@@ -13,8 +13,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Boot guest operating systems, match their "
                                      "consoles against boot milestones, and record emulation gaps.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from harness.cli import assets_cmd, attach_cmd, boot_cmd, ci_cmd, gaps_cmd, lab_cmd, repro_cmd, report_cmd, run_cmd
-    for module in (run_cmd, boot_cmd, assets_cmd, gaps_cmd, report_cmd, ci_cmd, lab_cmd, repro_cmd, attach_cmd):
+    from harness.cli import (assets_cmd, attach_cmd, boot_cmd, ci_cmd, crashes_cmd, gaps_cmd, lab_cmd, repro_cmd,
+                             report_cmd, run_cmd)
+    for module in (run_cmd, boot_cmd, assets_cmd, gaps_cmd, report_cmd, ci_cmd, lab_cmd, repro_cmd, attach_cmd,
+                   crashes_cmd):
         module.register(sub)
     return parser
 

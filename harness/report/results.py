@@ -11,6 +11,7 @@ from harness.gaps.runs import cell_gaps
 from harness.report.diff import RunDiff
 from harness.report.profile import milestone_stats, repeat_groups
 from harness.report.run import CellView, RunData
+from harness.report.crashes import crash_index
 from harness.report.culprit import Culprit, run_culprits
 from harness.runner.known_issues import cell_ok, known_issue_status
 from harness.runner.result import OUTCOMES, CellResult
@@ -97,6 +98,7 @@ def build_results(run: RunData, baseline: RunDiff | None = None) -> dict[str, An
         "summary": summarize(run, baseline),
         "cells": [_cell_entry(c, culprits) for c in run.cells],
         "gaps": [_with_status(g.to_dict(), new_in) for g in ledger],
+        "crashes": [e.to_json() for e in crash_index([run])],
         "timing": timing_section(run),
         "baseline": baseline.to_dict() if baseline else None,
     }

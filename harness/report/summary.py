@@ -71,6 +71,10 @@ def render_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | No
 
     out += triage_markdown(results.get("triage") or {})
     out += backend_diff_markdown(results.get("backend_diff") or [])
+    from harness.report.crashes import crash_index, render_markdown
+    crashes = crash_index([run])
+    out += ["", f"## Crashes and warnings ({len(crashes)})", ""] + render_markdown(crashes, md)
+
     new = _group_new_gaps(run)
     out += ["", f"## New gaps ({len(new)})", ""]
     if new:

@@ -25,7 +25,7 @@ def add_console_reports(result: CellResult, console_log: Path, family: str, mode
     raw = _read_tail(console_log)
     text = _clean(raw)
     reports = find_reports(family, text)
-    after = _clean_length(raw[:result.milestones[-1].console_offset]) if result.milestones else 0
+    after = _after_milestones(text, result)
     crash = crash_of(reports, after) if result.outcome != PASS else None
     result.crash = crash
     result.warnings = [r for r in reports if r.severity == WARNING and r is not crash]
@@ -70,7 +70,13 @@ def _clean(raw: bytes) -> str:
     return (cleaner.feed(raw, now=0.0) + cleaner.flush()).decode(errors="replace")
 
 
-def _clean_length(raw: bytes) -> int:
-    """How long the clean text of `raw` is (where a raw console offset falls in the clean text)."""
-    cleaner = ConsoleCleaner()
-    return len(cleaner.feed(raw, now=0.0).decode(errors="replace"))
+def _after_milestones(text: str, result: CellResult) -> int:
+    """Where the last milestone's line ends in the clean text (each hit is looked for after the
+    previous one; a hit's console offset is that of its read chunk, too coarse for this)."""
+    pos = 0
+    for hit in result.milestones:
+        found = text.find(hit.line, pos) if hit.line else -1
+        if found < 0:
+            break
+        pos = found + len(hit.line)
+    return pos

@@ -54,3 +54,13 @@ def test_a_bare_carriage_return_starts_a_line_even_one_byte_at_a_time():
     out = b"".join(cleaner.feed(raw[i:i + 1]) for i in range(len(raw)))
     assert out.endswith(b"Linux version 6.1\n[    0.000001] Command line: console=ttyS0\n")
     assert cleaner.flush() == b""
+
+
+def test_a_log_line_after_a_prompt_that_never_ends_is_released_after_the_bound():
+    from harness.console.clean import ConsoleCleaner
+    c = ConsoleCleaner(hold_s=0.25)
+    out = c.feed(b"debian login: [   55.280000] BUG: kernel NULL pointer dereference\n", now=10.0)
+    assert out == b"debian login: "                     # held: the prompt line may still go on
+    assert c.release_due(10.1) == b""
+    assert c.release_due(10.3) == b"\n[   55.280000] BUG: kernel NULL pointer dereference\n"
+    assert c.feed(b"[   55.280001] RIP: 0010:foo+0x1/0x2\n", now=10.4) == b"[   55.280001] RIP: 0010:foo+0x1/0x2\n"

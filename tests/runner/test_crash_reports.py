@@ -1,0 +1,100 @@
+"""Crash titles and warnings in cell results, settle time, replay of a recorded cell, the crash index."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from harness.report.crashes import crash_index
+from harness.report.run import load_run
+from harness.runner.execute import RunOptions, run_cell
+from harness.runner.guestfile import load_guest
+from harness.runner.matrix import Cell
+
+BOOT = "[    0.000000] Linux version 6.1.0 (gcc)\n[    1.000000] Run /init as init process\n"
+WARN = ("[    1.500000] WARNING: CPU: 0 PID: 1 at drivers/tty/serial/8250/8250_port.c:2050 serial8250_tx+0x1c/0x30\n"
+        "[    1.500001] RIP: 0010:serial8250_tx+0x1c/0x30\n[    1.500002] Call Trace:\n"
+        "[    1.500003]  uart_write+0x7d/0xb0\n[    1.500004] ---[ end trace 0000000000000000 ]---\n")
+CRASH = ("[   55.280000] BUG: kernel NULL pointer dereference, address: 0000000000000008\n"
+         "[   55.280001] RIP: 0010:ext4_readdir+0x1a/0x80\n[   55.280002] Call Trace:\n"
+         "[   55.280003]  iterate_dir+0x7d/0xb0\n[   55.280004] Kernel panic - not syncing: Fatal exception\n")
+
+
+def _cell(tmp: Path, name: str, steps: list[dict], **guest) -> Cell:
+    transcript = tmp / f"{name}.yaml"
+    transcript.write_text(yaml.safe_dump(steps))
+    doc = {"family": "linux", "arch": "x86_64", "boot": "raw", "kernel": {"path": str(transcript)},
+           "backends": ["replay"], "hang_timeout": 3,
+           "milestones": [{"name": "kernel", "pattern": r"Linux version \d", "timeout": 3},
+                          {"name": "login", "pattern": "login: ", "timeout": 3}], **guest}
+    (tmp / "guests").mkdir(exist_ok=True)
+    path = tmp / "guests" / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return Cell(load_guest(path), "replay", "host", "emulate", 1, 64, "quick", retries=0)
+
+
+def _run(tmp: Path, cell: Cell, run: str = "run1"):
+    return run_cell(cell, RunOptions(run_dir=tmp / run))
+
+
+def test_a_crash_right_after_login_fails_the_cell_within_the_settle_time(tmp_path):
+    # The crash comes on the login prompt's line (a prompt that never ends) 0.3 s after it.
+    steps = [{"at": 0.05, "out": BOOT + "debian login: "}, {"at": 0.35, "out": CRASH}]
+    r = _run(tmp_path, _cell(tmp_path, "late", steps, settle=1.5))
+    assert r.outcome == "fail", r.reason
+    assert r.reason == "BUG: unable to handle kernel NULL pointer dereference in ext4_readdir"
+    assert r.crash.title == r.reason and "iterate_dir" in r.crash.block
+    assert [m.name for m in r.milestones] == ["kernel", "login"]
+    quick = _run(tmp_path, _cell(tmp_path, "nosettle", steps, settle=0), run="run2")
+    assert quick.outcome == "pass"          # without a settle time the crash passes unseen
+
+
+def test_a_warning_on_a_passing_boot_is_recorded_and_new_warnings_can_fail_the_cell(tmp_path):
+    steps = [{"at": 0.05, "out": BOOT + WARN + "debian login: "}]
+    r = _run(tmp_path, _cell(tmp_path, "warn", steps, settle=0.3))
+    assert r.outcome == "pass", r.reason
+    assert [w.title for w in r.warnings] == ["WARNING in serial8250_tx"]
+    assert r.warning_diff.new == ["WARNING in serial8250_tx"]
+    strict = _run(tmp_path, _cell(tmp_path, "strict", steps, settle=0.3, warnings="fail-new"), run="run2")
+    assert strict.outcome == "fail" and strict.failure.kind == "new-warning"
+    assert "WARNING in serial8250_tx" in strict.reason
+    known = _run(tmp_path, _cell(tmp_path, "known", steps, settle=0.3, warnings="fail-new",
+                                 expected_warnings=["WARNING in serial8250_*"]), run="run3")
+    assert known.outcome == "pass" and known.warning_diff.known == ["WARNING in serial8250_tx"]
+    at_once = _run(tmp_path, _cell(tmp_path, "panic-on-warn", steps, settle=0.3, warnings="fail"), run="run4")
+    assert at_once.outcome == "fail" and at_once.reason == "WARNING in serial8250_tx"
+    assert [m.name for m in at_once.milestones] == ["kernel"]
+
+
+def test_replay_plays_a_recorded_cell_directory(tmp_path):
+    first = _run(tmp_path, _cell(tmp_path, "orig", [{"at": 0.05, "out": BOOT}, {"at": 0.1, "out": CRASH}]))
+    assert first.outcome == "fail"
+    recorded = tmp_path / "run1" / Path(first.console_log).parent
+    doc = yaml.safe_load((tmp_path / "guests" / "orig.yaml").read_text())
+    doc["kernel"] = {"path": str(recorded)}
+    (tmp_path / "guests" / "again.yaml").write_text(yaml.safe_dump(doc))
+    cell = Cell(load_guest(tmp_path / "guests" / "again.yaml"), "replay", "host", "emulate", 1, 64, "quick", retries=0)
+    again = _run(tmp_path, cell, run="run2")
+    assert again.outcome == "fail" and again.reason == first.reason, again.reason
+
+
+def test_one_crash_in_three_cells_of_two_runs_is_one_index_entry(tmp_path):
+    steps = [{"at": 0.05, "out": BOOT}, {"at": 0.1, "out": CRASH}]
+    _run(tmp_path, _cell(tmp_path, "a", steps), run="night1")
+    _run(tmp_path, _cell(tmp_path, "b", steps), run="night1")
+    _run(tmp_path, _cell(tmp_path, "c", steps), run="night2")
+    _run(tmp_path, _cell(tmp_path, "w", [{"at": 0.05, "out": BOOT + WARN + "login: "}], settle=0.2), run="night2")
+    entries = crash_index([load_run(tmp_path / "night1"), load_run(tmp_path / "night2")])
+    crash = [e for e in entries if e.severity == "crash"]
+    assert len(crash) == 1 and len(crash[0].cells) == 3 and crash[0].runs == ["night1", "night2"]
+    assert crash[0].first_seen.run_id == "night1" and crash[0].last_seen.run_id == "night2"
+    assert [e.title for e in entries if e.severity == "warning"] == ["WARNING in serial8250_tx"]
+    out = subprocess.run([sys.executable, "-m", "harness", "crashes", str(tmp_path / "night1"),
+                          str(tmp_path / "night2"), "--json"], capture_output=True, text=True, check=True)
+    listed = json.loads(out.stdout)
+    assert [(e["title"], len(e["cells"])) for e in listed] == [(crash[0].title, 3)]
+    bad = subprocess.run([sys.executable, "-m", "harness", "crashes", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
