@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 # Placeholders expanded in every rule regex (short names for what backtraces are made of).
 _PLACEHOLDERS = {
@@ -42,7 +42,6 @@ class _TraceMarker:
 
 
 TRACE = _TraceMarker()
-Part = "re.Pattern[str] | _TraceMarker"
 FramePicker = Callable[[list[str]], "tuple[str, int]"]
 
 
@@ -191,13 +190,12 @@ def guilty_frames(stack: Stack, text: str, syntax: FrameSyntax) -> tuple[list[st
 
 def _scan(parts: tuple, stack: Stack, text: str, syntax: FrameSyntax,
           skip: re.Pattern[str] | None) -> tuple[list[str], bool]:
+    """Walk `parts` over the lines of `text`; one guilty frame per backtrace (TRACE) part."""
     lines = text.split("\n")
-    pos = 0
+    pos, i, traces = 0, 0, 0
     raw: list[str] = []
     found: list[str] = []
     ok = True
-    traces = 0
-    i = 0
     while True:
         if i == len(parts) or (parts[i] is TRACE and traces > 0):
             frame = _pick(stack, raw, syntax)
@@ -207,41 +205,41 @@ def _scan(parts: tuple, stack: Stack, text: str, syntax: FrameSyntax,
             raw = []
         if i == len(parts):
             return found, ok
-        part = parts[i]
-        if part is TRACE:
-            traces += 1
-            while pos < len(lines):
-                line = lines[pos]
-                pos += 1
-                if any(c.search(line) for c in syntax.corrupted_lines):
-                    ok = False
-                    break
-                if any(s.search(line) for s in syntax.trace_starts):
-                    break
-                if i + 1 < len(parts) and parts[i + 1] is not TRACE:
-                    m = parts[i + 1].search(line)
-                    if m:
-                        _add(raw, m, skip)
-                        i += 1
-                        break
-                for frame_re in syntax.frame_lines:
-                    m = frame_re.search(line)
-                    if m:
-                        _add(raw, m, skip)
-                        break
-            i += 1
-            continue
-        while pos < len(lines):
-            line = lines[pos]
-            pos += 1
-            if any(c.search(line) for c in syntax.corrupted_lines):
-                ok = False
-                break
+        traces += parts[i] is TRACE
+        following = parts[i + 1] if i + 1 < len(parts) and parts[i + 1] is not TRACE else None
+        pos, took_following, corrupted = _consume(lines, pos, parts[i], following, syntax, skip, raw)
+        ok = ok and not corrupted
+        i += 2 if took_following else 1
+
+
+def _consume(lines: list[str], pos: int, part: Any, following: Any, syntax: FrameSyntax,
+             skip: re.Pattern[str] | None, raw: list[str]) -> tuple[int, bool, bool]:
+    """Read lines from `pos` for one part: a regex part up to its first match; a TRACE part its
+    frames up to the next trace start (or to a line matching the part that follows it).
+    Returns (next line, whether the following part matched, whether a corrupted line was seen)."""
+    while pos < len(lines):
+        line = lines[pos]
+        pos += 1
+        if any(c.search(line) for c in syntax.corrupted_lines):
+            return pos, False, True
+        if part is not TRACE:
             m = part.search(line)
             if m:
                 _add(raw, m, skip)
+                return pos, False, False
+            continue
+        if any(s.search(line) for s in syntax.trace_starts):
+            return pos, False, False
+        m = following.search(line) if following is not None else None
+        if m:
+            _add(raw, m, skip)
+            return pos, True, False
+        for frame_re in syntax.frame_lines:
+            m = frame_re.search(line)
+            if m:
+                _add(raw, m, skip)
                 break
-        i += 1
+    return pos, False, False
 
 
 def _add(raw: list[str], m: re.Match[str], skip: re.Pattern[str] | None) -> None:
