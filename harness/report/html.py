@@ -151,6 +151,39 @@ def _run_gaps(results: dict[str, Any], keys_to_anchor: dict[str, str]) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div></section>')
 
 
+def _crash_index(results: dict[str, Any], keys_to_anchor: dict[str, str]) -> str:
+    entries = results.get("crashes") or []
+    if not entries:
+        return '<section id="crashes"><h2>Crashes and warnings</h2><p>No crash or warning reports.</p></section>'
+    rows = []
+    for e in entries:
+        links = " ".join(f'<a href="#{keys_to_anchor[c]}">{esc(c)}</a>' if c in keys_to_anchor else esc(c)
+                         for c in e["cells"])
+        rows.append(f'<tr><td>{esc(e["severity"])}</td><td class="mono">{esc(e["title"])}</td>'
+                    f'<td class="num">{len(e["cells"])}</td><td class="small">{esc(e["first_seen"]["at"])}</td>'
+                    f'<td class="small">{esc(e["last_seen"]["at"])}</td><td class="cells"><details><summary>'
+                    f'{len(e["cells"])} cell{"s" if len(e["cells"]) != 1 else ""}</summary><div class="small">{links}'
+                    f'</div></details></td></tr>')
+    return ('<section id="crashes"><h2>Crashes and warnings</h2><p class="hint">One row per title, deduplicated '
+            'over cells (titles are stable across runs: `harness crashes RUN-DIR...` merges nights).</p>'
+            '<div class="scroll"><table class="data"><thead><tr><th>severity</th><th>title</th><th>cells</th>'
+            '<th>first seen</th><th>last seen</th><th>where</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div></section>')
+
+
+def _reports(view: CellView) -> str:
+    r = view.result
+    out = ""
+    if r.crash is not None:
+        out += (f'<details open><summary>Crash: <b>{esc(r.crash.title)}</b></summary>'
+                f'<pre class="console small">{esc(r.crash.block)}</pre></details>')
+    for w in r.warnings:
+        new = " <span class=tag>new</span>" if w.title in r.warning_diff.new else ""
+        out += (f'<details><summary>Warning: {esc(w.title)}{new}</summary>'
+                f'<pre class="console small">{esc(w.block)}</pre></details>')
+    return out
+
+
 def _ledger_status(g: dict[str, Any]) -> str:
     n = len(g.get("new_in", []))
     if not n:
@@ -510,7 +543,7 @@ def _cell(view: CellView, culprit: Culprit | None) -> str:
             f'<span class="param">attempts={r.attempts}</span></p>{reason}{failure}'
             f'<h4>Boot timeline <span class="hint">({len(r.milestones)}/{len(r.expected_milestones) or len(r.milestones)}'
             f' milestones{": " + esc(milestones) if milestones else ""})</span></h4>{_timeline(view)}'
-            f'{_exit_table(_cell_phases(view))}{_gap_table(view)}{_near_miss(view)}{_flight(view)}'
+            f'{_reports(view)}{_exit_table(_cell_phases(view))}{_gap_table(view)}{_near_miss(view)}{_flight(view)}'
             f'{_commands(view)}{_console(view)}{cmd}{_reproduce(view)}<p class="top"><a href="#matrix">↑ matrix</a></p>'
             '</section>')
 
@@ -619,7 +652,7 @@ def render_html(run: RunData, results: dict[str, Any], baseline: RunDiff | None)
             '<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>Boot matrix {esc(run.run_id)}</title><style>{CSS}</style><script>{JS_HEAD}</script></head>"
             f"<body>{_header(run, results)}<main><div id=errors hidden></div>{_heatmap(run)}"
-            f"{_triage(results, anchors)}{_backend_diff(results, anchors)}{_baseline(baseline, anchors)}{_run_gaps(results, anchors)}{_timing(results)}"
+            f"{_triage(results, anchors)}{_backend_diff(results, anchors)}{_baseline(baseline, anchors)}{_crash_index(results, anchors)}{_run_gaps(results, anchors)}{_timing(results)}"
             f'<section id="cells-head">{_filters(run)}</section>{cells}</main>'
             f"<script>{JS_BODY}</script></body></html>\n")
 

@@ -13,7 +13,7 @@ import fnmatch
 from pathlib import Path
 
 from harness.console.clean import ConsoleCleaner
-from harness.console.crashes import (WARNING, WARNINGS_FAIL, WARNINGS_FAIL_NEW, ConsoleReport, crash_of,
+from harness.console.crashes import (CRASH, WARNING, WARNINGS_FAIL, WARNINGS_FAIL_NEW, ConsoleReport, crash_of,
                                      find_reports)
 from harness.runner.result import FAIL, PASS, CellResult, Failure, WarningDiff
 
@@ -26,7 +26,12 @@ def add_console_reports(result: CellResult, console_log: Path, family: str, mode
     text = _clean(raw)
     reports = find_reports(family, text)
     after = _after_milestones(text, result)
-    crash = crash_of(reports, after) if result.outcome != PASS else None
+    if result.outcome == FAIL:
+        crash = crash_of(reports, after)
+    elif result.outcome != PASS:     # a timeout or gap names a crash (a hung task, say), not a warning
+        crash = next((r for r in reports if r.severity == CRASH and r.clean_offset >= after), None)
+    else:
+        crash = None
     result.crash = crash
     result.warnings = [r for r in reports if r.severity == WARNING and r is not crash]
     result.warning_diff = compare_warnings(result.warnings, baseline)
@@ -71,12 +76,13 @@ def _clean(raw: bytes) -> str:
 
 
 def _after_milestones(text: str, result: CellResult) -> int:
-    """Where the last milestone's line ends in the clean text (each hit is looked for after the
+    """Where the last milestone's line starts in the clean text (each hit is looked for after the
     previous one; a hit's console offset is that of its read chunk, too coarse for this)."""
-    pos = 0
+    pos = line_start = 0
     for hit in result.milestones:
         found = text.find(hit.line, pos) if hit.line else -1
         if found < 0:
             break
         pos = found + len(hit.line)
-    return pos
+        line_start = text.rfind("\n", 0, pos - 1) + 1
+    return line_start    # a report on the milestone's own line (`login: panic: ...`) comes after it

@@ -106,3 +106,17 @@ def test_userspace_warning_lines_are_not_kernel_reports():
 ])
 def test_bsd_report_lines(family, line, kind):
     assert classify_line(family, line)[0] == kind
+
+
+def test_lines_that_only_look_like_reports():
+    assert classify_line("openbsd", "kernel: relinking done\n") is None          # not a trap line
+    assert classify_line("linux", "[    3.2] ODEBUG: Out of memory. ODEBUG disabled\n") is None
+    assert classify_line("linux", "traps: a.out[99] general protection fault ip:4005d6 sp:7ffd error:0 in a.out\n") \
+        is None
+
+
+def test_xen_panic_title_names_the_message_after_the_panic_header():
+    text = ("(XEN) ****************************************\n(XEN) Panic on CPU 0:\n"
+            "(XEN) dom0 kernel not specified. Check bootloader configuration.\n")
+    assert [r.title for r in find_reports("xen", text)] == [
+        "Xen panic: dom0 kernel not specified. Check bootloader configuration."]

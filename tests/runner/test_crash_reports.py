@@ -8,7 +8,9 @@ from pathlib import Path
 
 import yaml
 
+from harness.report import write_reports
 from harness.report.crashes import crash_index
+from harness.report.summary import md
 from harness.report.run import load_run
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guestfile import load_guest
@@ -96,5 +98,11 @@ def test_one_crash_in_three_cells_of_two_runs_is_one_index_entry(tmp_path):
                           str(tmp_path / "night2"), "--json"], capture_output=True, text=True, check=True)
     listed = json.loads(out.stdout)
     assert [(e["title"], len(e["cells"])) for e in listed] == [(crash[0].title, 3)]
+    paths = write_reports(tmp_path / "night1")
+    html, summary = paths["html"].read_text(), paths["summary"].read_text()
+    assert 'id="crashes"' in html and crash[0].title in html and "Crash: <b>" in html
+    assert "## Crashes and warnings (1)" in summary and md(crash[0].title) in summary
+    results = json.loads(paths["results"].read_text())
+    assert [(e["title"], len(e["cells"])) for e in results["crashes"]] == [(crash[0].title, 2)]
     bad = subprocess.run([sys.executable, "-m", "harness", "crashes", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -14,8 +14,10 @@ def R(match: str, title: str, capture: str | None = None, corrupted: bool = Fals
     return TitleRule(rx(match), title, rx(capture) if capture else None, None, (), corrupted, severity)
 
 
-def K(header: str, name: str, *rules: TitleRule, suppress: tuple[str, ...] = (), severity: str = CRASH) -> ReportKind:
-    return ReportKind(header, tuple(rules), severity, tuple(rx(s) for s in suppress), name)
+def K(header: str, name: str, *rules: TitleRule, suppress: tuple[str, ...] = (), severity: str = CRASH,
+      line_form: str | None = None) -> ReportKind:
+    return ReportKind(header, tuple(rules), severity, tuple(rx(s) for s in suppress), name,
+                      rx(line_form) if line_form else None)
 
 
 # Reports every family shares: the generic `panic:` line (after the family's own panic rules).
@@ -97,7 +99,7 @@ OPENBSD = (
       R("kernel: protection fault trap" + _OPENBSD_FRAME, "protection_fault: {1}"),
       R(r"kernel: page fault trap, code=0.*\nStopped at[ ]+([^\+]+)", "uvm_fault: {1}"),
       R(r"kernel: protection fault trap, code=0.*\nStopped at[ ]+([^\+]+)", "protection_fault: {1}"),
-      suppress=("reorder_kernel",)),
+      suppress=("reorder_kernel",), line_form=r"kernel: \w+ fault trap"),
 ) + COMMON
 
 _KDB = (r"KDB: stack backtrace:\n(?:[a-zA-Z0-9_]+\(\) at [a-zA-Z0-9_]+\+0x.*\n)*")

@@ -241,7 +241,7 @@ BUG = ReportKind("BUG:", name="bug", rules=(
 ), suppress=tuple(rx(p) for p in ("ODEBUG:", "Boot_DEBUG:", "xlog_status:", "DEBUG:",
                                    "BUG: no syscalls can create resource")))
 
-WARNING_KIND = ReportKind("WARNING:", name="warning", severity=WARNING, kernel_line=_LINE_PREFIX, rules=(
+WARNING_KIND = ReportKind("WARNING:", name="warning", severity=WARNING, line_form=_LINE_PREFIX, rules=(
     R(r"WARNING: .*lib/debugobjects\.c.* (?:debug_print|debug_check|at)", "WARNING: ODEBUG bug in {1}",
       stack=_warning_stack("debug_", "rcu", "hrtimer_", "timer_", "work_", "percpu_", "vunmap", "vfree", "__free_",
                            "debug_check", "kobject_")),
@@ -309,7 +309,7 @@ _RCU_STALL = S("apic_timer_interrupt", RIP, TRACE,
                fallback=("(?:apic_timer_interrupt|Exception stack|el1h_64_irq)", TRACE),
                skip=("apic_timer_interrupt", "rcu"), pick=stall_frame)
 
-INFO = ReportKind("INFO:", name="info", severity=WARNING, kernel_line=_LINE_PREFIX, rules=(
+INFO = ReportKind("INFO:", name="info", severity=WARNING, line_form=_LINE_PREFIX, rules=(
     R("INFO: possible circular locking dependency detected", "possible deadlock in {1}",
       capture=r"INFO: possible circular locking dependency detected \](?:.*\n)+?.*is trying to acquire lock"
               r"(?:.*\n)+?.*at: {{PC}} +{{FUNC}}"),

@@ -75,14 +75,16 @@ class ReportKind:
     severity: str = CRASH
     suppress: tuple[re.Pattern[str], ...] = ()   # a header line matching one of these is no report
     name: str = ""
-    # When set, a line not matching it (no kernel timestamp: likely userspace, e.g. LVM's
-    # "WARNING: Failed to connect to lvmetad") starts a report only if one of the rules matches it.
-    kernel_line: re.Pattern[str] | None = None
+    # When set, a header line that does not have this form starts a report only if one of the
+    # rules matches the line itself. Linux: a kernel timestamp (an untimestamped "WARNING:" is
+    # likely userspace, e.g. LVM's "WARNING: Failed to connect to lvmetad"); OpenBSD: the trap
+    # line's own form (any other "kernel:" line is none of ours).
+    line_form: re.Pattern[str] | None = None
 
     def starts(self, line: str) -> bool:
         if self.header not in line or any(s.search(line) for s in self.suppress):
             return False
-        if self.kernel_line is not None and not self.kernel_line.search(line):
+        if self.line_form is not None and not self.line_form.search(line):
             return any(rule.match.search(line) for rule in self.rules)
         return True
 
