@@ -199,7 +199,8 @@ class ConsoleWatcher:
         (a report header in a suppressed line, or a warning while warnings only get recorded)."""
         if pattern.name != REPORT:
             return pattern.name
-        found = classify_line(self.config.family, _text(self.child.after))
+        whole_line = self.child.before.rsplit(b"\n", 1)[-1] + self.child.after
+        found = classify_line(self.config.family, _text(whole_line))
         if found is None:
             return None
         kind, severity = found

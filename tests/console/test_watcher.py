@@ -175,3 +175,28 @@ def test_power_off_without_the_remaining_milestones_is_still_a_failure(watch):
     steps = [(0, b"fixture: entry arm64\n"), (0.05, ev.SHUTDOWN, {"source": "kvm-system-event"})]
     o, _, _ = watch(steps, [("entry", "fixture: entry", 5), ("login", "login: ", 5)], family="fixture")
     assert o.outcome == "fail" and o.failure.kind == "shutdown"
+
+
+def test_panic_on_the_login_line_fails_within_the_settle_time(watch):
+    steps = [(0, b"OpenBSD 7.5 (GENERIC) #1\n"), (0.1, b"login: panic: pool_do_put: mbufpl: double pool_put\n")]
+    milestones = [("banner", "OpenBSD", 5), ("login", "login: ", 5)]
+    o, _, _ = watch(steps, milestones, family="openbsd", settle=1.0)
+    assert o.outcome == "fail" and o.failure.kind == "panic", o.reason
+    assert o.reason == "panic: pool_do_put: mbufpl: double pool_put"      # not "panic: panic: ..."
+    assert [m.name for m in o.milestones] == ["banner", "login"]
+
+
+def test_a_warning_on_the_login_line_does_not_hide_the_milestone(watch):
+    steps = [(0, b"OpenBSD 7.5 (GENERIC) #1\n"), (0.1, b"login: witness: lock order reversal:\n")]
+    milestones = [("banner", "OpenBSD", 5), ("login", "login: ", 5)]
+    o, _, _ = watch(steps, milestones, family="openbsd", settle=0.3)
+    assert o.outcome == "pass", o.reason
+    failing, _, _ = watch(steps, milestones, family="openbsd", settle=0.3, warnings="fail")
+    assert failing.outcome == "fail" and failing.failure.kind == "witness"
+
+
+def test_soft_lockup_and_hung_task_lines_with_caller_ids_fail(watch):
+    for line in (b"[   40.100000][    C0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [kworker/0:1:20]\n",
+                 b"[  245.300000][   T28] INFO: task kworker/u4:2:61 blocked for more than 143 seconds.\n"):
+        o, _, _ = watch([(0, b"[    0.000000] Linux version 6.1.0 (gcc)\n"), (0.05, line)], LINUX_MILESTONES)
+        assert o.outcome == "fail", (line, o.reason)

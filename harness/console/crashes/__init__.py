@@ -149,10 +149,12 @@ def _report(kind: ReportKind, titled: Titled, block_lines: list[str], offset: in
 
 
 def spotter(family: str) -> str:
-    """A regex matching a whole console line that holds a report header of `family` (the watcher's
-    detector; `classify_line` then says whether the line really starts a report, and how bad)."""
+    """A regex matching a report header of `family` and the rest of its line, once the line is
+    complete (the watcher's detector; `classify_line` then says, from the whole line, whether it
+    really starts a report and how bad). It starts at the header, not the line: a milestone
+    earlier on the same line (`login: panic: ...`) still matches first."""
     headers = sorted({re.escape(k.header) for k in table_for(family).kinds}, key=len, reverse=True)
-    return r"(?m)^[^\n]*(?:" + "|".join(headers) + r")[^\n]*\n"
+    return r"(?:" + "|".join(headers) + r")[^\n]*\n"
 
 
 def classify_line(family: str, line: str) -> tuple[str, str] | None:
