@@ -146,6 +146,25 @@ def read_warning_baseline(path: Path) -> list[str]:
     return list(titles)
 
 
+def write_warning_baseline(path: Path, guest: str, titles: Iterable[str], source: str) -> Path:
+    """Add warning titles to a baseline file's `warnings:` list, keeping its gaps and other keys."""
+    doc: dict[str, Any] = {}
+    if path.exists():
+        loaded = yaml.safe_load(path.read_text())
+        doc = loaded if isinstance(loaded, dict) else {"gaps": loaded or []}
+    doc.setdefault("version", BASELINE_VERSION)
+    doc.setdefault("guest", guest)
+    doc["warnings"] = sorted(set(read_warning_baseline(path)) | set(titles))
+    doc["warnings_accepted_from"] = source
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("# Known emulation gaps and warnings; written by `harness gaps accept` and "
+                   "`harness crashes --accept-warnings`, edit freely.\n"
+                   + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
+    tmp.replace(path)
+    return path
+
+
 def _guest_expected_gaps(guest: str, root: Path) -> list[dict[str, Any]]:
     path = root / "guests" / f"{guest}.yaml"
     if not path.exists():

@@ -179,6 +179,11 @@ def _run_root(run_dir: Path) -> Path | None:
     return None
 
 
+def run_root(run_dir: Path) -> Path | None:
+    """Where a run's guests/ and baselines/ are (None: unknown, use the default root)."""
+    return _run_root(run_dir)
+
+
 def accept_run(run_dir: Path, guest: str | None = None, out: Path | None = None,
                root: Path | None = None) -> list[Path]:
     """Write the gaps each guest hit in `run_dir` as its baseline; returns the files written."""

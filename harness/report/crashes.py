@@ -26,6 +26,7 @@ class CrashEntry:
     kind: str
     sightings: list[Sighting] = field(default_factory=list)
     example: str = ""                  # the report block of the first sighting
+    new_in: list[str] = field(default_factory=list)   # warnings: cells whose baseline lacks it (regressions)
 
     @property
     def first_seen(self) -> Sighting:
@@ -49,7 +50,7 @@ class CrashEntry:
                 "cells": self.cells, "runs": self.runs,
                 "first_seen": {"run": first.run_id, "cell": first.cell, "at": first.at},
                 "last_seen": {"run": last.run_id, "cell": last.cell, "at": last.at},
-                "example": self.example}
+                "new_in": sorted(set(self.new_in)), "example": self.example}
 
 
 def crash_index(runs: Iterable[RunData]) -> list[CrashEntry]:
@@ -59,19 +60,22 @@ def crash_index(runs: Iterable[RunData]) -> list[CrashEntry]:
         for view in run.cells:
             result = view.result
             reports = ([result.crash] if result.crash else []) + list(result.warnings)
-            for report in reports:
+            unique = {(r.severity, r.title, r.clean_offset): r for r in reports}   # a failing warning is both
+            for report in unique.values():
                 entry = index.setdefault((report.severity, report.title),
                                          CrashEntry(report.title, report.severity, report.kind, example=report.block))
                 entry.sightings.append(Sighting(run.run_id, view.key, result.started_at))
+                if report.severity == "warning" and report.title in result.warning_diff.new:
+                    entry.new_in.append(view.key)
     return sorted(index.values(), key=lambda e: (e.severity != "crash", -len(e.cells), e.title))
 
 
 def render_markdown(entries: list[CrashEntry], md: Any = str, limit: int = 50) -> list[str]:
     if not entries:
         return ["None."]
-    out = ["| severity | title | cells | runs | first seen | last seen |", "|---|---|---:|---:|---|---|"]
+    out = ["| severity | title | cells | new in | runs | first seen | last seen |", "|---|---|---:|---:|---:|---|---|"]
     for e in entries[:limit]:
-        out.append(f"| {e.severity} | {md(e.title)} | {len(e.cells)} | {len(e.runs)} | "
+        out.append(f"| {e.severity} | {md(e.title)} | {len(e.cells)} | {len(set(e.new_in))} | {len(e.runs)} | "
                    f"{md(e.first_seen.run_id)} {md(e.first_seen.at)} | {md(e.last_seen.run_id)} {md(e.last_seen.at)} |")
     if len(entries) > limit:
         out.append(f"\n… and {len(entries) - limit} more (`harness crashes RUN-DIR...`)")

@@ -120,3 +120,15 @@ def test_xen_panic_title_names_the_message_after_the_panic_header():
             "(XEN) dom0 kernel not specified. Check bootloader configuration.\n")
     assert [r.title for r in find_reports("xen", text)] == [
         "Xen panic: dom0 kernel not specified. Check bootloader configuration."]
+
+
+def test_a_flood_after_a_report_stays_fast():
+    import time
+    flood = "".join(f"[{i:8d}.000000] noise line {i} with no report in it\n" for i in range(100000))
+    text = OOPS.format(t="1.0", addr="ffff8880aa", off=1, cpu=0, pid=1) + flood
+    start = time.monotonic()
+    reports = find_reports("linux", text)
+    assert reports[0].title.startswith("BUG: unable to handle kernel NULL pointer dereference")
+    assert time.monotonic() - start < 10
+    bsd = "panic: pool_do_put: mbufpl: double pool_put\n" + "x" * 50 + "\n" * 100000
+    assert find_reports("openbsd", bsd)[0].title == "pool: double put: mbufpl"

@@ -106,3 +106,20 @@ def test_one_crash_in_three_cells_of_two_runs_is_one_index_entry(tmp_path):
     assert [(e["title"], len(e["cells"])) for e in results["crashes"]] == [(crash[0].title, 2)]
     bad = subprocess.run([sys.executable, "-m", "harness", "crashes", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_accepted_warnings_are_known_on_the_next_run(tmp_path):
+    steps = [{"at": 0.05, "out": BOOT + WARN + "debian login: "}]
+    cell = _cell(tmp_path, "w", steps, settle=0.3, warnings="fail-new")
+    first = _run(tmp_path, cell, run="night1")
+    assert first.outcome == "fail" and first.warning_diff.new == ["WARNING in serial8250_tx"]
+    entries = crash_index([load_run(tmp_path / "night1")])
+    assert [(e.title, e.severity) for e in entries] == [("WARNING in serial8250_tx", "warning")]
+    assert entries[0].new_in == [first.cell_id] and len(entries[0].sightings) == 1
+    done = subprocess.run([sys.executable, "-m", "harness", "crashes", str(tmp_path / "night1"), "--accept-warnings"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    baseline = yaml.safe_load((tmp_path / "baselines" / "w.yaml").read_text())
+    assert baseline["warnings"] == ["WARNING in serial8250_tx"]
+    second = _run(tmp_path, cell, run="night2")
+    assert second.outcome == "pass" and second.warning_diff.known == ["WARNING in serial8250_tx"]

@@ -24,6 +24,7 @@ WARNING_MODES = (WARNINGS_RECORD, WARNINGS_FAIL_NEW, WARNINGS_FAIL)
 
 MAX_BLOCK_LINES = 300      # a report block kept in a result is at most this long
 MAX_REPORTS = 200          # a console flooding reports keeps the first ones
+MAX_REPORT_LINES = 4000    # title rules read at most this many lines of a report (a guest may flood)
 
 __all__ = ["CRASH", "WARNING", "ConsoleReport", "FAMILIES", "find_reports", "reports_in_console", "crash_of",
            "spotter", "classify_line"]
@@ -57,7 +58,7 @@ class _Cut:
     next_line: int      # where to look for the next report
 
 
-Cutter = Callable[[list[str], list[int], int, "tuple[ReportKind, ...]"], _Cut]
+Cutter = Callable[[list[str], int, "tuple[ReportKind, ...]"], _Cut]
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,15 @@ class FamilyTable:
     syntax: FrameSyntax | None = None
 
 
-def _cut_linux(lines: list[str], offsets: list[int], start: int, kinds: tuple[ReportKind, ...]) -> _Cut:
-    cut = linux.cut_report(lines, offsets, start, kinds)
+def _cut_linux(lines: list[str], start: int, kinds: tuple[ReportKind, ...]) -> _Cut:
+    cut = linux.cut_report(lines[:start + MAX_REPORT_LINES], start, kinds)
     following = _next_header(lines, start + 1, kinds, tails=linux.TAIL_LINES)
     return _Cut(cut.text, cut.title_end or len(cut.text), following)
 
 
-def _cut_to_end(lines: list[str], offsets: list[int], start: int, kinds: tuple[ReportKind, ...]) -> _Cut:
+def _cut_to_end(lines: list[str], start: int, kinds: tuple[ReportKind, ...]) -> _Cut:
     """BSD consoles: the report runs to the end (ddb's `show panic` may come much later)."""
-    text = "\n".join(lines[start:]) + "\n"
+    text = "\n".join(lines[start:start + MAX_REPORT_LINES]) + "\n"
     return _Cut(text, len(text), _next_header(lines, start + 1, kinds))
 
 
@@ -125,7 +126,7 @@ def find_reports(family: str, text: str) -> list[ConsoleReport]:
         if kind is None:
             i += 1
             continue
-        cut = table.cut(lines, offsets, i, table.kinds)
+        cut = table.cut(lines, i, table.kinds)
         titled = title_report(kind, cut.text[:cut.title_end], table.syntax)
         reports.append(_report(kind, titled, lines[i:cut.next_line], offsets[i]))
         i = max(cut.next_line, i + 1)

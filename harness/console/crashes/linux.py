@@ -444,7 +444,6 @@ _INFO_WITH_STACK = ("vmalloc: allocation failure:", "FAULT_INJECTION: forcing a 
 class Cut:
     text: str          # the report: its lines, prefixes stripped, other tasks' lines dropped
     title_end: int     # titles are looked for in text[:title_end] (before a second report starts)
-    end: int           # offset in the console just past the report's last line
 
 
 def context_of(line: str) -> str:
@@ -471,17 +470,16 @@ def replayed_after(lines: list[str], i: int) -> bool:
     return i + 1 < len(lines) and _REPLAYED.search(lines[i + 1]) is not None
 
 
-def cut_report(lines: list[str], offsets: list[int], start: int, kinds: tuple[ReportKind, ...]) -> Cut:
+def cut_report(lines: list[str], start: int, kinds: tuple[ReportKind, ...]) -> Cut:
     """The report whose header is on lines[start]: the lines of the same task or CPU up to the end
     of the console; titles are searched only before a second report begins."""
     context = context_of(lines[start])
     out: list[str] = []
-    title_end = 0
+    title_end = length = 0
     second = False
     cpu_traceback = skip_text = False
     text_lines = 0
     min_lines = 16 if "BUG: KMSAN:" in lines[start] else 22
-    end = offsets[start] + len(lines[start]) + 1
     for i in range(start, len(lines)):
         line = lines[i]
         ctx = context_of(line)
@@ -507,11 +505,11 @@ def cut_report(lines: list[str], offsets: list[int], start: int, kinds: tuple[Re
         if not first and skip_line:
             continue
         out.append(stripped)
-        end = offsets[i] + len(line) + 1
+        length += len(stripped) + 1
         if not second or (context and context != CONSOLE):
-            title_end = sum(len(x) + 1 for x in out)
+            title_end = length
     text = "\n".join(out) + "\n"
-    return Cut(text, min(title_end, len(text)), end)
+    return Cut(text, min(title_end, len(text)))
 
 
 def is_task_context(context: str) -> bool:
