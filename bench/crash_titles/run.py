@@ -14,8 +14,9 @@ process, console stream and cleaner, watcher, result. Measured per OS family:
 - tracebacks: cells whose watcher or runner raised (must be 0).
 
 The replay guest waits for `login: ` (2 s), settles 1 s after it, and fails on warnings
-(`warnings: fail`: the fuzzing fleet these consoles come from runs panic_on_warn). The title
-function alone (no backend) is measured too, as `titled (parser)`.
+(`warnings: fail`: the fuzzing fleet these consoles come from runs panic_on_warn; `--warnings
+record` measures the default instead). The title function alone (no backend) is measured too,
+as `titled (parser)`.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ milestones:
   - {{name: login, pattern: 'login: ', timeout: 2}}
 hang_timeout: 2
 settle: 1
-warnings: fail
+warnings: {warnings}
 """
 
 
@@ -65,7 +66,7 @@ class Tally:
         return f"{100.0 * part / whole:5.1f}%" if whole else "   -  "
 
 
-def replay_cell(console: corpus.Console, work: Path) -> dict:
+def replay_cell(console: corpus.Console, work: Path, warnings: str = "fail") -> dict:
     """Play one console through a replay guest; the cell's result as a dict."""
     name = f"{console.family}-{console.name}"
     recording = work / "recordings" / name
@@ -75,7 +76,7 @@ def replay_cell(console: corpus.Console, work: Path) -> dict:
         {"t": 0.05, "raw_offset": len(console.console), "clean_offset": 0, "n": len(console.console)}) + "\n")
     guest_file = work / "guests" / f"{name}.yaml"
     guest_file.parent.mkdir(exist_ok=True)
-    guest_file.write_text(GUEST.format(family=console.family, recording=recording))
+    guest_file.write_text(GUEST.format(family=console.family, recording=recording, warnings=warnings))
     cell = Cell(load_guest(guest_file), "replay", "host", "emulate", 1, 64, "bench", retries=0)
     result = run_cell(cell, RunOptions(run_dir=work / "run" / name))
     return result.to_dict()
@@ -86,18 +87,18 @@ def parser_title(console: corpus.Console) -> str | None:
     return crash.title if crash else None
 
 
-def measure(consoles: list[corpus.Console], jobs: int) -> dict[str, Tally]:
+def measure(consoles: list[corpus.Console], jobs: int, warnings: str = "fail") -> dict[str, Tally]:
     tallies: dict[str, Tally] = {}
     with tempfile.TemporaryDirectory(prefix="crash-titles-") as tmp, ThreadPoolExecutor(jobs) as pool:
-        results = pool.map(lambda c: (c, _safe_replay(c, Path(tmp))), consoles)
+        results = pool.map(lambda c: (c, _safe_replay(c, Path(tmp), warnings)), consoles)
         for console, result in results:
             _count(tallies.setdefault(console.family, Tally()), console, result)
     return tallies
 
 
-def _safe_replay(console: corpus.Console, work: Path) -> dict:
+def _safe_replay(console: corpus.Console, work: Path, warnings: str) -> dict:
     try:
-        return replay_cell(console, work)
+        return replay_cell(console, work, warnings)
     except Exception as e:  # a traceback is a measured failure, not the end of the bench
         return {"outcome": "traceback", "reason": f"{type(e).__name__}: {e}"}
 
@@ -143,13 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--family", action="append", choices=corpus.FAMILIES)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", type=Path, help="write the tallies and misses here")
+    ap.add_argument("--warnings", default="fail", choices=("fail", "record"),
+                    help="the replay guest's `warnings:` (default fail: the fleet's panic_on_warn)")
     args = ap.parse_args(argv)
     consoles = corpus.consoles(args.consoles, tuple(args.family or corpus.FAMILIES))
     if not consoles:
         print(f"no consoles under {args.consoles}", file=sys.stderr)
         return 2
     start = time.monotonic()
-    tallies = measure(consoles, args.jobs)
+    tallies = measure(consoles, args.jobs, args.warnings)
     print(table(tallies))
     print(f"\n{len(consoles)} consoles in {time.monotonic() - start:.0f} s")
     if args.json:

@@ -41,7 +41,9 @@ class ConsoleCleaner:
     def feed(self, data: bytes, now: float | None = None) -> bytes:
         now = time.monotonic() if now is None else now
         out = self._feed(data)
-        if self.holding() and self._held_since is None:
+        if not self.holding():
+            self._held_since = None
+        elif self._held_since is None:
             self._held_since = now
         return out + self.release_due(now)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from harness.gaps.baseline import write_baseline
 from harness.report import write_reports
 from harness.report.crashes import crash_index
 from harness.report.summary import md
@@ -123,3 +124,6 @@ def test_accepted_warnings_are_known_on_the_next_run(tmp_path):
     assert baseline["warnings"] == ["WARNING in serial8250_tx"]
     second = _run(tmp_path, cell, run="night2")
     assert second.outcome == "pass" and second.warning_diff.known == ["WARNING in serial8250_tx"]
+    write_baseline(tmp_path / "baselines" / "w.yaml", "w", [{"kind": "tsc-msr", "key": "0x10"}], "night2")
+    again = yaml.safe_load((tmp_path / "baselines" / "w.yaml").read_text())   # `gaps accept` keeps warnings
+    assert again["warnings"] == ["WARNING in serial8250_tx"] and again["gaps"] == [{"kind": "tsc-msr", "key": "0x10"}]
