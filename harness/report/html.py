@@ -129,16 +129,20 @@ def _heatmap(run: RunData) -> str:
             f'<tr>{head2}</tr></thead><tbody>{"".join(rows)}</tbody></table></div></section>')
 
 
+def _cell_links(cells: list[str], keys_to_anchor: dict[str, str], label: str = "") -> str:
+    """A folded list of links to cells (`label` is already escaped HTML)."""
+    links = " ".join(f'<a href="#{keys_to_anchor[c]}">{esc(c)}</a>' if c in keys_to_anchor else esc(c) for c in cells)
+    return (f'<details><summary>{len(cells)} cell{"s" if len(cells) != 1 else ""}{label}</summary>'
+            f'<div class="small">{links}</div></details>')
+
+
 def _run_gaps(results: dict[str, Any], keys_to_anchor: dict[str, str]) -> str:
     gaps = results["gaps"]
     if not gaps:
         return '<section id="gaps"><h2>Gap ledger</h2><p>No gaps recorded.</p></section>'
     rows = []
     for g in gaps:
-        links = " ".join(f'<a href="#{keys_to_anchor[c]}">{esc(c)}</a>' if c in keys_to_anchor else esc(c)
-                         for c in g["cells"])
-        cells = (f'<details><summary>{len(g["cells"])} cell{"s" if len(g["cells"]) != 1 else ""}: {esc(", ".join(g["guests"]))}</summary>'
-                 f'<div class="small">{links}</div></details>')
+        cells = _cell_links(g["cells"], keys_to_anchor, f': {esc(", ".join(g["guests"]))}')
         rows.append(f'<tr><td>{esc(g["kind"])}</td><td class="mono">{esc(g["key"])}</td><td>{esc(g["access"])}</td>'
                     f'<td class="num">{g["count"]}</td><td class="mono">{esc(_hex(g["first_rip"]))}</td>'
                     f'<td>{esc(", ".join(g["phases"]))}</td><td>{esc(", ".join(g["policies"]))}</td>'
@@ -157,13 +161,10 @@ def _crash_index(results: dict[str, Any], keys_to_anchor: dict[str, str]) -> str
         return '<section id="crashes"><h2>Crashes and warnings</h2><p>No crash or warning reports.</p></section>'
     rows = []
     for e in entries:
-        links = " ".join(f'<a href="#{keys_to_anchor[c]}">{esc(c)}</a>' if c in keys_to_anchor else esc(c)
-                         for c in e["cells"])
         rows.append(f'<tr><td>{esc(e["severity"])}</td><td class="mono">{esc(e["title"])}</td>'
                     f'<td class="num">{len(e["cells"])}</td><td class="small">{esc(e["first_seen"]["at"])}</td>'
-                    f'<td class="small">{esc(e["last_seen"]["at"])}</td><td class="cells"><details><summary>'
-                    f'{len(e["cells"])} cell{"s" if len(e["cells"]) != 1 else ""}</summary><div class="small">{links}'
-                    f'</div></details></td></tr>')
+                    f'<td class="small">{esc(e["last_seen"]["at"])}</td>'
+                    f'<td class="cells">{_cell_links(e["cells"], keys_to_anchor)}</td></tr>')
     return ('<section id="crashes"><h2>Crashes and warnings</h2><p class="hint">One row per title, deduplicated '
             'over cells (titles are stable across runs: `harness crashes RUN-DIR...` merges nights).</p>'
             '<div class="scroll"><table class="data"><thead><tr><th>severity</th><th>title</th><th>cells</th>'

@@ -305,25 +305,21 @@ WARNING_KIND = ReportKind("WARNING:", name="warning", severity=WARNING, line_for
     r"EXT4-[Ff][Ss](?: \(.*\))?:", "(?i)warning: .* uses (deprecated v2 capabilities|wireless extensions)",
     r"XFS \(\w+\): WARNING")))
 
+def _old_lockdep(what: str, anchor: str, title: str = "possible deadlock in {1}") -> TitleRule:
+    """Lockdep reports of old kernels (`INFO:` headers): blamed on the function after `anchor`'s `at:`."""
+    return R(f"INFO: {what}", title, capture=rf"INFO: {what} \](?:.*\n)+?.*{anchor}(?:.*\n)+?.*at: {{{{PC}}}} +{{{{FUNC}}}}")
+
+
 _RCU_STALL = S("apic_timer_interrupt", RIP, TRACE,
                fallback=("(?:apic_timer_interrupt|Exception stack|el1h_64_irq)", TRACE),
                skip=("apic_timer_interrupt", "rcu"), pick=stall_frame)
 
 INFO = ReportKind("INFO:", name="info", severity=WARNING, line_form=_LINE_PREFIX, rules=(
-    R("INFO: possible circular locking dependency detected", "possible deadlock in {1}",
-      capture=r"INFO: possible circular locking dependency detected \](?:.*\n)+?.*is trying to acquire lock"
-              r"(?:.*\n)+?.*at: {{PC}} +{{FUNC}}"),
-    R("INFO: possible irq lock inversion dependency detected", "possible deadlock in {1}",
-      capture=r"INFO: possible irq lock inversion dependency detected \](?:.*\n)+?.*just changed the state of "
-              r"lock(?:.*\n)+?.*at: {{PC}} +{{FUNC}}"),
-    R("INFO: SOFTIRQ-safe -> SOFTIRQ-unsafe lock order detected", "possible deadlock in {1}",
-      capture=r"INFO: SOFTIRQ-safe -> SOFTIRQ-unsafe lock order detected \](?:.*\n)+?.*is trying to acquire"
-              r"(?:.*\n)+?.*at: {{PC}} +{{FUNC}}"),
-    R("INFO: possible recursive locking detected", "possible deadlock in {1}",
-      capture=r"INFO: possible recursive locking detected \](?:.*\n)+?.*is trying to acquire lock(?:.*\n)+?.*at: "
-              r"{{PC}} +{{FUNC}}"),
-    R("INFO: inconsistent lock state", "inconsistent lock state in {1}",
-      capture=r"INFO: inconsistent lock state \](?:.*\n)+?.*takes(?:.*\n)+?.*at: {{PC}} +{{FUNC}}"),
+    _old_lockdep("possible circular locking dependency detected", "is trying to acquire lock"),
+    _old_lockdep("possible irq lock inversion dependency detected", "just changed the state of lock"),
+    _old_lockdep("SOFTIRQ-safe -> SOFTIRQ-unsafe lock order detected", "is trying to acquire"),
+    _old_lockdep("possible recursive locking detected", "is trying to acquire lock"),
+    _old_lockdep("inconsistent lock state", "takes", "inconsistent lock state in {1}"),
     R("INFO: rcu_(?:preempt|sched|bh|tasks) (?:self-)?detected(?: expedited)? stall",
       "INFO: rcu detected stall in {1}", stack=_RCU_STALL, alt=("stall in {1}",), severity=CRASH),
     R("INFO: trying to register non-static key", "INFO: trying to register non-static key in {1}",
