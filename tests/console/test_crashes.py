@@ -13,12 +13,14 @@ sys.path.insert(0, str(BENCH))
 import corpus  # noqa: E402
 
 needs_corpus = pytest.mark.skipif(not corpus.DEFAULT_DIR.is_dir(),
-                                  reason=f"real crash consoles not present at {corpus.DEFAULT_DIR}")
+                                  reason=f"real crash consoles not present at {corpus.DEFAULT_DIR} "
+                                         "(set HARNESS_CRASH_CONSOLES)")
 
 # Measured 2026-12-01 (bench/README.md): linux 354/356, netbsd 7/7, openbsd 21/21, freebsd 8/8.
 PARSER_FLOOR = {"linux": 0.98, "netbsd": 1.0, "openbsd": 1.0, "freebsd": 1.0}
 
 
+@pytest.mark.slow          # ~5 s for the 356 Linux consoles, under a second for each BSD
 @needs_corpus
 @pytest.mark.parametrize("family", corpus.FAMILIES)
 def test_real_consoles_are_titled_as_syzkaller_titles_them(family):
