@@ -196,22 +196,29 @@ def _echo(chunk: bytes) -> None:
 def _summary(result: CellResult, run_dir: Path, had_expect: bool) -> None:
     console = Console(stderr=True)
     console.print()
-    console.rule(f"{result.outcome.upper()}: {result.reason}")
+    console.rule(f"{result.outcome.upper()}: {escape(result.reason)}")   # guest text is no markup
     if result.milestones:
         t = Table("milestone", "t (s)", "since previous (s)", "line", title="milestones")
         for m in result.milestones:
-            t.add_row(m.name, f"{m.t:.3f}", f"{m.since_previous:.3f}", m.line[:80])
+            t.add_row(escape(m.name), f"{m.t:.3f}", f"{m.since_previous:.3f}", escape(m.line[:80]))
         console.print(t)
     if result.near_miss and had_expect:
         nm = result.near_miss
-        console.print(f"near miss: waiting for /{nm.pattern}/; closest line ({nm.closest_ratio:.0%}): {nm.closest_line}")
+        console.print(f"near miss: waiting for /{nm.pattern}/; closest line ({nm.closest_ratio:.0%}): {nm.closest_line}",
+                      markup=False, highlight=False)
     if result.gaps:
         t = Table("kind", "key", "count", "first rip", "phase", "policy", "fate", title="emulation gaps")
         for g in result.gaps:
             rip = g.get("first_rip")
-            t.add_row(g["kind"], g["key"], str(g["count"]), hex(rip) if isinstance(rip, int) else "-",
-                      str(g.get("phase") or "-"), g.get("policy") or "-", g.get("fate") or "-")
+            t.add_row(*(escape(str(x)) for x in (g["kind"], g["key"], g["count"],
+                                                 hex(rip) if isinstance(rip, int) else "-", g.get("phase") or "-",
+                                                 g.get("policy") or "-", g.get("fate") or "-")))
         console.print(t)
+    if result.crash is not None:
+        console.print(f"crash: {result.crash.title}", markup=False, highlight=False)
+    for w in result.warnings:
+        new = " (new)" if w.title in result.warning_diff.new else ""
+        console.print(f"warning: {w.title}{new}", markup=False, highlight=False)
     for c in result.commands:
         console.print(escape(f"$ {c['command']}  [exit {c['exit_status']}]")
                       + (f"  [red]{escape('; '.join(c['problems']))}[/]" if c["problems"] else ""), highlight=False)

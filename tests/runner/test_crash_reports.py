@@ -127,3 +127,16 @@ def test_accepted_warnings_are_known_on_the_next_run(tmp_path):
     write_baseline(tmp_path / "baselines" / "w.yaml", "w", [{"kind": "tsc-msr", "key": "0x10"}], "night2")
     again = yaml.safe_load((tmp_path / "baselines" / "w.yaml").read_text())   # `gaps accept` keeps warnings
     assert again["warnings"] == ["WARNING in serial8250_tx"] and again["gaps"] == [{"kind": "tsc-msr", "key": "0x10"}]
+
+
+def test_boot_summary_prints_guest_text_as_text(capsys):
+    from harness.cli.boot_cmd import _summary
+    from harness.console.crashes import ConsoleReport
+    from harness.runner.result import CellResult, MilestoneHit
+    r = CellResult("c", "g", "builtin", {}, "fail", reason="BUG: Dentry still in use [unmount of tmpfs] [/x]",
+                   milestones=[MilestoneHit("kernel", 1.0, 1.0, 0, "line [/b] x")],
+                   crash=ConsoleReport("BUG: Dentry still in use [unmount of tmpfs]", "crash", "bug", "block"),
+                   gaps=[{"kind": "host-emulation-failure", "key": "xrstor [rsp]", "count": 1, "first_rip": 16}])
+    _summary(r, Path("/tmp/none"), False)
+    err = capsys.readouterr().err
+    assert "[/x]" in err and "crash: BUG: Dentry still in use [unmount of tmpfs]" in err and "xrstor [rsp]" in err
