@@ -67,14 +67,36 @@ def _steps_from_recording(cell_dir: Path) -> list[dict[str, Any]]:
     raw = (cell_dir / "console.log").read_bytes()
     steps: list[dict[str, Any]] = []
     start = 0
+    session_start: float | None = None       # CLOCK_MONOTONIC of the recorded session's start
     timing = cell_dir / "console.timing.jsonl"
     for line in timing.read_text().splitlines() if timing.exists() else []:
         rec = json.loads(line)
         steps.append({"at": rec["t"], "out_bytes": raw[start:rec["raw_offset"]]})
         start = rec["raw_offset"]
+        if session_start is None and "mono" in rec:
+            session_start = float(rec["mono"]) - float(rec["t"])
     if start < len(raw):
         steps.append({"at": steps[-1]["at"] if steps else 0.0, "out_bytes": raw[start:]})
-    return steps
+    steps += _event_steps(cell_dir / "events.jsonl", session_start)
+    return sorted(steps, key=lambda s: float(s["at"]))     # stable: console before events at the same time
+
+
+def _event_steps(path: Path, session_start: float | None) -> list[dict[str, Any]]:
+    """The recorded events (gaps, triple fault, reset, ...) at their times since the recorded
+    session started (or, for recordings without `mono` times, since its vm-start event).
+    The replay emits its own vm-start."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        try:
+            rec = json.loads(line)
+            events.append((str(rec["type"]), float(rec["t"]), rec.get("data") or {}))
+        except (ValueError, KeyError, TypeError):
+            continue                      # a torn last line of a killed run
+    if not events:
+        return []
+    t0 = session_start if session_start is not None else \
+        next((t for kind, t, _ in events if kind == ev.VM_START), events[0][1])
+    return [{"at": max(0.0, t - t0), "event": kind, "data": data} for kind, t, data in events if kind != ev.VM_START]
 
 
 def _play(steps: list[dict[str, Any]], events_path: Path) -> int:

@@ -2,8 +2,9 @@
 
 A reader thread drains the backend's console fd as fast as it can (a guest must never block on
 a full pipe), and for each chunk:
-- appends the raw bytes to console.log and one line {t, raw_offset, clean_offset, n} to
-  console.timing.jsonl, so every byte has a host arrival time;
+- appends the raw bytes to console.log and one line {t, mono, raw_offset, clean_offset, n} to
+  console.timing.jsonl, so every byte has a host arrival time (t: since the session started;
+  mono: CLOCK_MONOTONIC, the clock of events.jsonl);
 - feeds them through ConsoleCleaner and writes the clean text into a pipe that a pexpect
   fdspawn reads (harness.console.watcher matches milestones there);
 - tracks the time of the last output (the hang detector) and passes chunks to an optional
@@ -95,7 +96,8 @@ class ConsoleStream:
         with self._lock:
             self.raw_bytes += len(chunk)
             self.last_output = now
-            self._timing.write(json.dumps({"t": round(now - self.start_time, 6), "raw_offset": self.raw_bytes,
+            self._timing.write(json.dumps({"t": round(now - self.start_time, 6), "mono": round(now, 6),
+                                           "raw_offset": self.raw_bytes,
                                            "clean_offset": self.clean_bytes + len(clean), "n": len(chunk)}) + "\n")
         if clean:
             self._emit_clean(clean, now)

@@ -82,6 +82,16 @@ def test_replay_plays_a_recorded_cell_directory(tmp_path):
     cell = Cell(load_guest(tmp_path / "guests" / "again.yaml"), "replay", "host", "emulate", 1, 64, "quick", retries=0)
     again = _run(tmp_path, cell, run="run2")
     assert again.outcome == "fail" and again.reason == first.reason, again.reason
+    # events.jsonl is played too: a recorded triple fault ends the replayed cell the same way
+    faulted = _run(tmp_path, _cell(tmp_path, "tf", [{"at": 0.05, "out": BOOT},
+                                                    {"at": 0.3, "event": "triple-fault", "data": {"rip": 4096}}]),
+                   run="run3")
+    assert faulted.failure.kind == "triple-fault"
+    doc["kernel"] = {"path": str(tmp_path / "run3" / Path(faulted.console_log).parent)}
+    (tmp_path / "guests" / "tf2.yaml").write_text(yaml.safe_dump(doc))
+    cell = Cell(load_guest(tmp_path / "guests" / "tf2.yaml"), "replay", "host", "emulate", 1, 64, "quick", retries=0)
+    refaulted = _run(tmp_path, cell, run="run4")
+    assert refaulted.failure.kind == "triple-fault" and [m.name for m in refaulted.milestones] == ["kernel"]
 
 
 def test_one_crash_in_three_cells_of_two_runs_is_one_index_entry(tmp_path):
