@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import corpus  # noqa: E402
+import crash_corpus as corpus  # noqa: E402
 
 from harness.console.crashes import crash_of, find_reports  # noqa: E402
 from harness.runner.crash_report import _clean  # noqa: E402

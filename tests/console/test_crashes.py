@@ -10,7 +10,7 @@ from harness.console.crashes import CRASH, WARNING, classify_line, crash_of, fin
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "crash_titles"
 sys.path.insert(0, str(BENCH))
-import corpus  # noqa: E402
+import crash_corpus as corpus  # noqa: E402
 
 needs_corpus = pytest.mark.skipif(not corpus.DEFAULT_DIR.is_dir(),
                                   reason=f"real crash consoles not present at {corpus.DEFAULT_DIR} "
