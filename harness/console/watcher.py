@@ -70,6 +70,7 @@ class WatchOutcome:
     failure: Failure | None = None
     near_miss: NearMiss | None = None
     events: list[ev.VmEvent] = field(default_factory=list)
+    console_bytes: int | None = None   # how much of console.log the boot wrote (None: all of it)
 
 
 @dataclass

@@ -21,8 +21,9 @@ MAX_CONSOLE = 64 * 1024 * 1024     # a console larger than this is titled from i
 
 
 def add_console_reports(result: CellResult, console_log: Path, family: str, mode: str,
-                        baseline: list[str]) -> None:
-    raw = _read_tail(console_log)
+                        baseline: list[str], limit: int | None = None) -> None:
+    """`limit`: only the first `limit` bytes of console.log are the boot's (commands came after)."""
+    raw = _read_tail(console_log, limit)
     text = _clean(raw)
     reports = find_reports(family, text)
     after = _after_milestones(text, result)
@@ -59,13 +60,13 @@ def _console_failure(result: CellResult) -> bool:
     return result.failure is not None and result.failure.console_offset is not None
 
 
-def _read_tail(path: Path) -> bytes:
+def _read_tail(path: Path, limit: int | None) -> bytes:
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
-            size = f.tell()
+            size = f.tell() if limit is None else min(f.tell(), limit)
             f.seek(max(0, size - MAX_CONSOLE))
-            return f.read()
+            return f.read(size - max(0, size - MAX_CONSOLE))
     except OSError:
         return b""
 

@@ -192,9 +192,12 @@ def _watch(cell: Cell, session: Any, request: BootRequest,
                              failure=Failure("harness-bug", repr(e)))
     if watch.outcome != PASS and DebugOptions.from_options(request.options).on_failure:
         _hold_for_debugger(session, request, watch, reader, options)
+    watched_bytes = stream.raw_bytes      # the boot's console, before any command typed after the prompt
     commands = options.commands if options.commands is not None else guest.commands
     ran = after_prompt(watcher.child, session.send, guest.auto_login, commands, cell.timeout_scale) \
         if watch.outcome == PASS and commands else []
+    if ran:   # command output (dmesg, say) would repeat the boot's reports: they are titled from the boot's part
+        watch.console_bytes = watched_bytes
     if options.console is not None:
         options.console.hold(session)
     stream.detach()
@@ -260,7 +263,8 @@ def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionS
     result.repro["host_kind"] = host_kind(host)
     result.command = summary.command
     add_console_reports(result, console_log, cell.guest.family, cell.guest.warnings,
-                        cell.guest.expected_warnings + read_warning_baseline(baseline_path(cell.guest.name, repo_root)))
+                        cell.guest.expected_warnings + read_warning_baseline(baseline_path(cell.guest.name, repo_root)),
+                        limit=watch.console_bytes)
     if result.outcome == PASS and cell.fail_on_new_gaps and diff.new:
         keys = ", ".join(f"{g['kind']} {g['key']}" if isinstance(g, dict) else f"{g.kind} {g.key}" for g in diff.new)
         result.outcome, result.reason = FAIL, f"new emulation gaps not in the baseline: {keys}"

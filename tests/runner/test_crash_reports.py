@@ -150,3 +150,16 @@ def test_boot_summary_prints_guest_text_as_text(capsys):
     _summary(r, Path("/tmp/none"), False)
     err = capsys.readouterr().err
     assert "[/x]" in err and "crash: BUG: Dentry still in use [unmount of tmpfs]" in err and "xrstor [rsp]" in err
+
+
+def test_reports_in_command_output_after_the_prompt_are_not_boot_warnings(tmp_path):
+    steps = [{"at": 0.05, "out": BOOT + WARN + "harness login: "}, {"at": 0.1, "input": "root\n"},
+             {"at": 0.12, "out": "root\r\n~ # "}, {"at": 0.13, "input": "dmesg; echo __HARNESS_CMD1__=$?\n"},
+             {"at": 0.14, "out": "dmesg; echo __HARNESS_CMD1__=$?\r\n" + WARN.replace("\n", "\r\n")
+                                 + "[    9.0] WARNING: CPU: 0 PID: 9 at fs/ext4/ioctl.c:10 ext4_ioctl+0x1/0x2\r\n"
+                                 + "__HARNESS_CMD1__=0\r\n~ # "}]
+    r = _run(tmp_path, _cell(tmp_path, "shell", steps, settle=0.3,
+                             auto_login={"user": "root", "prompt": "# $", "timeout": 5}, commands=["dmesg"]))
+    assert r.outcome == "pass", r.reason
+    assert r.commands and "ext4_ioctl" in r.commands[0]["output"]
+    assert [w.title for w in r.warnings] == ["WARNING in serial8250_tx"]     # the boot's, once; not dmesg's
