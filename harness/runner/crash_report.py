@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harness.console.clean import ConsoleCleaner
 from harness.console.crashes import (CRASH, WARNING, WARNINGS_FAIL, WARNINGS_FAIL_NEW, ConsoleReport, crash_of,
-                                     find_reports)
+                                     find_reports, headline)
 from harness.runner.result import FAIL, PASS, CellResult, Failure, WarningDiff
 
 MAX_CONSOLE = 64 * 1024 * 1024     # a console larger than this is titled from its last 64 MiB
@@ -37,7 +37,7 @@ def add_console_reports(result: CellResult, console_log: Path, family: str, mode
     result.warnings = [r for r in reports if r.severity == WARNING and r is not crash]
     result.warning_diff = compare_warnings(result.warnings, baseline)
     if result.outcome == FAIL and crash is not None and _console_failure(result):
-        result.reason = crash.title
+        result.reason = headline(crash)
     if result.outcome == PASS and result.warnings and mode in (WARNINGS_FAIL, WARNINGS_FAIL_NEW):
         failing = result.warning_diff.new if mode == WARNINGS_FAIL_NEW else [w.title for w in result.warnings]
         if failing:

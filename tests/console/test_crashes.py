@@ -134,3 +134,12 @@ def test_a_flood_after_a_report_stays_fast():
     assert time.monotonic() - start < 10
     bsd = "panic: pool_do_put: mbufpl: double pool_put\n" + "x" * 50 + "\n" * 100000
     assert find_reports("openbsd", bsd)[0].title == "pool: double put: mbufpl"
+
+
+def test_reason_keeps_the_numbers_when_the_title_is_only_the_normalised_first_line():
+    from harness.console.crashes import headline
+    (panic,) = find_reports("fixture", "panic: msr-gate: required MSR 0x4b564dfe faulted (#GP)\n")
+    assert panic.title == "panic: msr-gate: required MSR ADDR faulted (#GP)"
+    assert headline(panic) == "panic: msr-gate: required MSR 0x4b564dfe faulted (#GP)"
+    oops = crash_of(find_reports("linux", OOPS.format(t="1.0", addr="ffff8880aa", off=1, cpu=0, pid=1)))
+    assert headline(oops) == oops.title          # the title names the function the first line lacks

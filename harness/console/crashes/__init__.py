@@ -27,7 +27,7 @@ MAX_REPORTS = 200          # a console flooding reports keeps the first ones
 MAX_REPORT_LINES = 4000    # title rules read at most this many lines of a report (a guest may flood)
 
 __all__ = ["CRASH", "WARNING", "ConsoleReport", "FAMILIES", "find_reports", "reports_in_console", "crash_of",
-           "spotter", "classify_line"]
+           "spotter", "classify_line", "headline"]
 
 
 @dataclass
@@ -37,6 +37,7 @@ class ConsoleReport:
     severity: str                 # crash | warning
     kind: str                     # the table entry that found it (bug, warning, panic, uvm-fault, ...)
     block: str                    # the report's text, first line to end of backtrace
+    line: str = ""                # its first line from the header on, as printed (numbers kept)
     clean_offset: int = 0         # where its first line starts in the clean console text
     corrupted: bool = False       # the report is damaged (interleaved or truncated): the title is a best effort
     follow_up: bool = False       # printed because of an earlier report (panic_on_warn, Fatal exception)
@@ -129,6 +130,7 @@ def find_reports(family: str, text: str) -> list[ConsoleReport]:
         cut = table.cut(lines, i, table.kinds)
         titled = title_report(kind, cut.text[:cut.title_end], table.syntax)
         reports.append(_report(kind, titled, lines[i:cut.next_line], offsets[i]))
+        reports[-1].line = lines[i][max(0, lines[i].find(kind.header)):][:300].strip()
         i = max(cut.next_line, i + 1)
     return reports
 
@@ -175,6 +177,14 @@ def reports_in_console(family: str, raw: bytes) -> list[ConsoleReport]:
     cleaner = ConsoleCleaner()
     text = (cleaner.feed(raw) + cleaner.flush()).decode(errors="replace")
     return find_reports(family, text)
+
+
+def headline(report: ConsoleReport) -> str:
+    """What a reason line says of a report: its first line as printed when the title is just that
+    line normalised (the numbers tell more: `required MSR 0x4b564dfe faulted`), else the title
+    (it names the guilty function the first line lacks)."""
+    from harness.console.crashes.rules import normalise
+    return report.line if report.line and normalise(report.line) == report.title else report.title
 
 
 def crash_of(reports: list[ConsoleReport], after: int = 0) -> ConsoleReport | None:
