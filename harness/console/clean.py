@@ -48,7 +48,8 @@ class ConsoleCleaner:
         return out + self.release_due(now)
 
     def holding(self) -> bool:
-        return bool(self._pending or (self._moved and not self._in_printk))
+        """Text is held back (a lone CR waiting for its LF holds no text: it is not counted)."""
+        return bool((self._pending and self._pending != b"\r") or (self._moved and not self._in_printk))
 
     def release_due(self, now: float) -> bytes:
         """What has been held back longer than the bound, as text (the interrupted line is cut)."""
@@ -60,7 +61,7 @@ class ConsoleCleaner:
             out.extend(self._moved)
             self._moved.clear()
             self._at_line_start = True
-        if self._pending and not self._in_printk:
+        if self._pending and self._pending != b"\r" and not self._in_printk:
             out.extend(self._pending)
             self._at_line_start = self._pending.endswith(b"\n")
             self._pending = b""

@@ -64,3 +64,11 @@ def test_a_log_line_after_a_prompt_that_never_ends_is_released_after_the_bound()
     assert c.release_due(10.1) == b""
     assert c.release_due(10.3) == b"\n[   55.280000] BUG: kernel NULL pointer dereference\n"
     assert c.feed(b"[   55.280001] RIP: 0010:foo+0x1/0x2\n", now=10.4) == b"[   55.280001] RIP: 0010:foo+0x1/0x2\n"
+
+
+def test_a_lone_carriage_return_at_the_end_of_a_read_is_not_released_as_text():
+    from harness.console.clean import ConsoleCleaner
+    c = ConsoleCleaner(hold_s=0.25)
+    assert c.feed(b"login: \r", now=1.0) == b"login: "
+    assert not c.holding() and c.release_due(5.0) == b""
+    assert c.feed(b"\n[    1.0] next\n", now=5.1) == b"\n[    1.0] next\n"
