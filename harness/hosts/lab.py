@@ -342,14 +342,17 @@ class Lab:
             if self.proc is not None and self.proc.poll() is not None:
                 self._died(f"the lab's QEMU exited ({self.proc.returncode}): {self._why_dead()}")
             elif time.monotonic() - self.last_word > WEDGE_S:
-                self._died(f"the lab sent nothing for {WEDGE_S:.0f} s (wedged)")
-                self.kill()
+                self._died(f"the lab sent nothing for {WEDGE_S:.0f} s (wedged)", kill=True)
 
-    def _died(self, why: str) -> None:
+    def _died(self, why: str, kill: bool = False) -> None:
         with self._lock:
             if self.dead is not None:
                 return
             self.dead = why
+        if kill:
+            # Killed (and reaped) before the session hears of it: the session ends its cell at once,
+            # and a replacement lab must never start beside a wedged one still holding the CPUs.
+            self.kill()
         session = self.session
         if session is not None:
             session.on_lab_died(why)

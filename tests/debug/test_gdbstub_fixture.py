@@ -106,7 +106,9 @@ def test_physical_memory_mode_and_unmapped_virtual_addresses(tmp_path, fixture_g
 def test_ctrl_c_in_gdb_stops_a_running_guest(tmp_path, fixture_gdb):
     import pexpect
     kernel, symbols = fixture_gdb
-    b = boot(tmp_path, kernel, "--gdb", "127.0.0.1:0", expect="never printed")
+    # The guest runs from the start (no --gdb-wait) toward a milestone it never prints: its timeout must
+    # outlast gdb's start on a loaded machine, or the boot ends before the Ctrl-C (gdb kills it sooner).
+    b = boot(tmp_path, kernel, "--gdb", "127.0.0.1:0", "--timeout", "120", expect="never printed")
     where = port_of(b)
     gdb = pexpect.spawn(GDB, ["-nx", "-q", "-ex", "set confirm off", "-ex", "set pagination off", str(symbols)],
                         encoding="utf-8", timeout=20)
