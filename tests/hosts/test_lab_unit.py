@@ -152,7 +152,11 @@ def test_host_axis_in_cell_ids_and_matrix(tmp_path: Path):
     cells = {c.id: c for c in matrix.cells(guests, "quick")}
     lab_cells = [c for c in cells.values() if c.host == "lab"]
     assert {c.guest.name for c in lab_cells} >= {"linux-amd64-bzimage", "linux-amd64-pvh"}
-    assert all("@builtin+lab/" in c.id and c.expect == "pass" and c.params()["host"] == "lab" for c in lab_cells)
+    assert all("@builtin+lab/" in c.id and c.params()["host"] == "lab" for c in lab_cells)
+    # Both reach login: in the lab; the bzImage guest's dmesg check then fails on the XSAVE CPUID
+    # warning our VMM causes there (matrix.yaml says so, expecting fail until that gap is fixed).
+    expects = {c.guest.name: c.expect for c in lab_cells}
+    assert expects["linux-amd64-pvh"] == "pass" and expects["linux-amd64-bzimage"] == "fail"
     assert "fixture-pvh@builtin/default/emulate/1c/64M" in cells      # native ids are unchanged
     matrix.host_override = "lab"
     moved = matrix.cells(guests, "quick")
