@@ -172,6 +172,8 @@ class Debugger:
         with self.cond:
             if self.stop is not None or self.ended:
                 return
+            if self.interrupting and self._interrupt_event[2]:
+                return   # a failure hold is on its way to the vCPUs: it, not a new connection, names the stop
             self.interrupting = True
             self._interrupt_event = (signal, why, why.startswith("failure"))
             self._pause_others(None)
