@@ -32,6 +32,10 @@ LOW_RAM_END = EBDA_START
 BIOS_AREA_START = 0xA0000    # VGA + option ROM + BIOS: reserved in every memory map
 HIGH_RAM_START = 0x100000    # 1 MiB
 KERNEL_LOAD_ADDR = 0x100000  # default physical load address of a protected-mode kernel
+# boot method "raw" (tiny test/benchmark guests; no boot tables, so it may share their room)
+RAW_IMAGE_LOAD = 0x10000     # above the IVT/BDA, real-mode reachable with CS=0x1000
+RAW_IMAGE_MAX = 0x80000      # the image must end below the EBDA
+RAW_REAL_STACK = 0xFFF0      # SS=0, SP: top of the first 64 KiB segment
 
 # --- the MMIO hole below 4 GiB -------------------------------------------------
 MMIO_HOLE_START = 0xC000_0000

@@ -12,8 +12,9 @@ import platform
 import sys
 from pathlib import Path
 
-from harness.backends.base import Backend, BootRequest, ProcessSession, SessionSummary
+from harness.backends.base import Backend, ProcessSession
 from harness.errors import BackendUnavailable, KvmUnavailable
+from harness.model.session import BootRequest, SessionSummary
 
 SPEC_NAME = "builtin-spec.json"
 ARCHES = ("x86_64",)
@@ -43,9 +44,9 @@ def read_summary(path: Path, exit_code: int | None) -> SessionSummary:
                                                                   "(killed before it could, or crashed)"})
     except (OSError, ValueError) as exc:
         return SessionSummary(exit_code=exit_code, extra={"summary_missing": True, "note": f"unreadable: {exc}"})
-    return SessionSummary(exit_code=exit_code, exit_counts=data.get("exit_counts", {}),
-                          flight_recorder=data.get("flight_recorder", []), host=data.get("host", {}),
-                          command=data.get("command", []), extra=data.get("extra", {}))
+    summary = SessionSummary.from_json(data)
+    summary.exit_code = exit_code
+    return summary
 
 
 class BuiltinBackend(Backend):

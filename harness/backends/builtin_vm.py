@@ -16,13 +16,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from harness import layout
-from harness.backends import events as ev
-from harness.backends.base import BootRequest
+from harness.model import events as ev
+from harness.model.files import write_json_atomic
+from harness.model.session import BootRequest, SessionSummary
 from harness.errors import BackendUnavailable, HarnessError
 
 SNAPSHOT_PERIOD_S = 0.1
@@ -33,21 +33,11 @@ GAP_OVERRIDES_OPTION = "gap_overrides"   # spec option set by the runner (gap bi
 
 # -- spec ---------------------------------------------------------------------------------------
 def request_to_json(request: BootRequest) -> str:
-    data = asdict(request)
-    for key in ("kernel", "initrd", "disk", "workdir"):
-        data[key] = None if data[key] is None else str(data[key])
-    return json.dumps(data, indent=1, default=str)
+    return json.dumps(request.to_json(), indent=1, default=str)
 
 
 def request_from_json(text: str) -> BootRequest:
-    data = json.loads(text)
-    known = {f.name for f in fields(BootRequest)}
-    data = {k: v for k, v in data.items() if k in known}
-    for key in ("kernel", "initrd", "disk"):
-        if data.get(key) is not None:
-            data[key] = Path(data[key])
-    data["workdir"] = Path(data.get("workdir") or ".")
-    return BootRequest(**data)
+    return BootRequest.from_json(json.loads(text))
 
 
 # -- the child ----------------------------------------------------------------------------------------
@@ -135,11 +125,11 @@ class ChildVm:
                  "guest_stop_event": self.guest_stop_event}
         if error:
             extra["error"] = error
-        summary = {"exit_code": code, "exit_counts": ms.get("exit_counts", {}),
-                   "flight_recorder": ms.get("flight_recorder", []), "host": self.host,
-                   "command": [sys.executable, "-m", "harness.backends.builtin_vm"] + sys.argv[1:],
-                   "stderr_tail": "", "extra": extra}
-        write_json_atomic(self.request.summary_path, summary)
+        summary = SessionSummary(exit_code=code, exit_counts=ms.get("exit_counts", {}),
+                                 flight_recorder=ms.get("flight_recorder", []), host=self.host,
+                                 command=[sys.executable, "-m", "harness.backends.builtin_vm"] + sys.argv[1:],
+                                 extra=extra)
+        write_json_atomic(self.request.summary_path, summary.to_json())
 
     def close(self) -> None:
         if self.machine is not None:
@@ -157,12 +147,6 @@ def gap_overrides(options: dict[str, Any]) -> dict[int, str]:
         except ValueError:
             raise HarnessError(f"gap override key {key!r} is not an MSR index", "give MSR indexes like 0x4b564dfe") from None
     return out
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = Path(f"{path}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 # -- devices and loaders -------------------------------------------------------------------------------
@@ -187,7 +171,7 @@ def load_guest(req: BootRequest, ram: Any) -> tuple[Any, dict[str, Any]]:
         raise BackendUnavailable(f"cell {req.cell_id}: the built-in backend needs a kernel",
                                  "give the guest a kernel file")
     if req.boot == RAW_BOOT:
-        from harness.kvm.rawboot import load_raw
+        from harness.boot.raw import load_raw
         return load_raw(ram, req.kernel, mode=str((req.options or {}).get("raw_mode", "real16")))
     from harness.boot import load
     plan = load(req.boot, ram, req.kernel, req.initrd, req.cmdline, req.vcpus)

@@ -34,11 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.backends import events as ev
-from harness.backends.base import Backend, BootRequest, ProcessSession, SessionSummary
+from harness.model import events as ev
+from harness.backends.base import Backend, ProcessSession
+from harness.model.files import write_json_atomic
+from harness.model.session import BootRequest, SessionSummary
 from harness.backends.qemu_gaps import parse_kvm_failure, parse_log_line
 from harness.errors import AssetError, BackendUnavailable, ConfigError
-from harness.gaps.record import GapRecord
+from harness.model.gap import GapRecord
 
 BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 PACKAGES = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
@@ -158,7 +160,7 @@ class QemuSession(ProcessSession):
         known = self._seen.get(gap.key_tuple())
         if known is None:
             self._seen[gap.key_tuple()] = gap
-            self._emit(ev.GAP, gap.to_dict(), gap.first_t)
+            self._emit(ev.GAP, gap.to_json(), gap.first_t)
             gap._unsent = 0  # type: ignore[attr-defined]
         else:
             known._unsent += 1  # type: ignore[attr-defined]
@@ -167,9 +169,9 @@ class QemuSession(ProcessSession):
         for gap in self._seen.values():
             unsent = getattr(gap, "_unsent", 0)
             if unsent:
-                repeat = GapRecord.from_dict(gap.to_dict())
+                repeat = gap.copy()
                 repeat.count, repeat.values = unsent, []
-                self._emit(ev.GAP, repeat.to_dict(), gap.first_t)
+                self._emit(ev.GAP, repeat.to_json(), gap.first_t)
                 gap._unsent = 0  # type: ignore[attr-defined]
 
     # -- the watcher -----------------------------------------------------------------------------
@@ -243,9 +245,9 @@ class QemuSession(ProcessSession):
     def _final_gaps(self) -> list[dict[str, Any]]:
         out = []
         for key, gap in self._seen.items():
-            record = GapRecord.from_dict(gap.to_dict())
+            record = gap.copy()
             record.count = self._counts.get(key, 1)
-            out.append(record.to_dict())
+            out.append(record.to_json())
         return out
 
     # -- stopping ---------------------------------------------------------------------------------
@@ -381,10 +383,8 @@ def _last_line(text: str) -> str:
 
 
 def _write_summary(path: Path, summary: SessionSummary) -> None:
-    from dataclasses import asdict
-    from harness.assets.cache import atomic_write_bytes
     with contextlib.suppress(OSError):
-        atomic_write_bytes(path, json.dumps(asdict(summary), indent=2, default=str).encode())
+        write_json_atomic(path, summary.to_json(), indent=2)
 
 
 class _Tail:

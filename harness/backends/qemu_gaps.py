@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.gaps.record import (FATE_STOPPED, HOST_EMULATION_FAILURE, QEMU_GUEST_ERROR, QEMU_UNIMPLEMENTED,
-                                 GapRecord)
+from harness.model.gap import (FATE_STOPPED, HOST_EMULATION_FAILURE, QEMU_GUEST_ERROR, QEMU_UNIMPLEMENTED,
+                               GapRecord)
 
 _UNIMP_DEVICE = re.compile(r"^(?P<dev>[\w.\-/ ]+?): unimplemented device (?P<rw>read|write)\s*"
                            r"\(size (?P<size>\d+), (?:offset|addr) (?P<off>0x[0-9a-fA-F]+)"

@@ -25,8 +25,9 @@ from typing import Any
 
 import yaml
 
-from harness.backends import events as ev
-from harness.backends.base import Backend, BootRequest, ProcessSession, SessionSummary
+from harness.model import events as ev
+from harness.backends.base import Backend, ProcessSession
+from harness.model.session import BootRequest, SessionSummary
 from harness.errors import BackendUnavailable
 
 

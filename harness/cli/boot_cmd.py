@@ -17,11 +17,12 @@ from rich.table import Table
 from harness.errors import ConfigError
 from harness.hosts.select import HOSTS, LAB_BACKENDS, can_run, resolve_host
 from harness.runner.execute import RunOptions, run_cell
+from harness.model.guest import Milestone
 from harness.runner.guest_shell import AutoLogin, commands_from_words
-from harness.runner.guestfile import BOOT_METHODS, GuestSpec, Milestone
+from harness.runner.guestfile import BOOT_METHODS, GuestSpec
 from harness.runner.matrix import CPU_PROFILES, GAP_POLICIES, Cell
 from harness.runner.plugin import new_run_dir
-from harness.runner.result import PASS, TIMEOUT, CellResult
+from harness.model.result import PASS, TIMEOUT, CellResult
 
 # An --expect-less boot watches until the guest stops or --timeout: nothing can match this.
 _NEVER = r"(?!x)x"

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.gaps.record import KINDS
+from harness.model.gap import KINDS
 
 FORMATS = ("table", "json", "csv")
 

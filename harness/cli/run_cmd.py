@@ -27,7 +27,7 @@ from harness.runner.guestfile import load_guests
 from harness.runner.matrix import Cell, load_matrix, parse_shard, select_shard
 from harness.runner.known_issues import cell_ok, known_issue_note
 from harness.runner.plugin import new_run_dir
-from harness.runner.result import PASS, CellResult, load_results
+from harness.model.result import PASS, CellResult, load_results
 
 PYTEST_USAGE_ERROR = 4   # pytest.ExitCode.USAGE_ERROR
 OUTCOME_STYLE = {"pass": "green", "fail": "red", "gap": "magenta", "timeout": "yellow", "error": "bold red",
@@ -94,7 +94,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def pytest_argv(args: argparse.Namespace, run_dir: Path, collect_only: bool = False) -> list[str]:
     # Only the plugins a run needs: whatever else is installed (hypothesis's plugin alone costs ~2 s
     # of start-up per worker) stays out, so runs are fast and the same on every machine.
-    argv = [sys.executable, "-m", "pytest", "-p", "xdist.plugin", "-p", "harness.runner.plugin", str(args.matrix),
+    argv = [sys.executable, "-m", "pytest", "-p", "xdist.plugin", "-p", "harness.runner.plugin",
+            "-p", "harness.report.plugin", str(args.matrix),
             "--harness-run-dir", str(run_dir), "--harness-tier", args.tier, "-o", "testpaths=",
             "--rootdir", str(Path(args.matrix).resolve().parent), "-p", "no:cacheprovider"]
     if args.guests:
@@ -178,7 +179,7 @@ def _empty_shard(args: argparse.Namespace) -> int:
 
     from harness.report import write_reports
     from harness.runner.plugin import host_summary
-    from harness.runner.result import write_json_atomic
+    from harness.model.files import write_json_atomic
     run_dir = _run_dir(args)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     write_json_atomic(run_dir / "run.json", {"schema_version": 1, "run_id": run_dir.name, "matrix": str(args.matrix),

@@ -16,19 +16,26 @@ import codecs
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import pexpect
 import pexpect.fdpexpect
 
-from harness.backends import events as ev
-from harness.backends.base import BackendSession
+from harness.model import events as ev
 from harness.console.nearmiss import near_miss
 from harness.console.stream import ConsoleStream
-from harness.runner.guestfile import Dialog, Milestone
-from harness.runner.result import ERROR, FAIL, GAP, PASS, TIMEOUT, Failure, MilestoneHit, NearMiss
+from harness.model.guest import Dialog, Milestone
+from harness.model.result import ERROR, FAIL, GAP, PASS, TIMEOUT, Failure, MilestoneHit, NearMiss
 
 Progress = Callable[[dict], None]
+
+
+class Guest(Protocol):
+    """What the watcher needs of a running guest (a backend session): answer dialogs, see it exit."""
+
+    def send(self, data: bytes) -> None: ...
+
+    def poll_exit(self) -> int | None: ...
 
 
 @dataclass
@@ -62,7 +69,7 @@ class _Pattern:
 
 
 class ConsoleWatcher:
-    def __init__(self, session: BackendSession, stream: ConsoleStream, events: ev.EventReader,
+    def __init__(self, session: Guest, stream: ConsoleStream, events: ev.EventReader,
                  config: WatchConfig, progress: Progress | None = None) -> None:
         self.session = session
         self.stream = stream

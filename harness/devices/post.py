@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from harness.backends.events import BOOT_TIMER, POST_CODE, VmEvent
+from harness.model.events import BOOT_TIMER, POST_CODE, VmEvent
 from harness.devices.context import DeviceContext
 
 

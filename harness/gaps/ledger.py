@@ -17,9 +17,9 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from harness.backends.events import GAP, VmEvent
-from harness.gaps.record import FATE_GP_INJECTED, FATE_STOPPED, GapRecord
-from harness.runner.result import MilestoneHit
+from harness.model.events import GAP, VmEvent
+from harness.model.gap import FATE_GP_INJECTED, FATE_STOPPED, GapRecord
+from harness.model.result import MilestoneHit
 
 BEFORE_FIRST_MILESTONE = "boot"
 
@@ -34,7 +34,7 @@ def gaps_from_events(events: Iterable[VmEvent]) -> list[GapRecord]:
         if ev.type != GAP or not isinstance(ev.data, dict):
             continue
         try:
-            rec = GapRecord.from_dict(ev.data)
+            rec = GapRecord.from_json(ev.data)
         except TypeError:
             continue
         if rec.first_t is None:
@@ -44,7 +44,7 @@ def gaps_from_events(events: Iterable[VmEvent]) -> list[GapRecord]:
 
 
 def as_record(gap: GapRecord | dict[str, Any]) -> GapRecord:
-    return gap if isinstance(gap, GapRecord) else GapRecord.from_dict(gap)
+    return gap if isinstance(gap, GapRecord) else GapRecord.from_json(gap)
 
 
 def _merge_into(into: GapRecord, other: GapRecord) -> None:

@@ -12,7 +12,7 @@ import yaml
 from harness.errors import HarnessError
 from harness.gaps.baseline import GapDiff, baseline_path, compare, default_root, write_baseline
 from harness.gaps.ledger import as_record, dedup, gap_id
-from harness.runner.result import CellResult, load_results
+from harness.model.result import CellResult, load_results
 
 
 def base_cell_id(result: CellResult) -> str:
@@ -56,7 +56,7 @@ def cell_family(cell: CellResult, root: Path | None = None) -> str:
 
 def cell_gaps(cell: CellResult) -> list[dict[str, Any]]:
     """A cell's ledger as dicts (deduplicated again: results written by older runners may repeat)."""
-    return [g.to_dict() for g in dedup(cell.gaps)]
+    return [g.to_json() for g in dedup(cell.gaps)]
 
 
 @dataclass

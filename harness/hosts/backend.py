@@ -6,11 +6,12 @@ import shutil
 from typing import Any
 
 from harness.assets.lab import lab_params
-from harness.backends.base import Backend, BootRequest
+from harness.backends.base import Backend
+from harness.model.session import BootRequest
 from harness.backends.builtin import BuiltinBackend
 from harness.backends.qemu import QemuBackend
 from harness.errors import BackendUnavailable, HarnessError
-from harness.gaps.record import GapRecord
+from harness.model.gap import GapRecord
 from harness.hosts.lab import LabError, LabSession, check_qemu
 
 
@@ -65,7 +66,7 @@ class LabQemuSession(LabSession):
             else:
                 known.merge(gap)
         return {"exit_code": exited.get("code"), "host": dict(self.qemu_host),
-                "command": list(self.argv), "extra": {"gaps": [g.to_dict() for g in seen.values()]}}
+                "command": list(self.argv), "extra": {"gaps": [g.to_json() for g in seen.values()]}}
 
 
 class LabQemuBackend(QemuBackend):

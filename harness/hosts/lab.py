@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.assets.lab import LAB_ERROR_PREFIX, LabParams, generator_sha256, lab_params
-from harness.backends import events as ev
-from harness.backends.base import BackendSession, BootRequest, SessionSummary, _die_with_parent
+from harness.model import events as ev
+from harness.backends.base import BackendSession, _die_with_parent
+from harness.model.session import BootRequest, SessionSummary
 from harness.errors import HarnessError
 
 READY_TIMEOUT_S = 120.0       # lab boot under TCG on a loaded 2-core machine; measured ~5-10 s idle
@@ -599,7 +600,7 @@ class LabSession(BackendSession):
                                  exit_counts=data.get("exit_counts", {}), flight_recorder=recorder, host=host,
                                  command=["lab:", *(data.get("command") or [])],
                                  stderr_tail=msg.get("stderr", "")[-4000:], extra=extra)
-        from harness.backends.builtin_vm import write_json_atomic
+        from harness.model.files import write_json_atomic
         write_json_atomic(self.request.summary_path, {
             "exit_code": summary.exit_code, "exit_counts": summary.exit_counts,
             "flight_recorder": summary.flight_recorder, "host": summary.host, "command": summary.command,

@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Callable
 
-from harness.gaps.record import GapRecord
+from harness.model.gap import GapRecord
 
 
 class GapSink:
@@ -31,7 +31,7 @@ class GapSink:
                 return False
             self._records[key] = gap
         if self._on_new is not None:
-            self._on_new(GapRecord.from_dict(gap.to_dict()))  # a copy: later merges must not race the writer
+            self._on_new(gap.copy())  # a copy: later merges must not race the writer
         return True
 
     def seen(self, kind: str, key: str, access: str = "") -> bool:
@@ -39,7 +39,7 @@ class GapSink:
 
     def records(self) -> list[GapRecord]:
         with self._lock:
-            return [GapRecord.from_dict(g.to_dict()) for g in self._records.values()]
+            return [g.copy() for g in self._records.values()]
 
     def __len__(self) -> int:
         return len(self._records)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from harness import layout
 from harness.errors import ConfigError
-from harness.gaps.record import (FATE_CONTINUED, FATE_GP_INJECTED, GAP_POLICIES, MSR_READ, MSR_WRITE, MTRR_PROBE,
-                                 TSC_MSR, GapRecord)
+from harness.model.gap import (FATE_CONTINUED, FATE_GP_INJECTED, GAP_POLICIES, MSR_READ, MSR_WRITE, MTRR_PROBE,
+                               TSC_MSR, GapRecord)
 from harness.kvm import ffi as k
 from harness.kvm.ffi import ffi
 from harness.kvm.system import ioctl

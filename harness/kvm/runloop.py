@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from harness.backends import events as ev
-from harness.gaps import record as gaps
-from harness.gaps.record import GapRecord
+from harness.model import events as ev
+from harness.model import gap as gaps
+from harness.model.gap import GapRecord
 from harness.kvm import ffi as k
 from harness.kvm import insn
 from harness.kvm.ffi import EXIT_NAMES, libc, ffi

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from harness.gaps.baseline import GapDiff
-from harness.gaps.record import FATE_GP_INJECTED, FATE_STOPPED
-from harness.runner.result import ERROR, GAP, PASS, CellResult
+from harness.model.gap import FATE_GP_INJECTED, FATE_STOPPED
+from harness.model.result import ERROR, GAP, PASS, CellResult
 
 GUEST, HYPERVISOR, HARNESS = "guest", "hypervisor", "harness"
 PARTIES = (GUEST, HYPERVISOR, HARNESS)

@@ -19,13 +19,12 @@ from typing import Any
 
 from harness.gaps.baseline import GapDiff
 from harness.report.diff import RunDiff
-from harness.report.profile import phases_from_snapshots
 from harness.report.culprit import Culprit
 from harness.report.results import cell_ok
 from harness.runner.known_issues import known_issue_note
 from harness.runner.tries import passed_on_retry
 from harness.report.run import CellView, RunData
-from harness.runner.result import OUTCOMES, Phase
+from harness.model.result import OUTCOMES, Phase
 
 # Console bytes embedded per cell (the tail): enough to see a boot, small enough that a page of a
 # hundred cells stays loadable. The full log is linked.
@@ -281,13 +280,8 @@ PHASE_COLOURS = ["#4e79a7", "#59a14f", "#9c755f", "#76b7b2", "#edc948", "#b07aa1
 
 
 def _cell_phases(view: CellView) -> list[Phase]:
-    """The cell's phases; recomputed from events.jsonl when the runner did not store them."""
-    r = view.result
-    if r.phases or not r.milestones:
-        return list(r.phases)
-    events = view.events()
-    start = next((e.t for e in events if e.type == "vm-start"), None)
-    return phases_from_snapshots(r.milestones, events, start) if start is not None else []
+    """The cell's phases, as the runner computed them when the cell ended (harness.gaps.phases)."""
+    return list(view.result.phases)
 
 
 def _vm_start(view: CellView) -> float | None:

@@ -16,7 +16,7 @@ from harness.runner.guest_shell import CommandResult
 from harness.runner.known_issues import known_issue_note
 from harness.runner.tries import passed_on_retry, tries_of
 from harness.report.run import CellView, RunData
-from harness.runner.result import ERROR
+from harness.model.result import ERROR
 
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 LAST_LINES = 20

@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.report.run import CellView, load_run
-from harness.runner.result import write_json_atomic
+from harness.model.files import write_json_atomic
 
 
 def _rank(view: CellView, order: int) -> tuple[int, str, int]:
@@ -63,7 +63,7 @@ def merge_runs(run_dirs: list[Path], out_dir: Path) -> Path:
     for _, view in best.values():
         _copy_workdir(view, out_dir)
         # keep the shard's file name: the runner names repeats of one cell id apart
-        write_json_atomic(out_dir / "cells" / f"{view.slug}.json", view.result.to_dict())
+        write_json_atomic(out_dir / "cells" / f"{view.slug}.json", view.result.to_json())
     write_json_atomic(out_dir / "run.json", _merged_run_json(runs, len(best)))
     return out_dir
 

@@ -13,7 +13,7 @@ from harness.report.profile import milestone_stats, repeat_groups
 from harness.report.run import CellView, RunData
 from harness.report.culprit import Culprit, run_culprits
 from harness.runner.known_issues import cell_ok, known_issue_status
-from harness.runner.result import OUTCOMES, CellResult
+from harness.model.result import OUTCOMES, CellResult
 
 __all__ = ["build_results", "cell_ok", "cell_new_gaps"]
 
@@ -26,7 +26,7 @@ def cell_new_gaps(result: CellResult) -> list[dict[str, Any]]:
 
 
 def _cell_entry(view: CellView, culprits: dict[str, Culprit | None]) -> dict[str, Any]:
-    d = view.result.to_dict()
+    d = view.result.to_json()
     d["gaps"] = cell_gaps(view.result)
     for g in d["gaps"]:
         g["id"] = gap_id(view.family, g)

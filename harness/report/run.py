@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.backends.events import EventReader, VmEvent
+from harness.model.events import EventReader, VmEvent
 from harness.errors import HarnessError
 from harness.gaps.runs import cell_family, result_key
-from harness.runner.result import CellResult
+from harness.model.result import CellResult
 
 CONSOLE_TAIL_BYTES = 64 * 1024
 
@@ -114,7 +114,7 @@ def load_run(run_dir: Path) -> RunData:
         if path.name.startswith("."):
             continue  # a temporary file of write_json_atomic
         try:
-            result = CellResult.from_dict(json.loads(path.read_text()))
+            result = CellResult.from_json(json.loads(path.read_text()))
         except (OSError, ValueError, TypeError, KeyError):
             data.skipped.append(path.name)
             continue

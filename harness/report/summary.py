@@ -13,7 +13,7 @@ from harness.report.culprit import Culprit
 from harness.report.diff import RunDiff
 from harness.report.results import cell_new_gaps, cell_ok
 from harness.report.run import RunData
-from harness.runner.result import OUTCOMES
+from harness.model.result import OUTCOMES
 
 MAX_ROWS = 100   # GitHub step summaries are capped at 1 MiB; index.html has everything
 _MD_ACTIVE = re.compile(r"([\\`*_\[\]<>|~])")   # enough: with `[` escaped, `(` cannot make a link

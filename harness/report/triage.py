@@ -13,7 +13,7 @@ from harness.report.culprit import PARTIES, run_culprits
 from harness.report.flakes import flake_stats
 from harness.report.run import RunData
 from harness.runner.known_issues import KnownIssue, cell_ok, known_issue_status
-from harness.runner.result import PASS, CellResult
+from harness.model.result import PASS, CellResult
 
 
 def _culprits(run: RunData) -> list[dict[str, Any]]:

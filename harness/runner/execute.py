@@ -16,19 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.backends import events as ev
-from harness.backends.base import BootRequest, SessionSummary, get_backend
+from harness.model import events as ev
+from harness.backends.registry import get_backend
 from harness.console.patterns import banner_pattern, failure_patterns
 from harness.console.stream import ConsoleStream
 from harness.console.watcher import ConsoleWatcher, WatchConfig, WatchOutcome
 from harness.errors import HarnessError
-from harness.gaps.record import GapRecord
+from harness.model.files import write_json_atomic
+from harness.model.gap import GapRecord
+from harness.model.result import ERROR, FAIL, PASS, CellResult, Failure, cell_slug, write_result
+from harness.model.session import BootRequest, SessionSummary
 from harness.report.culprit import classify
 from harness.runner.guest_shell import CommandResult, after_prompt, apply_commands
 from harness.runner.matrix import Cell
 from harness.runner.tries import Try, another_try
-from harness.runner.result import (ERROR, FAIL, PASS, CellResult, Failure, cell_slug, write_json_atomic,
-                                   write_result)
 
 Progress = Callable[[dict], None]
 
@@ -172,9 +173,9 @@ def _watch(cell: Cell, session: Any, request: BootRequest,
 
 
 def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionSummary, start_time: float) -> None:
-    from harness.gaps.baseline import baseline_path, compare, read_baseline_file
+    from harness.gaps.baseline import compare, load_baseline
     from harness.gaps.ledger import build_ledger, gaps_from_events
-    from harness.report.profile import phases_from_snapshots
+    from harness.gaps.phases import phases_from_snapshots
 
     result.outcome, result.reason = watch.outcome, watch.reason
     result.milestones, result.failure, result.near_miss = watch.milestones, watch.failure, watch.near_miss
@@ -182,12 +183,12 @@ def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionS
     # A backend that keeps its own deduplicated ledger reports final counts in its summary; the
     # per-occurrence events are the fallback (a killed backend writes no summary).
     final = summary.extra.get("gaps")
-    gaps = [GapRecord.from_dict(g) for g in final] if final else gaps_from_events(events)
+    gaps = [GapRecord.from_json(g) for g in final] if final else gaps_from_events(events)
     ledger = build_ledger(gaps, watch.milestones, start_time)
-    result.gaps = [g.to_dict() for g in ledger]
+    result.gaps = [g.to_json() for g in ledger]
     # The baseline: the guest file's expected gaps plus an accepted baselines/<guest>.yaml beside guests/.
     repo_root = cell.guest.path.resolve().parent.parent
-    expected = cell.guest.expected_gaps + read_baseline_file(baseline_path(cell.guest.name, repo_root))
+    expected = load_baseline(cell.guest.name, cell.guest.expected_gaps, repo_root)
     diff = compare(ledger, expected)
     result.gap_diff = diff.to_dict()
     snapshots = [e for e in events if e.type == ev.EXIT_COUNTS]

@@ -217,7 +217,7 @@ def after_prompt(child: Any, send: Any, login: AutoLogin | None, commands: list[
 
 def apply_commands(result: Any, commands: list[CommandResult]) -> None:
     """Record the commands in a CellResult; the first failed one fails the cell (kind `command`)."""
-    from harness.runner.result import FAIL, PASS, Failure
+    from harness.model.result import FAIL, PASS, Failure
     result.commands = [c.to_json() for c in commands]
     bad = next((c for c in commands if not c.ok), None)
     if bad is not None and result.outcome == PASS:

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.backends.base import BACKEND_NAMES
+from harness.backends.registry import BACKEND_NAMES
 from harness.errors import ConfigError
+from harness.model.guest import Dialog, FailurePattern, Milestone
 from harness.runner import yamlfile as y
 from harness.runner.guest_shell import AutoLogin, GuestCommand, parse_auto_login, parse_commands
 
@@ -27,26 +28,6 @@ SOURCE_KEYS = ("path", "fixture", "asset", "url", "sha256", "sha512", "checksum_
 GUEST_KEYS = ("family", "arch", "boot", "description", "kernel", "initrd", "disk", "firmware", "cmdline",
               "memory", "vcpus", "backends", "qemu", "builtin", "milestones", "dialogs", "failures", "keepalive",
               "hang_timeout", "banner", "expected_gaps", "fetch_hint", "auto_login", "commands")
-
-
-@dataclass
-class Milestone:
-    name: str
-    pattern: str
-    timeout: float
-
-
-@dataclass
-class Dialog:
-    pattern: str
-    send: str
-    max: int = 1
-
-
-@dataclass
-class FailurePattern:
-    name: str
-    pattern: str
 
 
 @dataclass

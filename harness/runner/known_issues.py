@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from harness.runner import yamlfile as y
-from harness.runner.result import PASS, CellResult
+from harness.model.result import PASS, CellResult
 
 KNOWN, EXPIRED, FIXED = "known", "expired", "fixed"
 KNOWN_ISSUE_KEYS = ("url", "until", "title")

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.gaps.record import GAP_POLICIES
-from harness.kvm.cpuid import PROFILES as CPU_PROFILE_TABLE
+from harness.model.gap import GAP_POLICIES
+from harness.arch.x86_64.cpuid import PROFILES as CPU_PROFILE_TABLE
 from harness.runner import yamlfile as y
 from harness.runner.guestfile import BACKENDS, GuestSpec
 from harness.runner.known_issues import KnownIssue, parse_known_issue

@@ -1,6 +1,8 @@
 """pytest plugin: matrix.yaml becomes one pytest item per cell.
 
-    pytest -p harness.runner.plugin matrix.yaml -n auto --harness-tier quick --junitxml out.xml
+    pytest -p harness.runner.plugin -p harness.report.plugin matrix.yaml -n auto --harness-tier quick
+
+(the second plugin writes the run's reports at the end; leave it out for results files only).
 
 Cells are collected in a deterministic order (pytest-xdist needs every worker to agree), each
 item boots its cell and writes its result file at once, so `-n`, `-k`, `--junitxml` and a
@@ -24,7 +26,8 @@ from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guestfile import load_guests
 from harness.runner.known_issues import EXPIRED, KNOWN, known_issue_note, known_issue_status
 from harness.runner.matrix import Cell, load_matrix, select_shard
-from harness.runner.result import PASS, CellResult, cell_slug, write_json_atomic
+from harness.model.files import write_json_atomic
+from harness.model.result import PASS, CellResult, cell_slug
 
 RUN_DIR_ENV = "HARNESS_RUN_DIR"
 
@@ -257,12 +260,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     data = json.loads((run_dir / "run.json").read_text())
     data["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    write_json_atomic(run_dir / "run.json", data)
-    try:
-        from harness.report import write_reports
-        write_reports(run_dir)
-    except Exception as e:  # a report bug must not hide the cells' results
-        sys.stderr.write(f"harness: writing reports failed: {type(e).__name__}: {e}\n")
+    write_json_atomic(run_dir / "run.json", data)   # the reports (harness.report.plugin) follow
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

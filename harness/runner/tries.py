@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from harness.runner.known_issues import as_expected
-from harness.runner.result import ERROR, CellResult
+from harness.model.result import ERROR, CellResult
 
 
 @dataclass

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from harness import layout
-from harness.backends.events import BOOT_TIMER, POST_CODE
+from harness.model.events import BOOT_TIMER, POST_CODE
 from harness.devices import build_x86_devices
 
 

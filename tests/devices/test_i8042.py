@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 from harness import layout
-from harness.backends.events import RESET
+from harness.model.events import RESET
 from harness.devices.bus import Bus
 from harness.devices.i8042 import POLL_REPORT_EVERY, I8042
-from harness.gaps.record import I8042_WAIT
+from harness.model.gap import I8042_WAIT
 
 DATA, CMD = layout.I8042_DATA_PORT, layout.I8042_CMD_PORT
 

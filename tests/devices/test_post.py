@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from harness.backends.events import BOOT_TIMER, POST_CODE
+from harness.model.events import BOOT_TIMER, POST_CODE
 from harness.devices.post import BootTimer, PostPort
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness.assets.lab import LAB_ERROR_PREFIX, LAB_PARAMS, init_script, lab_params
-from harness.backends import events as ev
-from harness.backends.base import BootRequest
+from harness.model import events as ev
+from harness.model.session import BootRequest
 from harness.errors import ConfigError
 from harness.hosts.lab import ClockSync, LabSession, Share, _kvm_ready_s, qemu_argv
 
@@ -176,7 +176,7 @@ def test_report_pairs_builtin_with_qemu_only_on_the_same_host_and_names_the_host
     from harness.report.backend_diff import _pairs, compare_pair
     from harness.report.hosts import render_markdown
     from harness.report.summary import md
-    from harness.runner.result import CellResult, MilestoneHit
+    from harness.model.result import CellResult, MilestoneHit
 
     def result(backend: str, times: list[float], host: str) -> CellResult:
         names = ["kernel", "userspace", "login"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from harness.kvm.rawboot import GUEST_LOAD, real_mode_entry  # noqa: F401  (re-exported for tests)
+from harness.boot.raw import GUEST_LOAD, real_mode_entry  # noqa: F401  (re-exported for tests)
 
 HAVE_AS = shutil.which("as") is not None and shutil.which("objcopy") is not None
 
@@ -135,7 +135,7 @@ class GuestRun:
 def run_guest(source: str, bits: int = 16, *, io: FakeBus | None = None, mmio: FakeBus | None = None,
               timeout: float = 10.0, memory: int = 4 << 20, **config: Any) -> GuestRun:
     from harness.kvm.machine import Machine, MachineConfig
-    from harness.kvm.rawboot import load_raw
+    from harness.boot.raw import load_raw
     from harness.memory import GuestRam
     config.setdefault("irqchip", False)
     config.setdefault("pit", config["irqchip"])

@@ -234,7 +234,7 @@ def test_msr_policy_gp_injects_fault(guest):
 
 
 def test_unknown_policy_and_profile_are_config_errors():
-    from harness.kvm.cpuid import check_profile
+    from harness.arch.x86_64.cpuid import check_profile
     from harness.kvm.msr import check_policy
     with pytest.raises(ConfigError) as exc:
         check_policy("ignore")
@@ -312,7 +312,7 @@ def test_emulation_failure_is_structured(guest):
 
 def test_memory_is_shared_with_guest(guest):
     from harness.kvm.machine import Machine, MachineConfig
-    from harness.kvm.rawboot import load_raw
+    from harness.boot.raw import load_raw
     from harness.memory import GuestRam
     from kvm_guests import assemble
     ram = GuestRam(4 << 20)

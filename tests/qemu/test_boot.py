@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends import events as ev
-from harness.backends.base import BootRequest
+from harness.model import events as ev
+from harness.model.session import BootRequest
 from harness.backends.qemu import QemuBackend
 
 pytestmark = [pytest.mark.slow,

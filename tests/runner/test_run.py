@@ -12,7 +12,7 @@ from pathlib import Path
 
 from runner_repo import REPO, harness, make_repo
 
-from harness.runner.result import load_results
+from harness.model.result import load_results
 
 
 def cells_of(run: Path) -> dict[str, dict]:

@@ -15,7 +15,7 @@ from harness.report.flakes import CONFIRMED, FLAKY, UNCONFIRMED, flake_stats, re
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guestfile import load_guests
 from harness.runner.matrix import load_matrix
-from harness.runner.result import CellResult, load_results
+from harness.model.result import CellResult, load_results
 
 
 def res(outcome: str, tries: list[str] | None = None, repeat: int = 0) -> CellResult:

@@ -11,12 +11,12 @@ every cell that finished.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from harness.model.files import write_json_atomic
 
 SCHEMA_VERSION = 1
 
@@ -78,7 +78,7 @@ class CellResult:
     phases: list[Phase] = field(default_factory=list)
     failure: Failure | None = None
     near_miss: NearMiss | None = None
-    gaps: list[dict[str, Any]] = field(default_factory=list)          # GapRecord.to_dict(), phases assigned
+    gaps: list[dict[str, Any]] = field(default_factory=list)          # GapRecord.to_json(), phases assigned
     gap_diff: dict[str, Any] = field(default_factory=dict)            # vs expected gaps: new / fixed / known
     exit_counts: dict[str, int] = field(default_factory=dict)
     boot_timer: list[dict[str, Any]] = field(default_factory=list)    # guest marks {t, value}
@@ -98,11 +98,11 @@ class CellResult:
     commands: list[dict[str, Any]] = field(default_factory=list)   # commands run after the prompt
     schema_version: int = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CellResult":
+    def from_json(cls, data: dict[str, Any]) -> "CellResult":
         data = dict(data)
         data["milestones"] = [MilestoneHit(**m) for m in data.get("milestones", [])]
         data["phases"] = [Phase(**p) for p in data.get("phases", [])]
@@ -119,27 +119,9 @@ def cell_slug(cell_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", cell_id).strip("_")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_result(run_dir: Path, result: CellResult) -> Path:
     path = run_dir / "cells" / f"{cell_slug(result.cell_id)}.json"
-    write_json_atomic(path, result.to_dict())
+    write_json_atomic(path, result.to_json())
     return path
 
 
@@ -149,7 +131,7 @@ def load_results(run_dir: Path) -> list[CellResult]:
     out = []
     for path in sorted(cells.glob("*.json")) if cells.is_dir() else []:
         try:
-            out.append(CellResult.from_dict(json.loads(path.read_text())))
+            out.append(CellResult.from_json(json.loads(path.read_text())))
         except (ValueError, TypeError, KeyError):
             continue
     return out

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from harness import layout
+from harness.boot.entry import EntryState, Segment
 from harness.errors import KernelImageError
 from harness.memory import GuestRam
 
-GUEST_LOAD = 0x10000          # 64 KiB: above the IVT/BDA, below BOOT_STACK... real-mode reachable via CS=0x1000
-RAW_MAX = 0x80000             # must stay below the EBDA
-REAL_STACK = 0xFFF0           # SS=0, SP: top of the first 64 KiB segment
-
-from harness.boot.entry import EntryState, Segment
+GUEST_LOAD = layout.RAW_IMAGE_LOAD
+RAW_MAX = layout.RAW_IMAGE_MAX
+REAL_STACK = layout.RAW_REAL_STACK
 
 
 def _seg(selector: int, base: int, limit: int, type_: int, db: int = 0, g: int = 0, s: int = 1) -> Any:

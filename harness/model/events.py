@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 # Event types
 VM_START = "vm-start"            # first KVM_RUN / QEMU started; data: {host: {...}}
-GAP = "gap"                      # data: GapRecord.to_dict()
+GAP = "gap"                      # data: GapRecord.to_json()
 TRIPLE_FAULT = "triple-fault"    # data: {rip, flight_recorder}
 RESET = "reset"                  # guest asked for a reset (8042 0xFE, port 0xCF9, QEMU reset)
 SHUTDOWN = "shutdown"            # guest powered off
@@ -32,8 +32,16 @@ class VmEvent:
     t: float
     data: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), default=str)
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "VmEvent":
+        return cls(str(data["type"]), float(data["t"]), data.get("data") or {})
+
+    def to_line(self) -> str:
+        """One line of an events file."""
+        return json.dumps(self.to_json(), separators=(",", ":"), default=str)
 
 
 class EventWriter:
@@ -43,7 +51,7 @@ class EventWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def emit(self, event: VmEvent) -> None:
-        os.write(self._fd, (event.to_json() + "\n").encode())
+        os.write(self._fd, (event.to_line() + "\n").encode())
 
     def close(self) -> None:
         os.close(self._fd)
@@ -76,7 +84,6 @@ def _parse(lines: list[bytes]) -> Iterator[VmEvent]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-            yield VmEvent(obj["type"], float(obj["t"]), obj.get("data", {}))
-        except (ValueError, KeyError):
+            yield VmEvent.from_json(json.loads(line))
+        except (ValueError, KeyError, TypeError):
             continue  # a torn line from a killed writer is not an event

@@ -6,6 +6,7 @@ per cell by `key_tuple()`, counts repeats, and assigns the boot phase from miles
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -61,13 +62,17 @@ class GapRecord:
     def key_tuple(self) -> tuple[str, str, str]:
         return (self.kind, self.key, self.access)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GapRecord":
+    def from_json(cls, data: dict[str, Any]) -> "GapRecord":
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
+
+    def copy(self) -> "GapRecord":
+        """An independent copy (lists and detail not shared): later merges must not reach it."""
+        return GapRecord.from_json(copy.deepcopy(self.to_json()))
 
     def merge(self, other: "GapRecord") -> None:
         """Fold a repeat of the same gap into this record."""

@@ -1,0 +1,41 @@
+"""The one way the harness replaces a file: temp file beside it, fsync, os.replace.
+
+A reader (the live table, a report, another xdist worker, a killed run's resume) sees the old
+file or the whole new one, never a torn one; after a crash the new content is on disk or absent.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
+    """A binary file that becomes `path` when the block ends without an exception."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    with atomic_file(path, mode) as f:
+        f.write(data)
+
+
+def write_json_atomic(path: Path, data: Any, indent: int = 1) -> None:
+    write_atomic(path, json.dumps(data, indent=indent, default=str).encode())
