@@ -21,9 +21,9 @@ ARCHES = ("x86_64",)
 
 
 def supported_boot_methods() -> set[str]:
-    """Boot methods the child can load: the loaders' methods, auto-detection, and raw test images."""
+    """Boot methods the child can load: the loaders' table and auto-detection."""
     from harness import boot
-    return set(boot.METHODS) | {"auto", "raw"}
+    return set(boot.LOADERS) | {boot.AUTO}
 
 
 class BuiltinSession(ProcessSession):

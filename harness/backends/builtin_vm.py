@@ -27,7 +27,6 @@ from harness.errors import BackendUnavailable, HarnessError
 
 SNAPSHOT_PERIOD_S = 0.1
 EXIT_OK, EXIT_VM_ERROR, EXIT_SETUP_ERROR = 0, 1, 2
-RAW_BOOT = "raw"              # flat binary entered in real mode (tests, benchmarks, fixtures)
 GAP_OVERRIDES_OPTION = "gap_overrides"   # spec option set by the runner (gap bisection), not a guest-file key
 
 
@@ -170,11 +169,8 @@ def load_guest(req: BootRequest, ram: Any) -> tuple[Any, dict[str, Any]]:
     if req.kernel is None:
         raise BackendUnavailable(f"cell {req.cell_id}: the built-in backend needs a kernel",
                                  "give the guest a kernel file")
-    if req.boot == RAW_BOOT:
-        from harness.boot.raw import load_raw
-        return load_raw(ram, req.kernel, mode=str((req.options or {}).get("raw_mode", "real16")))
     from harness.boot import load
-    plan = load(req.boot, ram, req.kernel, req.initrd, req.cmdline, req.vcpus)
+    plan = load(req.boot, ram, req.kernel, req.initrd, req.cmdline, req.vcpus, options=req.options)
     return plan.entry, dict(plan.info)
 
 

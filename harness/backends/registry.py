@@ -21,6 +21,7 @@ class BackendEntry:
     target: str                                        # "package.module:Class"
     kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    boots_kernels: bool = True                         # `harness boot KERNEL` can use it
 
     def load(self) -> "Backend":
         module_name, _, class_name = self.target.partition(":")
@@ -32,9 +33,11 @@ BACKENDS: dict[str, BackendEntry] = {
                             description="our VMM on /dev/kvm (a child process)"),
     "qemu-tcg": BackendEntry("harness.backends.qemu:QemuBackend", {"accel": "tcg"}, "QEMU, software emulation"),
     "qemu-kvm": BackendEntry("harness.backends.qemu:QemuBackend", {"accel": "kvm"}, "QEMU on /dev/kvm"),
-    "replay": BackendEntry("harness.backends.replay:ReplayBackend", description="plays back a recorded console"),
+    "replay": BackendEntry("harness.backends.replay:ReplayBackend", description="plays back a recorded console",
+                           boots_kernels=False),
 }
 BACKEND_NAMES = tuple(BACKENDS)
+KERNEL_BACKENDS = tuple(name for name, entry in BACKENDS.items() if entry.boots_kernels)
 NATIVE = "native"
 # Backends whose VM child runs on another host (harness.hosts): (host, backend) -> "module:Class".
 HOSTED: dict[tuple[str, str], BackendEntry] = {

@@ -49,7 +49,7 @@ def protected_entry(ram: GuestRam, rip: int = GUEST_LOAD) -> Any:
 
 def load_raw(ram: GuestRam, image: Path | bytes, mode: str = "real16") -> tuple[Any, dict[str, Any]]:
     """Copy a flat image to GUEST_LOAD; return (EntryState, info) like a loader's BootPlan."""
-    data = image if isinstance(image, bytes) else _read(image)
+    data = image if isinstance(image, bytes) else read_image(image)
     if not data:
         raise KernelImageError("raw guest image is empty", "give a flat binary to load at 0x10000")
     if len(data) > RAW_MAX:
@@ -71,7 +71,7 @@ def _entry_for(ram: GuestRam, mode: str) -> Any:
     return make(ram, GUEST_LOAD, rsp=layout.BOOT_STACK_TOP)
 
 
-def _read(path: Path) -> bytes:
+def read_image(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:

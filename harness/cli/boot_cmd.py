@@ -14,13 +14,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.backends.registry import KERNEL_BACKENDS
 from harness.errors import ConfigError
 from harness.hosts.select import HOSTS, LAB_BACKENDS, can_run, resolve_host
 from harness.runner.execute import RunOptions, run_cell
 from harness.model.guest import Milestone
 from harness.runner.guest_shell import AutoLogin, commands_from_words
 from harness.runner.guestfile import BOOT_METHODS, GuestSpec
-from harness.runner.matrix import CPU_PROFILES, GAP_POLICIES, Cell
+from harness.model.gap import GAP_POLICIES
+from harness.runner.matrix import CPU_PROFILES, Cell
 from harness.runner.plugin import new_run_dir
 from harness.model.result import PASS, TIMEOUT, CellResult
 
@@ -36,11 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory", type=int, default=256, help="MiB")
     p.add_argument("--vcpus", type=int, default=1)
     p.add_argument("--boot", default="auto", choices=BOOT_METHODS, help="boot protocol (default: detect)")
-    p.add_argument("--backend", default="builtin", choices=("builtin", "qemu-tcg", "qemu-kvm"))
+    p.add_argument("--backend", default="builtin", choices=KERNEL_BACKENDS)
     p.add_argument("--host", default="native", choices=HOSTS,
                    help="where the VMM child runs: this machine's /dev/kvm, the nested lab, or auto")
     p.add_argument("--cpu-profile", default="default", choices=CPU_PROFILES)
-    p.add_argument("--gap-policy", default="emulate", choices=GAP_POLICIES)
+    p.add_argument("--gap-policy", default="emulate", choices=tuple(GAP_POLICIES))
     p.add_argument("--expect", action="append", default=[], metavar="REGEX",
                    help="a console pattern to wait for, in order (repeatable)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed for each expected pattern")

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from harness.errors import ConfigError
 from harness.hosts.select import HOSTS
+from harness.model.tiers import QUICK, TIERS
 from harness.runner.guestfile import load_guests
 from harness.runner.matrix import Cell, load_matrix, parse_shard, select_shard
 from harness.runner.known_issues import cell_ok, known_issue_note
@@ -59,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _matrix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matrix", default="matrix.yaml", help="matrix file (default: matrix.yaml)")
     p.add_argument("--guests", default=None, help="guest directory (default: guests/ beside the matrix)")
-    p.add_argument("--tier", default="quick", choices=("quick", "nightly"), help="quick, or nightly (= all)")
+    p.add_argument("--tier", default=QUICK, choices=tuple(TIERS), help="quick, or nightly (= all)")
     p.add_argument("--shard", default=None, help="K/N: only shard K of N (stable hash of the cell id)")
     p.add_argument("--host", default=None, choices=HOSTS,
                    help="run every built-in cell on this host (native, lab, auto), replacing the matrix's hosts")

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from harness.kvm.vcpu import Vcpu
     from harness.kvm.vm import Vm
 
-POLICIES = GAP_POLICIES
+POLICIES = tuple(GAP_POLICIES)
 MTRRCAP_VALUE = 0x508                  # 8 variable ranges, fixed ranges supported, WC supported
 PAT_RESET_VALUE = 0x0007040600070406
 # Ranges the filter denies in the kernel, so the guest's access exits to us: (first index, count).

@@ -34,7 +34,11 @@ KINDS = (MSR_READ, MSR_WRITE, MTRR_PROBE, TSC_MSR, IO_PORT, REP_STRING_IO, MMIO,
          QEMU_UNIMPLEMENTED, QEMU_GUEST_ERROR, UNKNOWN_EXIT)
 
 # Gap policies: how the built-in hypervisor answers an MSR it does not provide (a matrix axis).
-GAP_POLICIES = ("gp", "zero", "emulate")   # inject #GP | read 0, ignore writes | answer as hardware
+GAP_POLICIES = {
+    "gp": "inject #GP (what a CPU without the MSR does)",
+    "zero": "reads return 0, writes are ignored",
+    "emulate": "answer as hardware would: the real TSC, MTRRcap, stored MTRRs/PAT, other MSRs read back what was written",
+}
 
 # What happened to the guest after the gap.
 FATE_CONTINUED = "continued"   # the guest went on (value answered, write ignored, rescue applied)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.registry import BACKEND_NAMES
+from harness.boot import ALL_METHODS as ALL_BOOT_METHODS
 from harness.errors import ConfigError
 from harness.model.guest import Dialog, FailurePattern, Milestone
 from harness.runner import yamlfile as y
@@ -17,7 +18,7 @@ from harness.runner.guest_shell import AutoLogin, GuestCommand, parse_auto_login
 
 FAMILIES = ("linux", "netbsd", "openbsd", "freebsd", "fixture", "xen", "other")
 ARCHES = ("x86_64", "aarch64")
-BOOT_METHODS = ("bzimage", "pvh", "multiboot", "netbsd", "openbsd", "freebsd", "firmware", "image", "raw", "auto")
+BOOT_METHODS = ALL_BOOT_METHODS
 BUILTIN_OPTIONS = ("coalesce_serial", "rescue", "raw_mode")
 BACKENDS = BACKEND_NAMES
 DEFAULT_BACKENDS = ("builtin", "qemu-tcg", "qemu-kvm")

@@ -28,6 +28,7 @@ from harness.runner.known_issues import EXPIRED, KNOWN, known_issue_note, known_
 from harness.runner.matrix import Cell, load_matrix, select_shard
 from harness.model.files import write_json_atomic
 from harness.model.result import PASS, CellResult, cell_slug
+from harness.model.tiers import QUICK, TIERS
 
 RUN_DIR_ENV = "HARNESS_RUN_DIR"
 
@@ -35,7 +36,7 @@ RUN_DIR_ENV = "HARNESS_RUN_DIR"
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "boot matrix (harness)")
     group.addoption("--harness-run-dir", default=None, help="run directory for results (default: new under reports/)")
-    group.addoption("--harness-tier", default="quick", choices=("quick", "nightly"), help="matrix tier")
+    group.addoption("--harness-tier", default=QUICK, choices=tuple(TIERS), help="matrix tier")
     group.addoption("--harness-shard", default=None, help="K/N: run only shard K of N (stable hash of the cell id)")
     group.addoption("--harness-guests", default=None, help="guest directory (default: guests/ beside the matrix)")
     group.addoption("--harness-resume", action="store_true", help="skip cells that passed in --harness-run-dir")
@@ -70,7 +71,6 @@ def _is_worker(config: pytest.Config) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     from harness.runner.guestfile import BACKENDS, FAMILIES
-    from harness.runner.matrix import TIERS
     from harness.hosts.select import HOSTS
     for name in (*BACKENDS, *TIERS, *FAMILIES, *HOSTS):   # cells are marked by backend, tier, OS family, host
         config.addinivalue_line("markers", f"{name.replace('-', '_')}: harness cells of this kind")
