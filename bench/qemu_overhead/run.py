@@ -45,8 +45,8 @@ def harness_run(guest_name: str, run_dir: Path) -> tuple[float, float]:
 
 def _vm_start(run_dir: Path, cell_id: str) -> float:
     from harness.model.events import VM_START, EventReader
-    from harness.runner.execute import workdir_of
-    evs = EventReader(workdir_of(run_dir, cell_id) / "events.jsonl").poll()
+    from harness.model.rundir import RunDir
+    evs = EventReader(RunDir(run_dir).workdir(cell_id) / "events.jsonl").poll()
     return next(e.t for e in evs if e.type == VM_START)
 
 

@@ -23,7 +23,7 @@ from harness.runner.guest_shell import AutoLogin, commands_from_words
 from harness.runner.guestfile import BOOT_METHODS, GuestSpec
 from harness.model.gap import GAP_POLICIES
 from harness.runner.matrix import CPU_PROFILES, Cell
-from harness.runner.plugin import new_run_dir
+from harness.model.rundir import RunDir, reports_base
 from harness.model.result import PASS, TIMEOUT, CellResult
 
 # An --expect-less boot watches until the guest stops or --timeout: nothing can match this.
@@ -86,7 +86,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
                           f"use --backend {' or '.join(LAB_BACKENDS)} with --host lab")
     cell = Cell(guest, args.backend, args.cpu_profile, args.gap_policy, args.vcpus, args.memory, "adhoc", retries=0,
                 host=host)
-    run_dir = Path(args.report_dir) if args.report_dir else new_run_dir(Path("reports") / "boot")
+    run_dir = Path(args.report_dir) if args.report_dir else RunDir.create(reports_base() / "boot").path
     echo = None if args.quiet else _echo
     result = run_cell(cell, RunOptions(run_dir=run_dir, echo=echo))
     _summary(result, run_dir, bool(expects))

@@ -1,22 +1,11 @@
-"""The result of one cell, written atomically as JSON the moment the cell finishes.
+"""The result of one cell (schema: docs/results-schema.md), its parts, and the outcomes.
 
-Layout of a run directory (reports/<run-id>/):
-    run.json                      run metadata (matrix file, tier, shard, host, start time)
-    cells/<cell-slug>.json        one CellResult each (schema: docs/results-schema.md)
-    cells/<cell-slug>/            the cell's work dir: console.log, console.timing.jsonl,
-                                  events.jsonl, summary.json, backend.stderr.log
-Reports (harness.report) are built from these files alone, so a killed run still reports
-every cell that finished.
+The runner writes one the moment its cell finishes, into the run directory (harness.model.rundir).
 """
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
-
-from harness.model.files import write_json_atomic
 
 SCHEMA_VERSION = 1
 
@@ -114,24 +103,11 @@ class CellResult:
         return cls(**known)
 
 
-def cell_slug(cell_id: str) -> str:
-    """A file-name-safe, still readable form of a cell id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", cell_id).strip("_")
+def ended_as_expected(result: CellResult) -> bool:
+    """Passed, or ended the way the matrix said it would (an override such as `expect: gap`).
 
-
-def write_result(run_dir: Path, result: CellResult) -> Path:
-    path = run_dir / "cells" / f"{cell_slug(result.cell_id)}.json"
-    write_json_atomic(path, result.to_json())
-    return path
-
-
-def load_results(run_dir: Path) -> list[CellResult]:
-    """Every finished cell of a run (temporary files of a killed writer are ignored)."""
-    cells = run_dir / "cells"
-    out = []
-    for path in sorted(cells.glob("*.json")) if cells.is_dir() else []:
-        try:
-            out.append(CellResult.from_json(json.loads(path.read_text())))
-        except (ValueError, TypeError, KeyError):
-            continue
-    return out
+    The one definition: the CLI's exit code, the live summary, junit.xml, results.json, the
+    summary and the HTML report all use it (a pass under `expect: gap` is good news, not a failure).
+    """
+    expect = result.params.get("expect") if isinstance(result.params, dict) else None
+    return result.outcome == PASS or (bool(expect) and result.outcome == expect)

@@ -20,8 +20,7 @@ from typing import Any
 from harness.gaps.baseline import GapDiff
 from harness.report.diff import RunDiff
 from harness.report.culprit import Culprit
-from harness.report.results import cell_ok
-from harness.runner.known_issues import known_issue_note
+from harness.runner.known_issues import cell_ok, known_issue_note
 from harness.runner.tries import passed_on_retry
 from harness.report.run import CellView, RunData
 from harness.model.result import OUTCOMES, Phase

@@ -11,9 +11,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from harness.report.culprit import GUEST, Culprit, run_culprits
-from harness.report.results import cell_new_gaps, cell_ok
+from harness.report.results import cell_new_gaps
 from harness.runner.guest_shell import CommandResult
-from harness.runner.known_issues import known_issue_note
+from harness.runner.known_issues import cell_ok, known_issue_note
 from harness.runner.tries import passed_on_retry, tries_of
 from harness.report.run import CellView, RunData
 from harness.model.result import ERROR

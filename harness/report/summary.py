@@ -11,7 +11,8 @@ from typing import Any
 
 from harness.report.culprit import Culprit
 from harness.report.diff import RunDiff
-from harness.report.results import cell_new_gaps, cell_ok
+from harness.runner.known_issues import cell_ok
+from harness.report.results import cell_new_gaps
 from harness.report.run import RunData
 from harness.model.result import OUTCOMES
 

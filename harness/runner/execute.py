@@ -9,7 +9,6 @@ Only infrastructure errors (`error`) are retried, up to the cell's retry count.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -22,9 +21,9 @@ from harness.console.patterns import banner_pattern, failure_patterns
 from harness.console.stream import ConsoleStream
 from harness.console.watcher import ConsoleWatcher, WatchConfig, WatchOutcome
 from harness.errors import HarnessError
-from harness.model.files import write_json_atomic
 from harness.model.gap import GapRecord
-from harness.model.result import ERROR, FAIL, PASS, CellResult, Failure, cell_slug, write_result
+from harness.model.result import ERROR, FAIL, PASS, CellResult, Failure
+from harness.model.rundir import RunDir, repeat_id
 from harness.model.session import BootRequest, SessionSummary
 from harness.report.culprit import classify
 from harness.runner.guest_shell import CommandResult, after_prompt, apply_commands
@@ -63,14 +62,14 @@ def run_cell(cell: Cell, options: RunOptions) -> CellResult:
         result.known_issue = cell.known_issue.to_json()
     culprit = classify(result)
     result.culprit = culprit.to_json() if culprit else None
-    write_result(options.run_dir, result)
+    RunDir(options.run_dir).write_result(result)
     _progress(options, cell, {"done": True, "outcome": result.outcome})
     return result
 
 
 def _keep_try(run_dir: Path, cell: Cell, repeat_index: int, tries: list[Try]) -> None:
     """Move the last try's work directory aside (`<cell>-tryK`) so the next try starts clean and both stay."""
-    src = workdir_of(run_dir, cell.id, repeat_index)
+    src = RunDir(run_dir).workdir(cell.id, repeat_index)
     dst = src.with_name(f"{src.name}-try{len(tries)}")
     if dst.exists():
         shutil.rmtree(dst)
@@ -79,16 +78,11 @@ def _keep_try(run_dir: Path, cell: Cell, repeat_index: int, tries: list[Try]) ->
         tries[-1].console_log = str((dst / "console.log").relative_to(run_dir))
 
 
-def workdir_of(run_dir: Path, cell_id: str, repeat_index: int = 0) -> Path:
-    suffix = f"-r{repeat_index}" if repeat_index else ""
-    return run_dir / "cells" / (cell_slug(cell_id) + suffix)
-
-
 def _attempt(cell: Cell, options: RunOptions, attempt: int) -> CellResult:
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     wall_start = time.monotonic()
-    result_id = cell.id if not options.repeat_index else f"{cell.id}#r{options.repeat_index}"
-    workdir = workdir_of(options.run_dir, cell.id, options.repeat_index)
+    result_id = repeat_id(cell.id, options.repeat_index)
+    workdir = RunDir(options.run_dir).workdir(cell.id, options.repeat_index)
     if workdir.exists():
         shutil.rmtree(workdir)           # a retried or resumed cell starts clean
     workdir.mkdir(parents=True)
@@ -221,9 +215,4 @@ def _progress(options: RunOptions, cell: Cell, info: dict) -> None:
     data = {"cell": cell.id, "backend": cell.backend, "t": time.time(), **info}
     if options.progress:
         options.progress(data)
-    path = options.run_dir / "progress" / f"{cell_slug(cell.id)}.json"
-    try:
-        previous = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        previous = {}
-    write_json_atomic(path, {**previous, **data})
+    RunDir(options.run_dir).update_progress(cell.id, data)

@@ -13,7 +13,8 @@ from harness.model.events import EXIT_COUNTS, GAP, VM_START, EventWriter, VmEven
 from harness.model.gap import (FATE_CONTINUED, FATE_STOPPED, GapRecord, HOST_EMULATION_FAILURE, I8042_WAIT,
                                IO_PORT, MTRR_PROBE, PCI_CONFIG, REP_STRING_IO, TSC_MSR)
 from harness.model.files import write_json_atomic
-from harness.model.result import CellResult, Failure, MilestoneHit, NearMiss, cell_slug, write_result
+from harness.model.result import CellResult, Failure, MilestoneHit, NearMiss
+from harness.model.rundir import RunDir
 
 VM_T0 = 1000.0   # the VM's start on the (fake) monotonic clock
 
@@ -57,7 +58,7 @@ def make_cell(run_dir: Path, guest: str = "fixture-pvh", backend: str = "builtin
     base_id = f"{guest}@{backend}/{profile}/{policy}/1c/64M"
     # like harness.runner.execute: repeats are "<id>#rN" with their work dir in cells/<slug>-rN
     cell_id = f"{base_id}#r{repeat_index}" if repeat_index else base_id
-    work = run_dir / "cells" / (cell_slug(base_id) + (f"-r{repeat_index}" if repeat_index else ""))
+    work = RunDir(run_dir).workdir(base_id, repeat_index)
     work.mkdir(parents=True, exist_ok=True)
     console = b"SeaBIOS-free boot\r\n"
     milestones, prev = [], 0.0
@@ -111,7 +112,7 @@ def make_cell(run_dir: Path, guest: str = "fixture-pvh", backend: str = "builtin
         if outcome != "pass" else [],
         console_log=str((work / "console.log").relative_to(run_dir)),
         attempts=attempts, repeat_index=repeat_index)
-    write_result(run_dir, res)
+    RunDir(run_dir).write_result(res)
     return res
 
 
