@@ -18,14 +18,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from harness.model.events import GAP, VmEvent
-from harness.model.gap import FATE_GP_INJECTED, FATE_STOPPED, GapRecord
+from harness.model.gap import GapRecord
 from harness.model.result import MilestoneHit
 
 BEFORE_FIRST_MILESTONE = "boot"
-
-# A stronger fate overrides a weaker one when repeats of a gap are merged.
-_FATE_RANK = {FATE_STOPPED: 2, FATE_GP_INJECTED: 1}
-
 
 def gaps_from_events(events: Iterable[VmEvent]) -> list[GapRecord]:
     """The GapRecords carried by GAP events (malformed ones are skipped: a torn write is not a gap)."""
@@ -47,19 +43,6 @@ def as_record(gap: GapRecord | dict[str, Any]) -> GapRecord:
     return gap if isinstance(gap, GapRecord) else GapRecord.from_json(gap)
 
 
-def _merge_into(into: GapRecord, other: GapRecord) -> None:
-    had_rip = into.first_rip
-    into.merge(other)  # counts, values, the earliest first_t with its RIP
-    if into.first_rip is None:  # the earliest sighting had no RIP: keep one we know
-        into.first_rip = had_rip if had_rip is not None else other.first_rip
-    if _FATE_RANK.get(other.fate, 0) > _FATE_RANK.get(into.fate, 0):
-        into.fate = other.fate
-    if not into.policy and other.policy:
-        into.policy = other.policy
-    for k, v in other.detail.items():
-        into.detail.setdefault(k, v)
-
-
 def dedup(records: Iterable[GapRecord | dict[str, Any]]) -> list[GapRecord]:
     """Fold repeats by key_tuple(); the first occurrence keeps its place. Inputs are not modified."""
     by_key: dict[tuple[str, str, str], GapRecord] = {}
@@ -67,7 +50,7 @@ def dedup(records: Iterable[GapRecord | dict[str, Any]]) -> list[GapRecord]:
         rec = as_record(rec)
         k = rec.key_tuple()
         if k in by_key:
-            _merge_into(by_key[k], rec)
+            by_key[k].merge(rec)
         else:
             by_key[k] = copy.deepcopy(rec)
     return list(by_key.values())

@@ -20,7 +20,7 @@ from harness.model.gap import GapRecord
 from harness.arch.x86_64 import cpuid as profiles
 from harness.kvm import cpuid, msr
 from harness.kvm.flight import FlightRecorder
-from harness.kvm.gapsink import GapSink
+from harness.model.gapsink import GapSink
 from harness.kvm.runloop import RunConfig, StopInfo, VcpuLoop, install_kick_handler
 from harness.kvm.system import KVM_PATH
 from harness.kvm.vm import Vm

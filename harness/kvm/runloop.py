@@ -21,7 +21,7 @@ from harness.kvm import ffi as k
 from harness.kvm import insn
 from harness.kvm.ffi import EXIT_NAMES, libc, ffi
 from harness.kvm.flight import FlightRecorder
-from harness.kvm.gapsink import GapSink
+from harness.model.gapsink import GapSink
 from harness.kvm.msr import MsrPolicy
 from harness.kvm.rescue import Rescuer
 from harness.kvm.vcpu import Vcpu

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness.model.files import LineTail
+
 # Event types
 VM_START = "vm-start"            # first KVM_RUN / QEMU started; data: {host: {...}}
 GAP = "gap"                      # data: GapRecord.to_json()
@@ -58,25 +60,14 @@ class EventWriter:
 
 
 class EventReader:
-    """Tails an events file; `poll()` returns the complete lines appended since the last call."""
+    """Tails an events file; `poll()` returns the events appended since the last call."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._offset = 0
-        self._partial = b""
+        self._tail = LineTail(self.path)
 
     def poll(self) -> list[VmEvent]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        return list(_parse(lines))
+        return list(_parse(self._tail.lines()))
 
 
 def _parse(lines: list[bytes]) -> Iterator[VmEvent]:

@@ -39,3 +39,31 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def write_json_atomic(path: Path, data: Any, indent: int = 1) -> None:
     write_atomic(path, json.dumps(data, indent=indent, default=str).encode())
+
+
+class LineTail:
+    """The complete lines appended to a file since the last call; a torn last line waits for its
+    end. The one tailer: the runner's events reader and the QEMU backend's log watcher use it."""
+
+    def __init__(self, path: Path, max_chunk: int = -1) -> None:
+        self.path = Path(path)
+        self.offset = 0
+        self.max_chunk = max_chunk          # bytes read per call (-1: all there is)
+        self._partial = b""
+
+    def lines(self) -> list[bytes]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read(self.max_chunk)
+        except FileNotFoundError:
+            return []
+        self.offset += len(chunk)
+        parts = (self._partial + chunk).split(b"\n")
+        self._partial = parts.pop()
+        return parts
+
+    def take_partial(self) -> bytes:
+        """The unfinished last line (the writer is gone and will never end it)."""
+        partial, self._partial = self._partial, b""
+        return partial

@@ -44,6 +44,8 @@ GAP_POLICIES = {
 FATE_CONTINUED = "continued"   # the guest went on (value answered, write ignored, rescue applied)
 FATE_GP_INJECTED = "gp-injected"
 FATE_STOPPED = "stopped"       # the VM could not go on
+# A stronger fate wins when repeats of one gap are merged.
+FATE_RANK = {FATE_CONTINUED: 0, FATE_GP_INJECTED: 1, FATE_STOPPED: 2}
 
 
 @dataclass
@@ -79,14 +81,25 @@ class GapRecord:
         return GapRecord.from_json(copy.deepcopy(self.to_json()))
 
     def merge(self, other: "GapRecord") -> None:
-        """Fold a repeat of the same gap into this record."""
+        """Fold a repeat of the same gap into this record: the one merge rule (the VMM's GapSink,
+        the QEMU backend and the ledger all use it). Counts add up; the first few distinct values
+        are kept; the earliest sighting gives first_t and, when it has one, first_rip; the stronger
+        fate wins; policy and detail keys this record lacks are taken from the repeat."""
         self.count += other.count
         for v in other.values:
             if len(self.values) >= self.MAX_VALUES:
                 break
             if v not in self.values:
                 self.values.append(v)
-        if other.fate == FATE_STOPPED:
-            self.fate = FATE_STOPPED
         if other.first_t is not None and (self.first_t is None or other.first_t < self.first_t):
-            self.first_t, self.first_rip = other.first_t, other.first_rip
+            self.first_t = other.first_t
+            if other.first_rip is not None:
+                self.first_rip = other.first_rip
+        if self.first_rip is None:
+            self.first_rip = other.first_rip
+        if FATE_RANK.get(other.fate, 0) > FATE_RANK.get(self.fate, 0):
+            self.fate = other.fate
+        if not self.policy and other.policy:
+            self.policy = other.policy
+        for k, v in other.detail.items():
+            self.detail.setdefault(k, v)

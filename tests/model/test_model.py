@@ -112,3 +112,27 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
             raise RuntimeError("killed halfway")
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_one_merge_rule_for_sink_and_ledger():
+    from harness.gaps.ledger import dedup
+    from harness.model.gap import FATE_CONTINUED, FATE_GP_INJECTED, FATE_STOPPED
+    from harness.model.gapsink import GapSink
+    records = [GapRecord(IO_PORT, "0x80", first_rip=None, values=[1], first_t=2.0, fate=FATE_CONTINUED),
+               GapRecord(IO_PORT, "0x80", first_rip=0x1000, values=[2], first_t=3.0, fate=FATE_GP_INJECTED,
+                         policy="gp", detail={"size": 1}),
+               GapRecord(IO_PORT, "0x80", first_rip=0x2000, values=[1], first_t=1.0, fate=FATE_CONTINUED)]
+    sent: list[GapRecord] = []
+    sink = GapSink(on_new=sent.append)
+    for r in records:
+        sink.record(r.copy())
+    [merged] = sink.records()
+    assert merged == dedup(records)[0]
+    assert (merged.count, merged.values, merged.first_t, merged.first_rip) == (3, [1, 2], 1.0, 0x2000)
+    assert (merged.fate, merged.policy, merged.detail) == (FATE_GP_INJECTED, "gp", {"size": 1})
+    assert len(sent) == 1 and sent[0].count == 1            # the first sighting, at once
+    [repeats] = sink.unsent_repeats()
+    assert (repeats.count, repeats.values) == (2, [])       # the two repeats since
+    assert sink.unsent_repeats() == []
+    sink.record(GapRecord(IO_PORT, "0x80", fate=FATE_STOPPED, first_t=5.0))
+    assert sink.records()[0].fate == FATE_STOPPED and sink.unsent_repeats()[0].count == 1
