@@ -181,7 +181,7 @@ def drill_guest(source: str, bits: int = 64, *, io: FakeBus | None = None, paylo
     from harness.kvm import ffi as k
     from harness.kvm import insn
     from harness.kvm.machine import Machine, MachineConfig
-    from harness.kvm.rawboot import load_raw
+    from harness.boot.raw import load_raw
     from harness.kvm.rescue import RESCUABLE
     from harness.kvm.runloop import STOP_HALT, install_kick_handler
     from harness.memory import GuestRam
