@@ -60,14 +60,9 @@ BOOT_TIMER_PORT = 0x440              # the guest writes a byte here to mark a mo
 PCI_CONFIG_ADDRESS = 0xCF8
 PCI_CONFIG_DATA = 0xCFC
 
-# --- MSRs the gap policy watches by default -------------------------------------------
-MSR_TSC = 0x10
-MSR_MTRRCAP = 0xFE
-MSR_MTRR_FIRST, MSR_MTRR_LAST = 0x200, 0x2FF   # variable/fixed ranges, PAT (0x277), MTRRdefType (0x2FF)
-MSR_PAT = 0x277
-MSR_MTRR_DEF_TYPE = 0x2FF
 # fixture-msr-gate's required MSR: unknown to KVM and to the built-in policy tables (it exits to
 # user space), so gap policy gp refuses it and the fixture panics; emulate/zero answer 0.
+# (Architectural MSR indices are in harness/arch/x86_64/regs.py.)
 FIXTURE_GATE_MSR = 0x4B564DFE
 
 

@@ -118,8 +118,15 @@ def _code_at_rip(code: str) -> str:
 
 def decode_x86(hex_bytes: str) -> str:
     """The first instruction in `hex_bytes` as "mnemonic operands" (empty when undecodable)."""
-    if not hex_bytes:
+    try:
+        code = bytes.fromhex(hex_bytes)
+    except ValueError:
         return ""
+    if not code:
+        return ""
+    from harness.arch.x86_64.decode import describe
+    text = describe(code, 64)["text"]
+    return "" if text == "(bad)" else text
     try:
         import capstone
         md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import layout
+from harness.arch.x86_64.regs import CR0_ET, CR0_PE, RFLAGS_FIXED
 from harness.boot.entry import EntryState, Segment
 from harness.errors import KernelImageError
 from harness.memory import GuestRam
@@ -30,7 +31,7 @@ def real_mode_entry(rip: int = GUEST_LOAD) -> Any:
     segs["cs"] = _seg(cs_base >> 4, cs_base, 0xFFFF, 0xB)
     segs["tr"] = _seg(0, 0, 0xFFFF, 0xB, s=0)
     segs["ldt"] = _seg(0, 0, 0xFFFF, 0x2, s=0)
-    return EntryState(mode="real16", rip=rip - cs_base, gprs={"rsp": REAL_STACK, "rflags": 0x2}, cr0=0x10, cr3=0,
+    return EntryState(mode="real16", rip=rip - cs_base, gprs={"rsp": REAL_STACK, "rflags": RFLAGS_FIXED}, cr0=CR0_ET, cr3=0,
                       cr4=0, efer=0, gdt_base=0, gdt_limit=0xFFFF, idt_base=0, idt_limit=0x3FF, segments=segs)
 
 
@@ -42,7 +43,8 @@ def protected_entry(ram: GuestRam, rip: int = GUEST_LOAD) -> Any:
     segs["cs"] = _seg(0x08, 0, 0xFFFFFFFF, 0xB, db=1, g=1)
     segs["tr"] = _seg(0, 0, 0xFFFF, 0xB, s=0)
     segs["ldt"] = _seg(0, 0, 0xFFFF, 0x2, s=0)
-    return EntryState(mode="protected32", rip=rip, gprs={"rsp": layout.BOOT_STACK_TOP, "rflags": 0x2}, cr0=0x11,
+    return EntryState(mode="protected32", rip=rip, gprs={"rsp": layout.BOOT_STACK_TOP, "rflags": RFLAGS_FIXED},
+                      cr0=CR0_PE | CR0_ET,
                       cr3=0, cr4=0, efer=0, gdt_base=layout.GDT_ADDR, gdt_limit=len(gdt) * 8 - 1, idt_base=0,
                       idt_limit=0, segments=segs)
 

@@ -1,0 +1,128 @@
+"""How long the built-in VMM child takes from being started to the guest's first instruction.
+
+    python bench/vmm_start/run.py [--runs 15] [--tree PATH]
+
+The guest is a raw real-mode image whose *first* instruction is `out 0x80, al`: the POST port
+(harness.devices.post) timestamps that write (CLOCK_MONOTONIC, shared by every process) in the
+child's events.jsonl. The bench takes the time just before it spawns
+`python -m harness.backends.builtin_vm SPEC.json` exactly as the runner does (BuiltinBackend.start),
+waits for the POST_CODE event, then stops the child. Per run it reports
+
+  start -> VM_START     interpreter start, imports, KVM VM + devices + loader (the child's setup)
+  start -> first insn   the figure the target (<= 150 ms) is about
+  reference             a bare `python -c` of the same interpreter, spawned the same way, that
+                        writes the time of its first statement: the floor no Python VMM can beat
+
+Runs alternate child and reference, and the median of each is reported with the ratio, since the
+machine is shared. `--tree PATH` measures another checkout of the harness (e.g. an older commit
+exported with `git archive`), with the same guest and reference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# out 0x80, al ; cli ; 1: hlt ; jmp 1b   (real mode, loaded at 0x10000, entered at its first byte)
+GUEST = bytes.fromhex("e680" "fa" "f4" "ebfd")
+POST_CODE, VM_START = "post-code", "vm-start"
+
+
+def spec(tree: Path, work: Path) -> Path:
+    """The spec file BuiltinBackend.start writes for a raw cell (same keys, read by request_from_json)."""
+    kernel = work / "first-insn.bin"
+    kernel.write_bytes(GUEST)
+    data = {"cell_id": "bench/vmm-start", "guest": "first-insn", "family": "fixture", "arch": "x86_64",
+            "boot": "raw", "kernel": str(kernel), "initrd": None, "disk": None, "cmdline": "",
+            "memory_mib": 16, "vcpus": 1, "cpu_profile": "default", "gap_policy": "emulate",
+            "workdir": str(work), "options": {}}
+    path = work / "builtin-spec.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def events(path: Path) -> list[dict]:
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def one_child(tree: Path, work: Path) -> tuple[float, float]:
+    """(start -> VM_START, start -> first guest instruction) of one child, in seconds."""
+    for stale in work.glob("*.json*"):
+        stale.unlink()
+    spec_path = spec(tree, work)
+    events_path = work / "events.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "harness.backends.builtin_vm", str(spec_path)]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=env, start_new_session=True)
+    deadline = t0 + 30
+    try:
+        while time.monotonic() < deadline:
+            evs = events(events_path)
+            first = next((e for e in evs if e.get("type") == POST_CODE), None)
+            if first is not None:
+                started = next((e["t"] for e in evs if e.get("type") == VM_START), first["t"])
+                return started - t0, first["t"] - t0
+            if proc.poll() is not None:
+                raise SystemExit(f"the VMM child exited with {proc.returncode}: {proc.stderr.read().decode()[-500:]}")
+            time.sleep(0.002)
+        raise SystemExit("no POST write from the guest within 30 s")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        events_path.unlink(missing_ok=True)
+
+
+def one_reference() -> float:
+    """Start -> first statement of a bare interpreter (no site-packages work beyond the default)."""
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", "import time; print(time.monotonic())"], capture_output=True,
+                         text=True, check=True)
+    return float(out.stdout) - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--tree", type=Path, default=REPO, help="harness checkout to measure (default: this one)")
+    args = ap.parse_args()
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        raise SystemExit("needs /dev/kvm")
+    setup, first, ref = [], [], []
+    with tempfile.TemporaryDirectory(prefix="vmm-start-") as tmp:
+        work = Path(tmp)
+        one_child(args.tree, work)          # warm the page cache and the .pyc files once
+        for _ in range(args.runs):
+            s, f = one_child(args.tree, work)
+            setup.append(s)
+            first.append(f)
+            ref.append(one_reference())
+    med = statistics.median
+    print(f"tree: {args.tree}  runs: {args.runs}  (medians; min..max)")
+    print(f"  start -> VM_START          : {med(setup) * 1e3:7.1f} ms  ({min(setup) * 1e3:.1f}..{max(setup) * 1e3:.1f})")
+    print(f"  start -> first guest insn  : {med(first) * 1e3:7.1f} ms  ({min(first) * 1e3:.1f}..{max(first) * 1e3:.1f})")
+    print(f"  reference: bare python -c  : {med(ref) * 1e3:7.1f} ms  ({min(ref) * 1e3:.1f}..{max(ref) * 1e3:.1f})")
+    print(f"  ratio first insn / reference: {med(first) / med(ref):.2f}x   target: first insn <= 150 ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
