@@ -12,6 +12,8 @@ waits for the POST_CODE event, then stops the child. Per run it reports
   start -> first insn   the figure the target (<= 150 ms) is about
   reference             a bare `python -c` of the same interpreter, spawned the same way, that
                         writes the time of its first statement: the floor no Python VMM can beat
+  child CPU             the child's own CPU time until VM_START (time.process_time in the
+                        VM_START event): what start-up costs whatever the machine's load
 
 Runs alternate child and reference, and the median of each is reported with the ratio, since the
 machine is shared. `--tree PATH` measures another checkout of the harness (e.g. an older commit
@@ -35,7 +37,7 @@ GUEST = bytes.fromhex("e680" "fa" "f4" "ebfd")
 POST_CODE, VM_START = "post-code", "vm-start"
 
 
-def spec(tree: Path, work: Path) -> Path:
+def spec(work: Path) -> Path:
     """The spec file BuiltinBackend.start writes for a raw cell (same keys, read by request_from_json)."""
     kernel = work / "first-insn.bin"
     kernel.write_bytes(GUEST)
@@ -62,25 +64,25 @@ def events(path: Path) -> list[dict]:
     return out
 
 
-def one_child(tree: Path, work: Path) -> tuple[float, float]:
-    """(start -> VM_START, start -> first guest instruction) of one child, in seconds."""
+def one_child(tree: Path, work: Path) -> tuple[float, float, float | None]:
+    """(start -> VM_START, start -> first guest instruction, the child's CPU time at VM_START)."""
     for stale in work.glob("*.json*"):
         stale.unlink()
-    spec_path = spec(tree, work)
+    spec_path = spec(work)
     events_path = work / "events.jsonl"
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "harness.backends.builtin_vm", str(spec_path)]
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=env, start_new_session=True)
+                            env=env, cwd=work, start_new_session=True)   # cwd: -m puts it first on sys.path
     deadline = t0 + 30
     try:
         while time.monotonic() < deadline:
             evs = events(events_path)
             first = next((e for e in evs if e.get("type") == POST_CODE), None)
             if first is not None:
-                started = next((e["t"] for e in evs if e.get("type") == VM_START), first["t"])
-                return started - t0, first["t"] - t0
+                started = next((e for e in evs if e.get("type") == VM_START), {"t": first["t"], "data": {}})
+                return started["t"] - t0, first["t"] - t0, started["data"].get("startup_cpu_s")
             if proc.poll() is not None:
                 raise SystemExit(f"the VMM child exited with {proc.returncode}: {proc.stderr.read().decode()[-500:]}")
             time.sleep(0.002)
@@ -91,12 +93,13 @@ def one_child(tree: Path, work: Path) -> tuple[float, float]:
         events_path.unlink(missing_ok=True)
 
 
-def one_reference() -> float:
-    """Start -> first statement of a bare interpreter (no site-packages work beyond the default)."""
+def one_reference() -> tuple[float, float]:
+    """(start -> first statement, CPU time by then) of a bare interpreter started the same way."""
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", "import time; print(time.monotonic())"], capture_output=True,
-                         text=True, check=True)
-    return float(out.stdout) - t0
+    out = subprocess.run([sys.executable, "-c", "import time; print(time.monotonic(), time.process_time())"],
+                         capture_output=True, text=True, check=True)
+    wall, cpu = map(float, out.stdout.split())
+    return wall - t0, cpu
 
 
 def main() -> int:
@@ -106,21 +109,28 @@ def main() -> int:
     args = ap.parse_args()
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         raise SystemExit("needs /dev/kvm")
-    setup, first, ref = [], [], []
+    setup, first, cpu, ref, ref_cpu = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="vmm-start-") as tmp:
         work = Path(tmp)
         one_child(args.tree, work)          # warm the page cache and the .pyc files once
         for _ in range(args.runs):
-            s, f = one_child(args.tree, work)
+            s, f, c = one_child(args.tree, work)
             setup.append(s)
             first.append(f)
-            ref.append(one_reference())
+            if c is not None:
+                cpu.append(c)
+            r, rc = one_reference()
+            ref.append(r)
+            ref_cpu.append(rc)
     med = statistics.median
     print(f"tree: {args.tree}  runs: {args.runs}  (medians; min..max)")
     print(f"  start -> VM_START          : {med(setup) * 1e3:7.1f} ms  ({min(setup) * 1e3:.1f}..{max(setup) * 1e3:.1f})")
     print(f"  start -> first guest insn  : {med(first) * 1e3:7.1f} ms  ({min(first) * 1e3:.1f}..{max(first) * 1e3:.1f})")
     print(f"  reference: bare python -c  : {med(ref) * 1e3:7.1f} ms  ({min(ref) * 1e3:.1f}..{max(ref) * 1e3:.1f})")
     print(f"  ratio first insn / reference: {med(first) / med(ref):.2f}x   target: first insn <= 150 ms")
+    if cpu:
+        print(f"  child CPU until VM_START    : {med(cpu) * 1e3:7.1f} ms  (reference CPU {med(ref_cpu) * 1e3:.1f} ms)")
+    print(f"  load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 
 

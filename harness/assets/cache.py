@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from harness.errors import AssetError
-from harness.model.files import atomic_file, write_atomic
+from harness.model.files import atomic_file, cache_root, write_atomic
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -34,10 +34,7 @@ _CHUNK = 1 << 20
 
 
 def default_root() -> Path:
-    env = os.environ.get("HARNESS_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "harness"
+    return cache_root()
 
 
 def sha256_file(path: Path) -> str:

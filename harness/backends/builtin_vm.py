@@ -81,7 +81,8 @@ class ChildVm:
         self.emit(ev.VmEvent(ev.VM_START, time.monotonic(), {
             "host": self.host, "boot": self.boot_info, "cpu_profile": m.config.cpu_profile,
             "masked_cpuid": m.masked, "gap_policy": m.config.gap_policy, "vcpus": m.config.vcpus,
-            "msr_routing": m.msr_status, "coalesced_serial": m.coalesced_serial}))
+            "msr_routing": m.msr_status, "coalesced_serial": m.coalesced_serial,
+            "startup_cpu_s": round(time.process_time(), 6)}))   # the child's CPU until now (bench/vmm_start)
         threading.Thread(target=self._stdin_reader, name="stdin", daemon=True).start()
         m.start()
         # Sleep on the termination event (the SIGTERM handler sets it, which wakes this wait at

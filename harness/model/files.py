@@ -6,11 +6,18 @@ file or the whole new one, never a torn one; after a crash the new content is on
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
-import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+
+def cache_root() -> Path:
+    """The harness's cache ($HARNESS_CACHE, else ~/.cache/harness): assets, generated cffi modules."""
+    env = os.environ.get("HARNESS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "harness"
 
 
 @contextlib.contextmanager
@@ -18,7 +25,7 @@ def atomic_file(path: Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
     """A binary file that becomes `path` when the block ends without an exception."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -30,6 +37,20 @@ def atomic_file(path: Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+_temp_serial = itertools.count()
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new file beside `path` that no other process or thread can be creating (what
+    tempfile.mkstemp does; tempfile itself costs the VMM child's start-up several imports)."""
+    while True:
+        tmp = str(path.parent / f".{path.name[:40]}.{os.getpid()}.{threading.get_ident()}.{next(_temp_serial)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), tmp
+        except FileExistsError:
+            continue
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
