@@ -12,10 +12,10 @@ the harness cache, named by a hash of CDEF and the cffi version, and later start
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import importlib.util
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +113,10 @@ int munmap(void *addr, size_t length);
 
 
 def _cache_module(cache: Path) -> Path:
+    # zlib's checksums, not hashlib: importing hashlib initialises OpenSSL (~8 ms of the child's start)
     import _cffi_backend
-    digest = hashlib.sha256(f"{_cffi_backend.__version__}\0{CDEF}".encode()).hexdigest()[:16]
-    return cache / "cffi" / f"_harness_kvm_{digest}.py"
+    key = f"{_cffi_backend.__version__}\0{CDEF}".encode()
+    return cache / "cffi" / f"_harness_kvm_{zlib.crc32(key):08x}{zlib.adler32(key):08x}.py"
 
 
 def _write_module(path: Path) -> None:
