@@ -54,3 +54,9 @@ def test_a_bare_carriage_return_starts_a_line_even_one_byte_at_a_time():
     out = b"".join(cleaner.feed(raw[i:i + 1]) for i in range(len(raw)))
     assert out.endswith(b"Linux version 6.1\n[    0.000001] Command line: console=ttyS0\n")
     assert cleaner.flush() == b""
+
+
+def test_strip_escapes_keeps_lines_where_the_guest_printed_them():
+    from harness.console.clean import strip_escapes
+    raw = b"\x1b[1;31mred\x1b[0m login\x1b]0;title\x07: [    5.1] crng\n\x1b(Bok\x1b["
+    assert strip_escapes(raw) == b"red login: [    5.1] crng\nok"
