@@ -21,6 +21,7 @@ import yaml
 
 from harness.errors import ConfigError
 from harness.gaps.ledger import as_record
+from harness.model.files import write_atomic
 from harness.model.gap import KINDS, GapRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -151,9 +152,6 @@ def write_baseline(path: Path, guest: str, gaps: Iterable[GapRecord | dict[str, 
         "accepted_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "gaps": entries,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("# Known emulation gaps; written by `harness gaps accept`, edit freely.\n"
-                   + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
-    tmp.replace(path)
+    write_atomic(path, ("# Known emulation gaps; written by `harness gaps accept`, edit freely.\n"
+                        + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)).encode())
     return path
