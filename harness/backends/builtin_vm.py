@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import layout
+from harness.errors import BackendUnavailable, HarnessError
 from harness.model import events as ev
 from harness.model.files import write_json_atomic
 from harness.model.session import BootRequest, SessionSummary
-from harness.errors import BackendUnavailable, HarnessError
 
 SNAPSHOT_PERIOD_S = 0.1
 EXIT_OK, EXIT_VM_ERROR, EXIT_SETUP_ERROR = 0, 1, 2

@@ -34,14 +34,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.model import events as ev
 from harness.backends.base import Backend, ProcessSession
-from harness.model.files import LineTail, write_json_atomic
-from harness.model.session import BootRequest, SessionSummary
 from harness.backends.qemu_gaps import parse_kvm_failure, parse_log_line
 from harness.errors import AssetError, BackendUnavailable, ConfigError
+from harness.model import events as ev
+from harness.model.files import LineTail, write_json_atomic
 from harness.model.gap import GapRecord
 from harness.model.gapsink import GapSink
+from harness.model.session import BootRequest, SessionSummary
 
 BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 PACKAGES = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}

@@ -17,14 +17,14 @@ from rich.table import Table
 from harness.backends.registry import KERNEL_BACKENDS
 from harness.errors import ConfigError
 from harness.hosts.select import HOSTS, LAB_BACKENDS, can_run, resolve_host
-from harness.runner.execute import RunOptions, run_cell
+from harness.model.gap import GAP_POLICIES
 from harness.model.guest import Milestone
+from harness.model.result import PASS, TIMEOUT, CellResult
+from harness.model.rundir import RunDir, reports_base
+from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guest_shell import AutoLogin, commands_from_words
 from harness.runner.guestfile import BOOT_METHODS, GuestSpec
-from harness.model.gap import GAP_POLICIES
 from harness.runner.matrix import CPU_PROFILES, Cell
-from harness.model.rundir import RunDir, reports_base
-from harness.model.result import PASS, TIMEOUT, CellResult
 
 # An --expect-less boot watches until the guest stops or --timeout: nothing can match this.
 _NEVER = r"(?!x)x"

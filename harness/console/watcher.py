@@ -21,9 +21,9 @@ from typing import Callable, Protocol
 import pexpect
 import pexpect.fdpexpect
 
-from harness.model import events as ev
 from harness.console.nearmiss import near_miss
 from harness.console.stream import ConsoleStream
+from harness.model import events as ev
 from harness.model.guest import Dialog, Milestone
 from harness.model.result import ERROR, FAIL, GAP, PASS, TIMEOUT, Failure, MilestoneHit, NearMiss
 

@@ -29,8 +29,8 @@ import threading
 from collections import Counter, deque
 
 from harness import layout
-from harness.model.events import RESET, VmEvent
 from harness.devices.context import DeviceContext
+from harness.model.events import RESET, VmEvent
 from harness.model.gap import I8042_WAIT, GapRecord
 
 KBD_IRQ, AUX_IRQ = 1, 12

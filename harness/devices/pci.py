@@ -26,8 +26,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from harness import layout
-from harness.model.events import RESET, VmEvent
 from harness.devices.context import DeviceContext
+from harness.model.events import RESET, VmEvent
 from harness.model.gap import PCI_CONFIG, GapRecord
 
 CONFIG_SPACE = 256

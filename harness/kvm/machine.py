@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from harness import layout
-from harness.model import events as ev
-from harness.errors import ConfigError
-from harness.model import gap as gaps
-from harness.model.gap import GapRecord
 from harness.arch.x86_64 import cpuid as profiles
+from harness.errors import ConfigError
 from harness.kvm import cpuid, msr
 from harness.kvm.flight import FlightRecorder
-from harness.model.gapsink import GapSink
 from harness.kvm.runloop import RunConfig, StopInfo, VcpuLoop, install_kick_handler
 from harness.kvm.system import KVM_PATH
 from harness.kvm.vm import Vm
 from harness.memory import GuestRam
+from harness.model import events as ev
+from harness.model import gap as gaps
+from harness.model.gap import GapRecord
+from harness.model.gapsink import GapSink
 
 DRAIN_PERIOD_S = 0.02      # coalesced serial output is replayed at least this often
 

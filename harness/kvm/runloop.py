@@ -14,19 +14,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from harness.model import events as ev
-from harness.model import gap as gaps
-from harness.model.gap import GapRecord
+from harness.arch.x86_64.regs import STAC, with_ac
 from harness.kvm import ffi as k
 from harness.kvm import insn
 from harness.kvm.ffi import EXIT_NAMES, libc, ffi
 from harness.kvm.flight import FlightRecorder
-from harness.model.gapsink import GapSink
 from harness.kvm.msr import MsrPolicy
-from harness.arch.x86_64.regs import STAC, with_ac
 from harness.kvm.rescue import FAST_PATH, RESCUES, Rescuer
 from harness.kvm.vcpu import Vcpu
 from harness.kvm.vm import Vm
+from harness.model import events as ev
+from harness.model import gap as gaps
+from harness.model.gap import GapRecord
+from harness.model.gapsink import GapSink
 
 _HEAD = struct.Struct("<I")             # exit_reason at offset 8
 _IO = struct.Struct("<BBHIQ")           # direction, size, port, count, data_offset at offset 32

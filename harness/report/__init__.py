@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.model.files import write_json_atomic
 from harness.report.diff import RunDiff, diff_results, diff_runs
 from harness.report.merge import merge_runs
 from harness.report.run import load_run
-from harness.model.files import write_json_atomic
 
 __all__ = ["write_reports", "merge_runs", "diff_runs", "RunDiff", "load_run"]
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from harness.gaps.baseline import compare
 from harness.gaps.ledger import dedup
+from harness.model.result import CellResult
 from harness.report.flakes import RegressionCall, regression_call
 from harness.report.profile import CellVerdict, RegressionPolicy, compare_cell, repeat_groups
 from harness.report.run import load_run
-from harness.model.result import CellResult
 
 
 @dataclass

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.report.run import CellView, load_run
 from harness.model.rundir import RunDir
+from harness.report.run import CellView, load_run
 
 
 def _rank(view: CellView, order: int) -> tuple[int, str, int]:

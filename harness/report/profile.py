@@ -20,9 +20,9 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from harness.model.result import PASS, CellResult, Phase
 from harness.model.rundir import base_cell_id
 from harness.report.stats import Spread, mann_whitney_greater, min_attainable_p, spread
-from harness.model.result import PASS, CellResult, Phase
 
 # ---------------------------------------------------------------------------- repeated runs
 

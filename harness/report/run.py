@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.model.events import EventReader, VmEvent
 from harness.gaps.runs import cell_family
+from harness.model.events import EventReader, VmEvent
 from harness.model.result import CellResult
 from harness.model.rundir import RunDir, result_key
 

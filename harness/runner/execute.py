@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.model import events as ev
 from harness.backends.registry import get_backend
 from harness.console.patterns import banner_pattern, failure_patterns
 from harness.console.stream import ConsoleStream
 from harness.console.watcher import ConsoleWatcher, WatchConfig, WatchOutcome
 from harness.errors import HarnessError
+from harness.model import events as ev
 from harness.model.gap import GapRecord
 from harness.model.result import ERROR, FAIL, PASS, CellResult, Failure
 from harness.model.rundir import RunDir, repeat_id

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.arch.x86_64.cpuid import PROFILES as CPU_PROFILE_TABLE
 from harness.errors import ConfigError
 from harness.model.gap import GAP_POLICIES
 from harness.model.tiers import QUICK, TIERS, tiers_run_by
-from harness.arch.x86_64.cpuid import PROFILES as CPU_PROFILE_TABLE
 from harness.runner import yamlfile as y
 from harness.runner.guestfile import BACKENDS, GuestSpec
 from harness.runner.known_issues import KnownIssue, parse_known_issue

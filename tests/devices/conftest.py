@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from harness.model.events import VmEvent
 from harness.devices.context import DeviceContext
+from harness.model.events import VmEvent
 from harness.model.gap import GapRecord
 
 

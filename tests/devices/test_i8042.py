@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 from harness import layout
-from harness.model.events import RESET
 from harness.devices.bus import Bus
 from harness.devices.i8042 import POLL_REPORT_EVERY, I8042
+from harness.model.events import RESET
 from harness.model.gap import I8042_WAIT
 
 DATA, CMD = layout.I8042_DATA_PORT, layout.I8042_CMD_PORT

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.model.events import RESET
 from harness.devices.bus import Bus
 from harness.devices.pci import GAP_BATCH, Bdf, PciFunction, PciHost
+from harness.model.events import RESET
 from harness.model.gap import PCI_CONFIG
 
 CF8, CFC = 0xCF8, 0xCFC

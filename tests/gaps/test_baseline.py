@@ -2,9 +2,9 @@ import pytest
 import yaml
 
 from harness.errors import ConfigError
-from harness.runner.guestfile import load_guest
 from harness.gaps.baseline import GapDiff, compare, load_baseline, read_baseline_file, write_baseline
 from harness.model.gap import GapRecord, HOST_EMULATION_FAILURE, IO_PORT, MTRR_PROBE, TSC_MSR
+from harness.runner.guestfile import load_guest
 
 
 def test_compare_new_fixed_known():

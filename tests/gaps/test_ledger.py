@@ -1,5 +1,5 @@
-from harness.model.events import GAP, VmEvent
 from harness.gaps.ledger import build_ledger, gap_id, gaps_from_events, merge_run_ledger
+from harness.model.events import GAP, VmEvent
 from harness.model.gap import FATE_CONTINUED, FATE_STOPPED, GapRecord, IO_PORT, MTRR_PROBE, TSC_MSR
 from harness.model.result import MilestoneHit
 

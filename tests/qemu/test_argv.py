@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 
 from harness.backends import qemu
-from harness.backends.registry import get_backend
-from harness.model.session import BootRequest
 from harness.backends.qemu_gaps import decode_x86, parse_kvm_failure, parse_log_line
+from harness.backends.registry import get_backend
 from harness.errors import BackendUnavailable, ConfigError
 from harness.model.gap import FATE_STOPPED, HOST_EMULATION_FAILURE, QEMU_GUEST_ERROR, QEMU_UNIMPLEMENTED
+from harness.model.session import BootRequest
 
 
 def req(tmp_path, **kw):

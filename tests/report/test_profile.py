@@ -1,10 +1,10 @@
 import pytest
 
-from harness.model.events import EXIT_COUNTS, GAP, VmEvent
 from harness.gaps.phases import phases_from_snapshots
+from harness.model.events import EXIT_COUNTS, GAP, VmEvent
+from harness.model.result import CellResult, MilestoneHit
 from harness.report.profile import compare_cell, milestone_stats
 from harness.report.stats import mann_whitney_greater, spread
-from harness.model.result import CellResult, MilestoneHit
 
 T0 = 100.0
 
