@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from harness.model.files import LineTail
+from harness.model.record import JsonRecord
 
 # Event types
 VM_START = "vm-start"            # first KVM_RUN / QEMU started; data: {host: {...}}
@@ -29,13 +30,10 @@ VM_EXIT = "vm-exit"              # the VM stopped; data: {reason, code}
 
 
 @dataclass
-class VmEvent:
+class VmEvent(JsonRecord):
     type: str
     t: float
     data: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "VmEvent":

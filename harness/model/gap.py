@@ -7,8 +7,10 @@ per cell by `key_tuple()`, counts repeats, and assigns the boot phase from miles
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from harness.model.record import JsonRecord
 
 # Kinds, named after what the guest did. Add new kinds here, never ad hoc strings elsewhere.
 MSR_READ = "msr-read"
@@ -49,7 +51,7 @@ FATE_RANK = {FATE_CONTINUED: 0, FATE_GP_INJECTED: 1, FATE_STOPPED: 2}
 
 
 @dataclass
-class GapRecord:
+class GapRecord(JsonRecord):
     kind: str                     # one of KINDS
     key: str                      # MSR index "0x10", port "0x3fa", address "0xfed00000", mnemonic "xrstor"
     first_rip: int | None = None
@@ -67,14 +69,6 @@ class GapRecord:
 
     def key_tuple(self) -> tuple[str, str, str]:
         return (self.kind, self.key, self.access)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "GapRecord":
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
 
     def copy(self) -> "GapRecord":
         """An independent copy (lists and detail not shared): later merges must not reach it."""

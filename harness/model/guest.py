@@ -7,22 +7,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.model.record import JsonRecord
+
 
 @dataclass
-class Milestone:
+class Milestone(JsonRecord):
     name: str
     pattern: str
     timeout: float
 
 
 @dataclass
-class Dialog:
+class Dialog(JsonRecord):
     pattern: str
     send: str
     max: int = 1
 
 
 @dataclass
-class FailurePattern:
+class FailurePattern(JsonRecord):
     name: str
     pattern: str

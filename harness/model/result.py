@@ -4,8 +4,10 @@ The runner writes one the moment its cell finishes, into the run directory (harn
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from harness.model.record import JsonRecord
 
 SCHEMA_VERSION = 1
 
@@ -15,7 +17,7 @@ OUTCOMES = (PASS, FAIL, GAP, TIMEOUT, ERROR)
 
 
 @dataclass
-class MilestoneHit:
+class MilestoneHit(JsonRecord):
     name: str
     t: float                 # seconds since VM start
     since_previous: float    # seconds since the previous milestone (or VM start)
@@ -24,7 +26,7 @@ class MilestoneHit:
 
 
 @dataclass
-class Phase:
+class Phase(JsonRecord):
     """The stretch of boot that ends at a milestone."""
     name: str                                  # the milestone that ends it
     start: float
@@ -34,7 +36,7 @@ class Phase:
 
 
 @dataclass
-class NearMiss:
+class NearMiss(JsonRecord):
     """Why a timeout happened, as far as the console tells."""
     waiting_for: str              # milestone name
     pattern: str
@@ -45,7 +47,7 @@ class NearMiss:
 
 
 @dataclass
-class Failure:
+class Failure(JsonRecord):
     kind: str                     # panic | oops | bug | ddb | triple-fault | reboot-loop | hang | reset | ...
     message: str
     t: float | None = None
@@ -53,7 +55,7 @@ class Failure:
 
 
 @dataclass
-class CellResult:
+class CellResult(JsonRecord):
     cell_id: str
     guest: str
     backend: str
@@ -87,20 +89,16 @@ class CellResult:
     commands: list[dict[str, Any]] = field(default_factory=list)   # commands run after the prompt
     schema_version: int = SCHEMA_VERSION
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CellResult":
         data = dict(data)
-        data["milestones"] = [MilestoneHit(**m) for m in data.get("milestones", [])]
-        data["phases"] = [Phase(**p) for p in data.get("phases", [])]
+        data["milestones"] = [MilestoneHit.from_json(m) for m in data.get("milestones", [])]
+        data["phases"] = [Phase.from_json(p) for p in data.get("phases", [])]
         if data.get("failure"):
-            data["failure"] = Failure(**data["failure"])
+            data["failure"] = Failure.from_json(data["failure"])
         if data.get("near_miss"):
-            data["near_miss"] = NearMiss(**data["near_miss"])
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+            data["near_miss"] = NearMiss.from_json(data["near_miss"])
+        return super().from_json(data)
 
 
 def ended_as_expected(result: CellResult) -> bool:

@@ -4,13 +4,15 @@ a spec file and writes its summary to summary.json, QEMU's session writes the sa
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.model.record import JsonRecord
+
 
 @dataclass
-class BootRequest:
+class BootRequest(JsonRecord):
     """Everything a backend needs to boot one cell. Paths are resolved, read-only inputs."""
     cell_id: str
     guest: str
@@ -44,19 +46,19 @@ class BootRequest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "BootRequest":
-        known = {k: v for k, v in data.items() if k in _field_names(cls)}
+        data = dict(data)
         for key in _PATH_FIELDS:
-            if known.get(key) is not None:
-                known[key] = Path(known[key])
-        known["workdir"] = Path(known.get("workdir") or ".")
-        return cls(**known)
+            if data.get(key) is not None:
+                data[key] = Path(data[key])
+        data["workdir"] = Path(data.get("workdir") or ".")
+        return super().from_json(data)
 
 
 _PATH_FIELDS = ("kernel", "initrd", "disk", "workdir")
 
 
 @dataclass
-class SessionSummary:
+class SessionSummary(JsonRecord):
     """What a backend knows after the guest stopped, beyond the console and events."""
     exit_code: int | None
     exit_counts: dict[str, int] = field(default_factory=dict)
@@ -65,14 +67,3 @@ class SessionSummary:
     command: list[str] = field(default_factory=list)          # the child's argv, for reproducing
     stderr_tail: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SessionSummary":
-        return cls(**{k: v for k, v in data.items() if k in _field_names(cls)})
-
-
-def _field_names(cls: type) -> set[str]:
-    return {f.name for f in fields(cls)}
