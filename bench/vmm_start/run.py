@@ -24,14 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))     # the client side of the fork server is this checkout's
 # out 0x80, al ; cli ; 1: hlt ; jmp 1b   (real mode, loaded at 0x10000, entered at its first byte)
 GUEST = bytes.fromhex("e680" "fa" "f4" "ebfd")
 POST_CODE, VM_START = "post-code", "vm-start"
@@ -75,21 +78,47 @@ def one_child(tree: Path, work: Path) -> tuple[float, float, float | None]:
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=env, cwd=work, start_new_session=True)   # cwd: -m puts it first on sys.path
-    deadline = t0 + 30
     try:
-        while time.monotonic() < deadline:
-            evs = events(events_path)
-            first = next((e for e in evs if e.get("type") == POST_CODE), None)
-            if first is not None:
-                started = next((e for e in evs if e.get("type") == VM_START), {"t": first["t"], "data": {}})
-                return started["t"] - t0, first["t"] - t0, started["data"].get("startup_cpu_s")
-            if proc.poll() is not None:
-                raise SystemExit(f"the VMM child exited with {proc.returncode}: {proc.stderr.read().decode()[-500:]}")
-            time.sleep(0.002)
-        raise SystemExit("no POST write from the guest within 30 s")
+        return wait_first_insn(events_path, t0, lambda: proc.poll() is None)
     finally:
         proc.terminate()
         proc.wait(10)
+        events_path.unlink(missing_ok=True)
+
+
+def wait_first_insn(events_path: Path, t0: float, alive: Callable[[], bool]) -> tuple[float, float, float | None]:
+    deadline = t0 + 30
+    while time.monotonic() < deadline:
+        evs = events(events_path)
+        first = next((e for e in evs if e.get("type") == POST_CODE), None)
+        if first is not None:
+            started = next((e for e in evs if e.get("type") == VM_START), {"t": first["t"], "data": {}})
+            return started["t"] - t0, first["t"] - t0, started["data"].get("startup_cpu_s")
+        if not alive():
+            raise SystemExit("the VMM child exited before the guest's first instruction")
+        time.sleep(0.002)
+    raise SystemExit("no POST write from the guest within 30 s")
+
+
+def one_forked(work: Path, env: dict[str, str]) -> tuple[float, float, float | None]:
+    """The same, with the child forked by the VMM server (harness.backends.vmm_server), as the
+    built-in backend starts it: from the request to the server to the guest's first instruction."""
+    from harness.backends import vmm_server
+    for stale in work.glob("*.json*"):
+        stale.unlink()
+    spec_path = spec(work)
+    events_path = work / "events.jsonl"
+    spawn = vmm_server.spawner(spec_path, env)
+    if spawn is None:
+        raise SystemExit("the VMM server did not start")
+    with open(work / "stderr.log", "wb") as err:
+        t0 = time.monotonic()
+        child = spawn(err.fileno())
+    try:
+        return wait_first_insn(events_path, t0, lambda: child.poll() is None)
+    finally:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(10)
         events_path.unlink(missing_ok=True)
 
 
@@ -109,10 +138,14 @@ def main() -> int:
     args = ap.parse_args()
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         raise SystemExit("needs /dev/kvm")
-    setup, first, cpu, ref, ref_cpu = [], [], [], [], []
+    setup, first, cpu, ref, ref_cpu, forked, forked_cpu = [], [], [], [], [], [], []
+    env = {**os.environ, "PYTHONPATH": str(args.tree), "PYTHONUNBUFFERED": "1"}
+    fork = (args.tree / "harness" / "backends" / "vmm_server.py").exists()
     with tempfile.TemporaryDirectory(prefix="vmm-start-") as tmp:
         work = Path(tmp)
         one_child(args.tree, work)          # warm the page cache and the .pyc files once
+        if fork:
+            one_forked(work, env)           # and start the server once (the runner does, per process)
         for _ in range(args.runs):
             s, f, c = one_child(args.tree, work)
             setup.append(s)
@@ -122,14 +155,25 @@ def main() -> int:
             r, rc = one_reference()
             ref.append(r)
             ref_cpu.append(rc)
+            if fork:
+                _, f, c = one_forked(work, env)
+                forked.append(f)
+                if c is not None:
+                    forked_cpu.append(c)
     med = statistics.median
     print(f"tree: {args.tree}  runs: {args.runs}  (medians; min..max)")
-    print(f"  start -> VM_START          : {med(setup) * 1e3:7.1f} ms  ({min(setup) * 1e3:.1f}..{max(setup) * 1e3:.1f})")
-    print(f"  start -> first guest insn  : {med(first) * 1e3:7.1f} ms  ({min(first) * 1e3:.1f}..{max(first) * 1e3:.1f})")
+    print(f"  exec'd child: start -> VM_START        : {med(setup) * 1e3:7.1f} ms  ({min(setup) * 1e3:.1f}..{max(setup) * 1e3:.1f})")
+    print(f"  exec'd child: start -> first guest insn: {med(first) * 1e3:7.1f} ms  ({min(first) * 1e3:.1f}..{max(first) * 1e3:.1f})")
+    if forked:
+        print(f"  forked child: request -> first insn    : {med(forked) * 1e3:7.1f} ms  "
+              f"({min(forked) * 1e3:.1f}..{max(forked) * 1e3:.1f})   <- what the built-in backend does")
     print(f"  reference: bare python -c  : {med(ref) * 1e3:7.1f} ms  ({min(ref) * 1e3:.1f}..{max(ref) * 1e3:.1f})")
-    print(f"  ratio first insn / reference: {med(first) / med(ref):.2f}x   target: first insn <= 150 ms")
+    print(f"  ratio exec'd first insn / reference: {med(first) / med(ref):.2f}x"
+          + (f", forked: {med(forked) / med(ref):.2f}x" if forked else "") + "   target: first insn <= 150 ms")
     if cpu:
-        print(f"  child CPU until VM_START    : {med(cpu) * 1e3:7.1f} ms  (reference CPU {med(ref_cpu) * 1e3:.1f} ms)")
+        print(f"  exec'd child CPU until VM_START : {med(cpu) * 1e3:7.1f} ms  (reference CPU {med(ref_cpu) * 1e3:.1f} ms)")
+    if forked_cpu:
+        print(f"  forked child CPU until VM_START : {med(forked_cpu) * 1e3:7.1f} ms  (a fork starts at 0: the imports were the server's, once)")
     print(f"  load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
+from typing import Any, Callable
 
 from harness.model.session import BootRequest, SessionSummary
 
@@ -45,14 +46,23 @@ class BackendSession(ABC):
 class ProcessSession(BackendSession):
     """A BackendSession around one child process in its own process group."""
 
-    def __init__(self, request: BootRequest, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, request: BootRequest, argv: list[str], env: dict[str, str] | None = None,
+                 spawn: Callable[[int], Any] | None = None) -> None:
+        """`spawn(stderr_fd)`, when given, starts the child some other way than exec'ing `argv` (the
+        built-in VMM's fork server) and returns an object with Popen's pid/stdin/stdout/poll/wait/
+        returncode; the child must be its own process group and die with the runner, as here."""
         super().__init__(request)
         request.workdir.mkdir(parents=True, exist_ok=True)
         self.argv = argv
         self._stderr_path = request.workdir / "backend.stderr.log"
         self._stderr = open(self._stderr_path, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                     env=env, start_new_session=True, bufsize=0, preexec_fn=_die_with_parent)
+        try:
+            self.proc = spawn(self._stderr.fileno()) if spawn is not None else None
+        except OSError:     # the other way is not available after all: exec as usual
+            self.proc = None
+        if self.proc is None:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                         env=env, start_new_session=True, bufsize=0, preexec_fn=_die_with_parent)
         self.start_time = time.monotonic()
 
     @property

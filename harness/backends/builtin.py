@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 from harness.backends.base import Backend, ProcessSession
 from harness.errors import BackendUnavailable, KvmUnavailable
@@ -49,6 +50,15 @@ def read_summary(path: Path, exit_code: int | None) -> SessionSummary:
     return summary
 
 
+def _fork_server(spec: Path, env: dict[str, str]) -> Any:
+    """The VMM fork server's spawner (the child skips the imports; see vmm_server.py), or None."""
+    from harness.backends import vmm_server
+    try:
+        return vmm_server.spawner(spec, env)
+    except OSError:
+        return None
+
+
 class BuiltinBackend(Backend):
     name = "builtin"
 
@@ -85,4 +95,4 @@ class BuiltinBackend(Backend):
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
         argv = [sys.executable, "-m", "harness.backends.builtin_vm", str(spec)]
-        return BuiltinSession(request, argv, env=env)
+        return BuiltinSession(request, argv, env=env, spawn=_fork_server(spec, env))
