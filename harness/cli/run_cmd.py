@@ -25,7 +25,7 @@ from harness.model.result import PASS
 from harness.model.rundir import RunDir
 from harness.model.tiers import QUICK, TIERS
 from harness.runner.guestfile import load_guests
-from harness.runner.known_issues import cell_ok, known_issue_note
+from harness.model.verdict import cell_ok, known_issue_note
 from harness.runner.matrix import Cell, load_matrix, parse_shard, select_shard
 
 PYTEST_USAGE_ERROR = 4   # pytest.ExitCode.USAGE_ERROR

@@ -81,8 +81,8 @@ class CellResult(JsonRecord):
     console_log: str = ""                  # path relative to the run directory
     attempts: int = 1
     repeat_index: int = 0
-    # issue 14: each a small record's to_json() (harness.report.culprit.Culprit, runner.known_issues.KnownIssue,
-    # runner.flakes.Try, runner.guest_shell.CommandResult), kept as plain dicts so old readers ignore them
+    # issue 14: each a small record's to_json() (harness.gaps.culprit.Culprit, harness.model.verdict.KnownIssue,
+    # harness.model.tries.Try, harness.model.guest.CommandResult), kept as plain dicts so old readers ignore them
     culprit: dict[str, Any] | None = None
     known_issue: dict[str, Any] | None = None
     tries: list[dict[str, Any]] = field(default_factory=list)      # every attempt's outcome, oldest first

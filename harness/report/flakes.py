@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from harness.report.profile import base_cell_id, repeat_groups
 from harness.model.result import ERROR, PASS, CellResult
-from harness.runner.tries import passed_on_retry, tries_of
+from harness.model.tries import passed_on_retry, tries_of
 
 MIN_FAILURES = 2
 CONFIRMED, UNCONFIRMED, FLAKY = "confirmed", "unconfirmed", "flaky"

@@ -26,9 +26,9 @@ from harness.gaps.baseline import GapDiff
 from harness.model.files import write_atomic
 from harness.model.result import OUTCOMES, Phase, ended_as_expected
 from harness.report.diff import RunDiff
-from harness.report.culprit import Culprit
-from harness.runner.known_issues import cell_ok, known_issue_note
-from harness.runner.tries import passed_on_retry
+from harness.gaps.culprit import Culprit
+from harness.model.verdict import cell_ok, known_issue_note
+from harness.model.tries import passed_on_retry
 from harness.report.run import CellView, RunData
 
 # Console bytes embedded per cell (the tail): enough to see a boot, small enough that a page of a
@@ -223,32 +223,29 @@ def _triage(results: dict[str, Any], anchors: dict[str, str]) -> str:
     """Culprits of the failing cells, known issues, flakes: results.json's triage section."""
     t = results.get("triage") or {}
     bad = [c for c in t.get("culprits", []) if not c["ok"]]
-    rows = "".join(f'<tr><td>{_badge(c["outcome"])}</td><td>{_link(c["cell"], anchors)}</td>'
-                   f'<td><b>{esc(c["party"])}</b>{" (suspected)" if c["evidence"] == "suspected" else ""}</td>'
-                   f'<td class=mono>{esc(c["gap"]["kind"] + " " + str(c["gap"]["key"])) if c.get("gap") else ""}</td>'
-                   f'<td>{esc(c["why"])}</td></tr>' for c in bad)
-    parts = ['<h3>Culprits</h3>' + (f'<table class="data"><thead><tr><th></th><th>cell</th><th>culprit</th><th>gap</th>'
-                                    f'<th>why</th></tr></thead><tbody>{rows}</tbody></table>' if rows
+    rows = [f'<tr><td>{_badge(c["outcome"])}</td><td>{_link(c["cell"], anchors)}</td>'
+            f'<td><b>{esc(c["party"])}</b>{" (suspected)" if c["evidence"] == "suspected" else ""}</td>'
+            f'<td class=mono>{esc(c["gap"]["kind"] + " " + str(c["gap"]["key"])) if c.get("gap") else ""}</td>'
+            f'<td>{esc(c["why"])}</td></tr>' for c in bad]
+    parts = ['<h3>Culprits</h3>' + (_table(("", "cell", "culprit", "gap", "why"), rows) if rows
                                     else "<p>No failing cell.</p>")]
     issues = t.get("known_issues", [])
-    rows = "".join(f'<tr><td>{_badge("fail" if k["status"] == "expired" else "pass", k["status"])}</td>'
-                   f'<td>{_link(k["cell"], anchors)}</td><td>{esc(k["outcome"])}</td>'
-                   f'<td><a href="{esc(k["url"])}" rel="noreferrer">{esc(k["title"])}</a></td><td>{esc(k["until"])}</td></tr>'
-                   for k in issues)
-    parts.append('<h3>Known issues</h3>' + (f'<table class="data"><thead><tr><th>status</th><th>cell</th><th>outcome</th>'
-                                            f'<th>issue</th><th>until</th></tr></thead><tbody>{rows}</tbody></table>'
+    rows = [f'<tr><td>{_badge("fail" if k["status"] == "expired" else "pass", k["status"])}</td>'
+            f'<td>{_link(k["cell"], anchors)}</td><td>{esc(k["outcome"])}</td>'
+            f'<td><a href="{esc(k["url"])}" rel="noreferrer">{esc(k["title"])}</a></td><td>{esc(k["until"])}</td></tr>'
+            for k in issues]
+    parts.append('<h3>Known issues</h3>' + (_table(("status", "cell", "outcome", "issue", "until"), rows)
                                             if rows else "<p>None.</p>"))
     for title, key in (("Flaky cells", "flakes"), ("Flaky across this run and the baseline", "flakes_across_runs")):
         flakes = t.get(key)
         if flakes is None:
             continue
-        rows = "".join(f'<tr><td>{_link(f["cell_id"], anchors)}</td><td class=num>{f["tries"]}</td>'
-                       f'<td class=num>{f["failed"]}</td><td class=num>{f["rate"]:.0%}</td>'
-                       f'<td class=num>{f["passed_on_retry"]}</td><td>{esc(", ".join(f["outcomes"]))}</td></tr>'
-                       for f in flakes)
-        parts.append(f'<h3>{title}</h3>' + (f'<table class="data"><thead><tr><th>cell</th><th>tries</th><th>failed</th>'
-                                            f'<th>flake rate</th><th>passed on retry</th><th>outcomes</th></tr></thead>'
-                                            f'<tbody>{rows}</tbody></table>' if rows else "<p>None.</p>"))
+        rows = [f'<tr><td>{_link(f["cell_id"], anchors)}</td><td class=num>{f["tries"]}</td>'
+                f'<td class=num>{f["failed"]}</td><td class=num>{f["rate"]:.0%}</td>'
+                f'<td class=num>{f["passed_on_retry"]}</td><td>{esc(", ".join(f["outcomes"]))}</td></tr>'
+                for f in flakes]
+        parts.append(f'<h3>{title}</h3>' + (_table(("cell", "tries", "failed", "flake rate", "passed on retry",
+                                                    "outcomes"), rows) if rows else "<p>None.</p>"))
     return f'<section id="triage"><h2>Triage</h2>{"".join(parts)}</section>'
 
 
@@ -277,8 +274,7 @@ def _backend_diff(results: dict[str, Any], anchors: dict[str, str]) -> str:
             verdict = (f'<p>First divergence: {where}; outcome {esc(d["outcome_a"])} vs {esc(d["outcome_b"])}</p>'
                        f'<ul>{exits}{gaps}</ul>')
         parts.append(f'<h3>{esc(p["guest"])}: {_link(p["cell_a"], anchors)} vs {_link(p["cell_b"], anchors)}</h3>'
-                     f'<table class="data"><thead><tr><th>milestone</th><th>{esc(p["backend_a"])}</th>'
-                     f'<th>{esc(p["backend_b"])}</th><th>ratio</th></tr></thead><tbody>{rows}</tbody></table>{verdict}')
+                     + _table(("milestone", esc(p["backend_a"]), esc(p["backend_b"]), "ratio"), [rows]) + verdict)
     return (f'<section id="backend-diff"><h2>Built-in against QEMU</h2><p class="hint">The same guest on both '
             f'backends in this run: milestone times since VM start and the first divergence.</p>{"".join(parts)}</section>')
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from harness.model.files import write_atomic
 from harness.model.result import OUTCOMES
-from harness.report.culprit import Culprit
+from harness.gaps.culprit import Culprit
 from harness.report.diff import RunDiff
-from harness.runner.known_issues import cell_ok
+from harness.model.verdict import cell_ok
 from harness.report.results import cell_new_gaps
 from harness.report.run import RunData
 

@@ -25,10 +25,12 @@ from harness.model.gap import GapRecord
 from harness.model.result import ERROR, FAIL, PASS, CellResult, Failure
 from harness.model.rundir import RunDir, repeat_id
 from harness.model.session import BootRequest, SessionSummary
-from harness.report.culprit import classify
-from harness.runner.guest_shell import CommandResult, after_prompt, apply_commands
+from harness.gaps.culprit import classify
+from harness.model.guest import CommandResult
+from harness.runner.guest_shell import after_prompt, apply_commands
 from harness.runner.matrix import Cell
-from harness.runner.tries import Try, another_try
+from harness.model.tries import Try
+from harness.runner.tries import another_try
 
 Progress = Callable[[dict], None]
 

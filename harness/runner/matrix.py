@@ -18,7 +18,8 @@ from harness.model.gap import GAP_POLICIES
 from harness.model.tiers import QUICK, TIERS, tiers_run_by
 from harness.runner import yamlfile as y
 from harness.runner.guestfile import BACKENDS, GuestSpec
-from harness.runner.known_issues import KnownIssue, parse_known_issue
+from harness.model.verdict import KnownIssue
+from harness.runner.known_issues import parse_known_issue
 
 CPU_PROFILES = tuple(CPU_PROFILE_TABLE)
 OUTCOME_EXPECTATIONS = ("pass", "fail", "gap", "timeout")

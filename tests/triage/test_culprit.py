@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from harness.model.gap import FATE_GP_INJECTED, FATE_STOPPED
-from harness.report.culprit import CERTAIN, GUEST, HARNESS, HYPERVISOR, SUSPECTED, classify, culprit_of
+from harness.gaps.culprit import CERTAIN, GUEST, HARNESS, HYPERVISOR, SUSPECTED, classify, culprit_of
 from harness.model.result import CellResult, Failure, MilestoneHit
 
 
