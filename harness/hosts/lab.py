@@ -72,11 +72,17 @@ class ClockSync:
 
 def python_site_dir() -> Path:
     """The site-packages directory holding the VMM child's third-party modules."""
-    import cffi
-    site = Path(cffi.__file__).resolve().parent.parent
+    import importlib.util
+
+    def package_dir(module: str) -> Path:   # found, not imported: the runner never loads cffi/capstone
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            raise LabError(f"{module} is not installed", "install the harness into a virtualenv (bash scripts/setup.sh)")
+        return Path(spec.origin).resolve().parent.parent
+
+    site = package_dir("cffi")
     for module in ("capstone", "elftools"):
-        spec = __import__(module)
-        if Path(spec.__file__).resolve().parent.parent != site:
+        if package_dir(module) != site:
             raise LabError(f"{module} is not installed beside cffi in {site}",
                            "install the harness into one virtualenv (bash scripts/setup.sh)")
     return site
@@ -381,8 +387,7 @@ class Lab:
         self.session = session
         session.start_time = time.monotonic()
         if command is None:
-            from harness.backends.builtin_vm import request_to_json
-            self.send({"type": "run", "id": lab_id, "spec": json.loads(request_to_json(lab_request))})
+            self.send({"type": "run", "id": lab_id, "spec": lab_request.to_json()})
         else:
             self.send({"type": "run", "id": lab_id, "argv": command(lab_request), "collect": list(collect)})
         try:
