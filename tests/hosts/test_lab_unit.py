@@ -95,8 +95,8 @@ def test_session_cuts_the_console_at_the_agents_count_and_rebases_event_times(tm
     session = LabSession(_request(tmp_path), lab, "7", ClockSync(offset_s=100.0, rtt_s=0.001))
     lab.session = session
     session.on_console(b"Linux version 6.1\n")
-    event = ev.VmEvent(ev.GAP, 5.0, {"kind": "msr-read", "key": "0x10", "first_t": 5.0}).to_json() + "\n"
-    start = ev.VmEvent(ev.VM_START, 1.0, {"host": {"kvm_module": "kvm_amd"}}).to_json() + "\n"
+    event = ev.VmEvent(ev.GAP, 5.0, {"kind": "msr-read", "key": "0x10", "first_t": 5.0}).to_line() + "\n"
+    start = ev.VmEvent(ev.VM_START, 1.0, {"host": {"kvm_module": "kvm_amd"}}).to_line() + "\n"
     half = len(start) // 2
     session.on_events(start[:half].encode())          # a line split across two reads
     session.on_events((start[half:] + event).encode())
