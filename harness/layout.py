@@ -37,6 +37,10 @@ ACPI_TABLES_ADDR = 0xE0040   # XSDT, FADT, MADT, DSDT, ... right after the RSDP
 ACPI_TABLES_END = 0x100000
 HIGH_RAM_START = 0x100000    # 1 MiB
 KERNEL_LOAD_ADDR = 0x100000  # default physical load address of a protected-mode kernel
+# boot method "raw" (tiny test/benchmark guests; no boot tables, so it may share their room)
+RAW_IMAGE_LOAD = 0x10000     # above the IVT/BDA, real-mode reachable with CS=0x1000
+RAW_IMAGE_MAX = 0x80000      # the image must end below the EBDA
+RAW_REAL_STACK = 0xFFF0      # SS=0, SP: top of the first 64 KiB segment
 
 # --- the MMIO hole below 4 GiB -------------------------------------------------
 MMIO_HOLE_START = 0xC000_0000
@@ -70,14 +74,9 @@ BOOT_TIMER_PORT = 0x440              # the guest writes a byte here to mark a mo
 PCI_CONFIG_ADDRESS = 0xCF8
 PCI_CONFIG_DATA = 0xCFC
 
-# --- MSRs the gap policy watches by default -------------------------------------------
-MSR_TSC = 0x10
-MSR_MTRRCAP = 0xFE
-MSR_MTRR_FIRST, MSR_MTRR_LAST = 0x200, 0x2FF   # variable/fixed ranges, PAT (0x277), MTRRdefType (0x2FF)
-MSR_PAT = 0x277
-MSR_MTRR_DEF_TYPE = 0x2FF
 # fixture-msr-gate's required MSR: unknown to KVM and to the built-in policy tables (it exits to
 # user space), so gap policy gp refuses it and the fixture panics; emulate/zero answer 0.
+# (Architectural MSR indices are in harness/arch/x86_64/regs.py.)
 FIXTURE_GATE_MSR = 0x4B564DFE
 
 

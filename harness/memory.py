@@ -47,10 +47,10 @@ class GuestRam:
     def regions(self) -> tuple[RamRegion, ...]:
         return self._regions
 
-    def host_address(self) -> int:
-        """Userspace address of the mapping (for KVM_SET_USER_MEMORY_REGION)."""
-        import ctypes
-        return ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+    @property
+    def mapping(self) -> mmap.mmap:
+        """The host mapping behind guest RAM (KVM_SET_USER_MEMORY_REGION needs its address)."""
+        return self._map
 
     def _offset(self, gpa: int, length: int) -> int:
         if gpa < 0 or length < 0:

@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from harness import layout  # noqa: E402
-from harness.kvm.rawboot import GUEST_LOAD  # noqa: E402
+from harness.boot.raw import GUEST_LOAD  # noqa: E402
 
 
 def out_loop_guest(n: int) -> bytes:
@@ -58,7 +58,7 @@ def run_python(code: bytes, devices: str = "sink", coalesce: bool = True) -> tup
     from harness.devices.context import DeviceContext
     from harness.devices.uart16550 import Uart16550
     from harness.kvm.machine import Machine, MachineConfig
-    from harness.kvm.rawboot import load_raw
+    from harness.boot.raw import load_raw
     from harness.memory import GuestRam
     io, mmio = Bus("io"), Bus("mmio")
     out = bytearray()
@@ -88,7 +88,7 @@ def run_bare_python(code: bytes) -> float:
     Shows how much of the gap to C is the interpreter itself rather than the harness's run loop."""
     import struct
     from harness.kvm import ffi as k
-    from harness.kvm.rawboot import load_raw
+    from harness.boot.raw import load_raw
     from harness.kvm.vm import Vm
     from harness.memory import GuestRam
     ram = GuestRam(4 * layout.MiB)

@@ -44,16 +44,16 @@ def harness_run(guest_name: str, run_dir: Path) -> tuple[float, float]:
 
 
 def _vm_start(run_dir: Path, cell_id: str) -> float:
-    from harness.backends.events import VM_START, EventReader
-    from harness.runner.execute import workdir_of
-    evs = EventReader(workdir_of(run_dir, cell_id) / "events.jsonl").poll()
+    from harness.model.events import VM_START, EventReader
+    from harness.model.rundir import RunDir
+    evs = EventReader(RunDir(run_dir).workdir(cell_id) / "events.jsonl").poll()
     return next(e.t for e in evs if e.type == VM_START)
 
 
 def bare_argv(guest_name: str, workdir: Path) -> list[str]:
     """The argv the harness would use, without the harness-only -qmp and -d/-D diagnostics."""
     from harness.assets.sources import resolve
-    from harness.backends.base import BootRequest
+    from harness.model.session import BootRequest
     from harness.backends.qemu import QemuBackend
     from harness.runner.guestfile import load_guest
     g = load_guest(REPO / "guests" / f"{guest_name}.yaml")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from harness.errors import AssetError
+from harness.model.files import atomic_file, cache_root, write_atomic
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -33,10 +34,7 @@ _CHUNK = 1 << 20
 
 
 def default_root() -> Path:
-    env = os.environ.get("HARNESS_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "harness"
+    return cache_root()
 
 
 def sha256_file(path: Path) -> str:
@@ -49,23 +47,6 @@ def sha256_file(path: Path) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` so that readers see either the old or the whole new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -148,7 +129,7 @@ class AssetCache:
 
     def _write_stamp(self, sha256: str, stamp: str) -> None:
         with contextlib.suppress(OSError):
-            atomic_write_bytes(self._stamp_path(sha256), stamp.encode())
+            write_atomic(self._stamp_path(sha256), stamp.encode())
 
     def names(self) -> list[str]:
         index = self.root / "index"
@@ -174,23 +155,13 @@ class AssetCache:
             self._store_blob(src, blob)
         meta = {"name": name, "sha256": sha, "size": size, "provenance": provenance,
                 "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        atomic_write_bytes(self._index_path(name), json.dumps(meta, indent=2, sort_keys=True).encode())
+        write_atomic(self._index_path(name), json.dumps(meta, indent=2, sort_keys=True).encode())
         return CacheEntry(name, sha, size, blob, provenance)
 
     def _store_blob(self, src: Path, blob: Path) -> None:
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=blob.parent, prefix=f".{blob.name[:12]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-                shutil.copyfileobj(inp, out, _CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o444)  # cached blobs are inputs: nobody writes them in place
-            os.replace(tmp, blob)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        # cached blobs are inputs: nobody writes them in place (mode 0444)
+        with atomic_file(blob, 0o444) as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, _CHUNK)
 
     def _discard(self, entry: CacheEntry) -> None:
         for p in (entry.path, self._index_path(entry.name)):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import layout
+from harness.arch.x86_64 import regs as x86_regs
 from harness.errors import AssetError, HarnessError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -109,13 +110,15 @@ CROSS_TOOLS = tuple(CROSS + tool for tool in TOOLS)
 
 
 def layout_header() -> str:
-    """fixture_layout.h: every integer constant of harness/layout.py as a C #define."""
+    """fixture_layout.h: every integer constant of harness/layout.py, and the MSR indices of
+    harness/arch/x86_64/regs.py, as C #defines (the fixtures probe the MSRs the gap policy watches)."""
     lines = ["/* generated from harness/layout.py by harness/assets/fixtures.py: do not edit */",
              "#ifndef FIXTURE_LAYOUT_H", "#define FIXTURE_LAYOUT_H"]
+    constants = {**vars(layout), **{n: v for n, v in vars(x86_regs).items() if n.startswith("MSR_")}}
     # No U/ULL suffixes: the header is included from assembly too (gas rejects them); in C a
     # hex literal takes the first type that holds it, so large addresses stay unsigned.
-    for name in sorted(vars(layout)):
-        value = getattr(layout, name)
+    for name in sorted(constants):
+        value = constants[name]
         if name.isupper() and isinstance(value, int) and not isinstance(value, bool):
             lines.append(f"#define {name} 0x{value:x}")
     lines.append("#endif")

@@ -18,8 +18,8 @@ from harness.assets import initramfs
 from harness.assets.cache import AssetCache, CacheEntry, sha256_file, sha256_text
 from harness.assets.debian import Apt, DebPackage, extract, inspect_deb
 from harness.errors import AssetError
+from harness.model.tiers import NIGHTLY, QUICK
 
-QUICK, NIGHTLY = "quick", "nightly"
 _KERNEL_PKG = r"linux-image-\d+\.\d+\.\d+-\d+-cloud-{arch}(-unsigned)?"
 
 

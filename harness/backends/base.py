@@ -13,49 +13,9 @@ import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-
-@dataclass
-class BootRequest:
-    """Everything a backend needs to boot one cell. Paths are resolved, read-only inputs."""
-    cell_id: str
-    guest: str
-    family: str                 # linux | netbsd | openbsd | freebsd | fixture | xen | other
-    arch: str                   # x86_64 | aarch64
-    boot: str                   # bzimage | pvh | multiboot | netbsd | openbsd | freebsd | firmware | image
-    kernel: Path | None
-    initrd: Path | None = None
-    disk: Path | None = None    # never written: backends put a copy-on-write overlay in workdir
-    cmdline: str = ""
-    memory_mib: int = 256
-    vcpus: int = 1
-    cpu_profile: str = "default"
-    gap_policy: str = "emulate"
-    workdir: Path = Path(".")
-    options: dict[str, Any] = field(default_factory=dict)  # backend-specific section of the guest file
-
-    @property
-    def events_path(self) -> Path:
-        return self.workdir / "events.jsonl"
-
-    @property
-    def summary_path(self) -> Path:
-        return self.workdir / "summary.json"
-
-
-@dataclass
-class SessionSummary:
-    """What a backend knows after the guest stopped, beyond the console and events."""
-    exit_code: int | None
-    exit_counts: dict[str, int] = field(default_factory=dict)
-    flight_recorder: list[dict[str, Any]] = field(default_factory=list)
-    host: dict[str, Any] = field(default_factory=dict)        # kvm module, hardware-backed?, qemu version
-    command: list[str] = field(default_factory=list)          # the child's argv, for reproducing
-    stderr_tail: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+from harness.model.session import BootRequest, SessionSummary
 
 
 class BackendSession(ABC):
@@ -91,14 +51,23 @@ class BackendSession(ABC):
 class ProcessSession(BackendSession):
     """A BackendSession around one child process in its own process group."""
 
-    def __init__(self, request: BootRequest, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, request: BootRequest, argv: list[str], env: dict[str, str] | None = None,
+                 spawn: Callable[[int], Any] | None = None) -> None:
+        """`spawn(stderr_fd)`, when given, starts the child some other way than exec'ing `argv` (the
+        built-in VMM's fork server) and returns an object with Popen's pid/stdin/stdout/poll/wait/
+        returncode; the child must be its own process group and die with the runner, as here."""
         super().__init__(request)
         request.workdir.mkdir(parents=True, exist_ok=True)
         self.argv = argv
         self._stderr_path = request.workdir / "backend.stderr.log"
         self._stderr = open(self._stderr_path, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                     env=env, start_new_session=True, bufsize=0, preexec_fn=_die_with_parent)
+        try:
+            self.proc = spawn(self._stderr.fileno()) if spawn is not None else None
+        except OSError:     # the other way is not available after all: exec as usual
+            self.proc = None
+        if self.proc is None:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                         env=env, start_new_session=True, bufsize=0, preexec_fn=_die_with_parent)
         self.start_time = time.monotonic()
 
     @property
@@ -168,25 +137,3 @@ class Backend(ABC):
     @abstractmethod
     def start(self, request: BootRequest) -> BackendSession:
         """Boot the guest; return at once with the session running."""
-
-
-BACKEND_NAMES = ("builtin", "qemu-tcg", "qemu-kvm", "replay")
-
-
-def get_backend(name: str, host: str = "native") -> Backend:
-    """The backend called `name` (imported lazily: the QEMU backend must not need cffi, and back).
-    `host` other than native: the backend whose VM child runs there (harness.hosts)."""
-    if host != "native":
-        from harness.hosts.backend import host_backend
-        return host_backend(name, host)
-    if name == "builtin":
-        from harness.backends.builtin import BuiltinBackend
-        return BuiltinBackend()
-    if name in ("qemu-tcg", "qemu-kvm"):
-        from harness.backends.qemu import QemuBackend
-        return QemuBackend(accel=name.split("-", 1)[1])
-    if name == "replay":
-        from harness.backends.replay import ReplayBackend
-        return ReplayBackend()
-    from harness.errors import ConfigError
-    raise ConfigError(f"unknown backend {name!r}", f"use one of {', '.join(BACKEND_NAMES)}")

@@ -11,9 +11,11 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
-from harness.backends.base import Backend, BootRequest, ProcessSession, SessionSummary
+from harness.backends.base import Backend, ProcessSession
 from harness.errors import BackendUnavailable, KvmUnavailable
+from harness.model.session import BootRequest, SessionSummary
 
 SPEC_NAME = "builtin-spec.json"
 ARCHES = ("x86_64", "aarch64")          # a guest runs on a host of its own architecture
@@ -21,9 +23,9 @@ AARCH64_BOOT_METHODS = {"auto", "image", "netbsd"}   # harness.boot.arm64
 
 
 def supported_boot_methods() -> set[str]:
-    """Boot methods the child can load: the loaders' methods, auto-detection, and raw test images."""
+    """Boot methods the child can load: the loaders' table and auto-detection."""
     from harness import boot
-    return set(boot.METHODS) | {"auto", "raw"}
+    return set(boot.LOADERS) | {boot.AUTO}
 
 
 class BuiltinSession(ProcessSession):
@@ -51,9 +53,18 @@ def read_summary(path: Path, exit_code: int | None) -> SessionSummary:
                                                                   "(killed before it could, or crashed)"})
     except (OSError, ValueError) as exc:
         return SessionSummary(exit_code=exit_code, extra={"summary_missing": True, "note": f"unreadable: {exc}"})
-    return SessionSummary(exit_code=exit_code, exit_counts=data.get("exit_counts", {}),
-                          flight_recorder=data.get("flight_recorder", []), host=data.get("host", {}),
-                          command=data.get("command", []), extra=data.get("extra", {}))
+    summary = SessionSummary.from_json(data)
+    summary.exit_code = exit_code
+    return summary
+
+
+def _fork_server(spec: Path, env: dict[str, str]) -> Any:
+    """The VMM fork server's spawner (the child skips the imports; see vmm_server.py), or None."""
+    from harness.backends import vmm_server
+    try:
+        return vmm_server.spawner(spec, env)
+    except OSError:
+        return None
 
 
 class BuiltinBackend(Backend):
@@ -93,4 +104,4 @@ class BuiltinBackend(Backend):
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
         argv = [sys.executable, "-m", "harness.backends.builtin_vm", str(spec)]
-        return BuiltinSession(request, argv, env=env)
+        return BuiltinSession(request, argv, env=env, spawn=_fork_server(spec, env))

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from harness.backends import events as ev
+from harness.model import events as ev
 from harness.backends.debugopts import DebugOptions
 from harness.errors import BackendUnavailable
 

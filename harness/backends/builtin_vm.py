@@ -16,38 +16,27 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from harness import layout
-from harness.backends import events as ev
-from harness.backends.base import BootRequest
 from harness.errors import BackendUnavailable, HarnessError
+from harness.model import events as ev
+from harness.model.files import write_json_atomic
+from harness.model.session import BootRequest, SessionSummary
 
 SNAPSHOT_PERIOD_S = 0.1
 EXIT_OK, EXIT_VM_ERROR, EXIT_SETUP_ERROR = 0, 1, 2
-RAW_BOOT = "raw"              # flat binary entered in real mode (tests, benchmarks, fixtures)
 GAP_OVERRIDES_OPTION = "gap_overrides"   # spec option set by the runner (gap bisection), not a guest-file key
 
 
 # -- spec ---------------------------------------------------------------------------------------
 def request_to_json(request: BootRequest) -> str:
-    data = asdict(request)
-    for key in ("kernel", "initrd", "disk", "workdir"):
-        data[key] = None if data[key] is None else str(data[key])
-    return json.dumps(data, indent=1, default=str)
+    return json.dumps(request.to_json(), indent=1, default=str)
 
 
 def request_from_json(text: str) -> BootRequest:
-    data = json.loads(text)
-    known = {f.name for f in fields(BootRequest)}
-    data = {k: v for k, v in data.items() if k in known}
-    for key in ("kernel", "initrd", "disk"):
-        if data.get(key) is not None:
-            data[key] = Path(data[key])
-    data["workdir"] = Path(data.get("workdir") or ".")
-    return BootRequest(**data)
+    return BootRequest.from_json(json.loads(text))
 
 
 # -- the child ----------------------------------------------------------------------------------------
@@ -126,7 +115,8 @@ class ChildVm:
         self.emit(ev.VmEvent(ev.VM_START, time.monotonic(), {
             "host": self.host, "boot": self.boot_info, "cpu_profile": m.config.cpu_profile,
             "masked_cpuid": m.masked, "gap_policy": m.config.gap_policy, "vcpus": m.config.vcpus,
-            "msr_routing": m.msr_status, "coalesced_serial": m.coalesced_serial}))
+            "msr_routing": m.msr_status, "coalesced_serial": m.coalesced_serial,
+            "startup_cpu_s": round(time.process_time(), 6)}))   # the child's CPU until now (bench/vmm_start)
         threading.Thread(target=self._stdin_reader, name="stdin", daemon=True).start()
         if self.debug is not None:
             self.debug.start()
@@ -171,11 +161,11 @@ class ChildVm:
                  "guest_stop_event": self.guest_stop_event, "vcpus": ms.get("vcpus", [])}
         if error:
             extra["error"] = error
-        summary = {"exit_code": code, "exit_counts": ms.get("exit_counts", {}),
-                   "flight_recorder": ms.get("flight_recorder", []), "host": self.host,
-                   "command": [sys.executable, "-m", "harness.backends.builtin_vm"] + sys.argv[1:],
-                   "stderr_tail": "", "extra": extra}
-        write_json_atomic(self.request.summary_path, summary)
+        summary = SessionSummary(exit_code=code, exit_counts=ms.get("exit_counts", {}),
+                                 flight_recorder=ms.get("flight_recorder", []), host=self.host,
+                                 command=[sys.executable, "-m", "harness.backends.builtin_vm"] + sys.argv[1:],
+                                 extra=extra)
+        write_json_atomic(self.request.summary_path, summary.to_json())
 
     def close(self) -> None:
         if self.debug is not None:
@@ -195,12 +185,6 @@ def gap_overrides(options: dict[str, Any]) -> dict[int, str]:
         except ValueError:
             raise HarnessError(f"gap override key {key!r} is not an MSR index", "give MSR indexes like 0x4b564dfe") from None
     return out
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = Path(f"{path}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 # -- devices and loaders -------------------------------------------------------------------------------
@@ -262,7 +246,7 @@ class SecondConsole:
 def install_firmware(req: BootRequest, ram: Any, devices: Any, machine: Any) -> Any:
     """ACPI + MP tables for this VM's CPUs and devices; each table left out is a gap record."""
     from harness import firmware
-    from harness.gaps.record import FIRMWARE_TABLE_MISSING, GapRecord
+    from harness.model.gap import FIRMWARE_TABLE_MISSING, GapRecord
     opts = firmware.FirmwareOptions.from_guest(req.options)
     desc = firmware.describe(req.vcpus, mmio=devices.mmio_descriptions(), pci=devices.pci_descriptions(),
                              second_uart=devices.uart2 is not None,
@@ -291,11 +275,9 @@ def load_guest(req: BootRequest, ram: Any, rsdp: int | None = None, devices: Any
     if req.kernel is None:
         raise BackendUnavailable(f"cell {req.cell_id}: the built-in backend needs a kernel",
                                  "give the guest a kernel file")
-    if req.boot == RAW_BOOT:
-        from harness.kvm.rawboot import load_raw
-        return load_raw(ram, req.kernel, mode=str((req.options or {}).get("raw_mode", "real16")))
     from harness.boot import load
-    plan = load(req.boot, ram, req.kernel, req.initrd, kernel_cmdline(req, devices), req.vcpus, rsdp=rsdp)
+    plan = load(req.boot, ram, req.kernel, req.initrd, kernel_cmdline(req, devices), req.vcpus,
+                options=req.options, rsdp=rsdp)
     return plan.entry, dict(plan.info)
 
 

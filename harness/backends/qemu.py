@@ -34,13 +34,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.backends import events as ev
-from harness.backends.base import Backend, BootRequest, ProcessSession, SessionSummary
+from harness.backends.base import Backend, ProcessSession
 from harness.backends.debugopts import OPTION_KEY as DEBUG_OPTION_KEY
 from harness.backends.debugopts import QEMU_DEFAULT_PORT, DebugOptions
 from harness.backends.qemu_gaps import parse_kvm_failure, parse_log_line
 from harness.errors import AssetError, BackendUnavailable, ConfigError
-from harness.gaps.record import GapRecord
+from harness.model import events as ev
+from harness.model.files import LineTail, write_json_atomic
+from harness.model.gap import GapRecord
+from harness.model.gapsink import GapSink
+from harness.model.session import BootRequest, SessionSummary
 
 BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 PACKAGES = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
@@ -142,8 +145,7 @@ class QemuSession(ProcessSession):
             self._announce_gdb()
         self._qmp_dir = qmp_dir
         super().__init__(request, argv)
-        self._seen: dict[tuple[str, str, str], GapRecord] = {}
-        self._counts: dict[tuple[str, str, str], int] = {}
+        self._gaps = GapSink(on_new=lambda gap: self._emit(ev.GAP, gap.to_json(), gap.first_t))
         self._shutdown_reason: str | None = None
         self._kvm_reported = False
         self._stopped_by_us = False
@@ -159,29 +161,22 @@ class QemuSession(ProcessSession):
             self._writer.emit(ev.VmEvent(type_, time.monotonic() if t is None else t, data))
 
     def _gap(self, gap: GapRecord) -> None:
-        """First sighting of a gap goes out at once; repeats are counted and sent at the end."""
-        gap.first_t = gap.first_t or time.monotonic()
-        self._counts[gap.key_tuple()] = self._counts.get(gap.key_tuple(), 0) + 1
-        known = self._seen.get(gap.key_tuple())
-        if known is None:
-            self._seen[gap.key_tuple()] = gap
-            self._emit(ev.GAP, gap.to_dict(), gap.first_t)
-            gap._unsent = 0  # type: ignore[attr-defined]
-        else:
-            known._unsent += 1  # type: ignore[attr-defined]
+        """First sighting of a gap goes out at once; repeats are counted and sent in batches."""
+        self._gaps.record(gap)
+
+    def _log_lines(self, lines: list[bytes]) -> None:
+        for line in lines:
+            gap = parse_log_line(line.decode(errors="replace"))
+            if gap is not None:
+                self._gap(gap)
 
     def _flush_repeats(self) -> None:
-        for gap in self._seen.values():
-            unsent = getattr(gap, "_unsent", 0)
-            if unsent:
-                repeat = GapRecord.from_dict(gap.to_dict())
-                repeat.count, repeat.values = unsent, []
-                self._emit(ev.GAP, repeat.to_dict(), gap.first_t)
-                gap._unsent = 0  # type: ignore[attr-defined]
+        for repeat in self._gaps.unsent_repeats():
+            self._emit(ev.GAP, repeat.to_json(), repeat.first_t)
 
     # -- the watcher -----------------------------------------------------------------------------
     def _watch(self) -> None:
-        log = _Tail(self.request.workdir / "qemu.log")
+        log = LineTail(self.request.workdir / "qemu.log", max_chunk=1 << 20)
         qmp = _Qmp(self._qmp_dir / "qmp.sock")
         deadline = time.monotonic() + _QMP_CONNECT_S
         try:
@@ -193,17 +188,11 @@ class QemuSession(ProcessSession):
                     self._on_qmp(event)
                 while True:  # after the exit, drain the whole log; while running, a bounded chunk
                     lines = log.lines()
-                    for line in lines:
-                        gap = parse_log_line(line)
-                        if gap is not None:
-                            self._gap(gap)
+                    self._log_lines(lines)
                     if not (exited and lines):
                         break
-                if exited and log.partial:  # a last line QEMU never finished
-                    gap = parse_log_line(log.partial.decode(errors="replace"))
-                    log.partial = b""
-                    if gap is not None:
-                        self._gap(gap)
+                if exited:  # a last line QEMU never finished
+                    self._log_lines([log.take_partial()])
                 self._check_stderr()
                 if exited:
                     break
@@ -257,12 +246,7 @@ class QemuSession(ProcessSession):
         self._emit(ev.VM_EXIT, {"reason": reason or ("stopped" if self._stopped_by_us else "exit"), "code": code})
 
     def _final_gaps(self) -> list[dict[str, Any]]:
-        out = []
-        for key, gap in self._seen.items():
-            record = GapRecord.from_dict(gap.to_dict())
-            record.count = self._counts.get(key, 1)
-            out.append(record.to_dict())
-        return out
+        return [gap.to_json() for gap in self._gaps.records()]
 
     # -- stopping ---------------------------------------------------------------------------------
     def stop(self) -> SessionSummary:
@@ -398,33 +382,8 @@ def _last_line(text: str) -> str:
 
 
 def _write_summary(path: Path, summary: SessionSummary) -> None:
-    from dataclasses import asdict
-    from harness.assets.cache import atomic_write_bytes
     with contextlib.suppress(OSError):
-        atomic_write_bytes(path, json.dumps(asdict(summary), indent=2, default=str).encode())
-
-
-class _Tail:
-    """Complete lines appended to a file since the last call (bounded per call)."""
-
-    def __init__(self, path: Path, max_chunk: int = 1 << 20) -> None:
-        self.path = path
-        self.offset = 0
-        self.partial = b""
-        self.max_chunk = max_chunk
-
-    def lines(self) -> list[str]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                chunk = f.read(self.max_chunk)
-        except FileNotFoundError:
-            return []
-        self.offset += len(chunk)
-        data = self.partial + chunk
-        parts = data.split(b"\n")
-        self.partial = parts.pop()
-        return [p.decode(errors="replace") for p in parts]
+        write_json_atomic(path, summary.to_json(), indent=2)
 
 
 class _Qmp:

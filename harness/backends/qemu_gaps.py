@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.gaps.record import (FATE_STOPPED, HOST_EMULATION_FAILURE, QEMU_GUEST_ERROR, QEMU_UNIMPLEMENTED,
-                                 GapRecord)
+from harness.model.gap import (FATE_STOPPED, HOST_EMULATION_FAILURE, QEMU_GUEST_ERROR, QEMU_UNIMPLEMENTED,
+                               GapRecord)
 
 _UNIMP_DEVICE = re.compile(r"^(?P<dev>[\w.\-/ ]+?): unimplemented device (?P<rw>read|write)\s*"
                            r"\(size (?P<size>\d+), (?:offset|addr) (?P<off>0x[0-9a-fA-F]+)"
@@ -118,8 +118,15 @@ def _code_at_rip(code: str) -> str:
 
 def decode_x86(hex_bytes: str) -> str:
     """The first instruction in `hex_bytes` as "mnemonic operands" (empty when undecodable)."""
-    if not hex_bytes:
+    try:
+        code = bytes.fromhex(hex_bytes)
+    except ValueError:
         return ""
+    if not code:
+        return ""
+    from harness.arch.x86_64.decode import describe
+    text = describe(code, 64)["text"]
+    return "" if text == "(bad)" else text
     try:
         import capstone
         md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)

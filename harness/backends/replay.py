@@ -25,9 +25,10 @@ from typing import Any
 
 import yaml
 
-from harness.backends import events as ev
-from harness.backends.base import Backend, BootRequest, ProcessSession, SessionSummary
+from harness.backends.base import Backend, ProcessSession
 from harness.errors import BackendUnavailable
+from harness.model import events as ev
+from harness.model.session import BootRequest, SessionSummary
 
 
 class ReplayBackend(Backend):

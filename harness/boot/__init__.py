@@ -6,13 +6,14 @@ first vCPU must look when it starts.
     plan.info     -> protocol, entry point, kernel version, load range, initrd placement, ...
     plan.regions  -> (name, gpa, size) of everything written
 
-Methods: bzimage (Linux 64-bit boot protocol), pvh (Xen PVH note; a bzImage is unpacked to its
-vmlinux first), multiboot (v1), netbsd / openbsd / freebsd (each BSD's native loader handoff).
+Methods: the LOADERS table below (bzimage, pvh, multiboot, netbsd, openbsd, freebsd, raw).
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from harness.boot.bda import write_bda
 from harness.boot.entry import EntryState, Segment
@@ -22,9 +23,8 @@ from harness.boot.plan import BootPlan
 from harness.errors import ConfigError, KernelImageError
 from harness.memory import GuestRam
 
-__all__ = ["BootPlan", "EntryState", "Segment", "METHODS", "load", "detect_method"]
+__all__ = ["BootPlan", "EntryState", "Segment", "LOADERS", "METHODS", "load", "detect_method"]
 
-METHODS = ("bzimage", "pvh", "multiboot", "netbsd", "openbsd", "freebsd")
 DETECT_CAP = 512 * 1024 * 1024          # decompression cap when no guest memory size is known
 ELFOSABI_NETBSD, ELFOSABI_FREEBSD, ELFOSABI_OPENBSD = 2, 9, 12
 
@@ -32,22 +32,112 @@ _VERSION_RE = re.compile(rb"(Linux version \d[^\0\n]{0,200}"
                          rb"|(?:NetBSD|OpenBSD|FreeBSD) \d+\.\d+[-\w.]* \([\w.-]+\)[^\0\n]{0,160})")
 
 
+@dataclass
+class LoadInput:
+    """What every loader gets: guest RAM, the kernel's bytes, the initrd's, the command line."""
+    mem: GuestRam
+    data: bytes
+    initrd: bytes | None
+    cmdline: str
+    name: str                      # the kernel's file name, for messages
+    initrd_name: str = "initrd"
+    options: dict[str, Any] = field(default_factory=dict)   # the guest file's builtin: section
+    rsdp: int = 0                  # ACPI RSDP address for the handoffs that carry one (bzImage, PVH)
+
+
+@dataclass(frozen=True)
+class Loader:
+    load: Callable[[LoadInput], BootPlan]
+    description: str
+    bios_data_area: bool = True    # write the BDA BIOS-era kernels read (EBDA pointer, base memory)
+    read: Callable[[Path, int], bytes] = read_kernel   # (path, size cap) -> the kernel's bytes
+
+
+def _bzimage(i: LoadInput) -> BootPlan:
+    from harness.boot.bzimage import load_bzimage
+    return load_bzimage(i.mem, i.data, i.initrd, i.cmdline, i.name, rsdp=i.rsdp)
+
+
+def _pvh(i: LoadInput) -> BootPlan:
+    """The PVH entry of an ELF vmlinux; a bzImage is unpacked to its vmlinux first."""
+    from harness.boot.pvh import load_pvh
+    data, version = i.data, ""
+    if is_bzimage(data):
+        from harness.boot.image import parse_setup_header
+        version = parse_setup_header(data, i.name).kernel_version
+        data = extract_vmlinux(data, i.mem.size, i.name)
+    plan = load_pvh(i.mem, parse_elf(data, i.name), i.initrd, i.cmdline, i.name, rsdp=i.rsdp)
+    plan.info["kernel_version"] = version or find_version(data)
+    return plan
+
+
+def _multiboot(i: LoadInput) -> BootPlan:
+    from harness.boot.multiboot import load_multiboot
+    return load_multiboot(i.mem, i.data, i.initrd, i.cmdline, i.name, i.initrd_name)
+
+
+def _netbsd(i: LoadInput) -> BootPlan:
+    from harness.boot.netbsd import load_netbsd
+    return load_netbsd(i.mem, parse_elf(i.data, i.name), i.initrd, i.cmdline, i.name)
+
+
+def _openbsd(i: LoadInput) -> BootPlan:
+    from harness.boot.openbsd import load_openbsd
+    return load_openbsd(i.mem, parse_elf(i.data, i.name), i.initrd, i.cmdline, i.name)
+
+
+def _freebsd(i: LoadInput) -> BootPlan:
+    from harness.boot.freebsd import load_freebsd
+    return load_freebsd(i.mem, parse_elf(i.data, i.name), i.initrd, i.cmdline, i.name)
+
+
+def _read_raw(path: Path, cap: int) -> bytes:
+    from harness.boot.raw import read_image
+    return read_image(path)
+
+
+def _raw(i: LoadInput) -> BootPlan:
+    from harness.boot.raw import load_raw
+    entry, info = load_raw(i.mem, i.data, mode=str(i.options.get("raw_mode", "real16")))
+    return BootPlan(entry, info)
+
+
+# The one table of boot methods the built-in VMM loads. The guest-file validator, `harness boot
+# --boot`, the built-in backend's check and `load` all read it; a new protocol is one line here.
+LOADERS: dict[str, Loader] = {
+    "bzimage": Loader(_bzimage, "Linux 64-bit boot protocol (bzImage)"),
+    "pvh": Loader(_pvh, "Xen PVH entry note (a bzImage is unpacked to its vmlinux)"),
+    "multiboot": Loader(_multiboot, "Multiboot v1 (ELF or a.out kludge)"),
+    "netbsd": Loader(_netbsd, "NetBSD's native loader handoff"),
+    "openbsd": Loader(_openbsd, "OpenBSD's native loader handoff"),
+    "freebsd": Loader(_freebsd, "FreeBSD's native loader handoff"),
+    "raw": Loader(_raw, "flat binary at 0x10000 in real16/protected32/long64 (tests, benchmarks)",
+                  bios_data_area=False, read=_read_raw),
+}
+METHODS = tuple(m for m in LOADERS if m != "raw")    # what `boot: auto` can detect
+AUTO = "auto"
+# Boot methods no loader here serves: QEMU boots them (harness.backends.qemu).
+QEMU_ONLY_METHODS = {"firmware": "the machine's firmware boots the disk (SeaBIOS, UEFI)",
+                     "image": "a Linux-style arm64 Image"}
+ALL_METHODS = (*LOADERS, *QEMU_ONLY_METHODS, AUTO)   # what a guest file's `boot:` may say
+
+
 def load(method: str, mem: GuestRam, kernel: Path, initrd: Path | None, cmdline: str,
-         vcpus: int = 1, rsdp: int | None = None) -> BootPlan:
+         vcpus: int = 1, options: dict[str, Any] | None = None, rsdp: int | None = None) -> BootPlan:
     """Load `kernel` (and `initrd`) with boot method `method` ("auto" detects it). `rsdp` is the
     ACPI RSDP address for the handoffs that carry one (bzImage, PVH); the others scan for it."""
     kernel = Path(kernel)
-    if method == "auto":
+    if method == AUTO:
         method = detect_method(kernel)
-    if method not in METHODS:
-        raise ConfigError(f"unknown boot method {method!r}", f"use one of: auto, {', '.join(METHODS)}")
-    data = read_kernel(kernel, mem.size)
+    loader = LOADERS.get(method)
+    if loader is None:
+        raise ConfigError(f"unknown boot method {method!r}", f"use one of: {AUTO}, {', '.join(LOADERS)}")
+    data = loader.read(kernel, mem.size)
     initrd_data = read_initrd(Path(initrd), mem.size) if initrd is not None else None
-    name = kernel.name
-    plan = _dispatch(method, mem, data, initrd_data, cmdline, name,
-                     Path(initrd).name if initrd is not None else "initrd", rsdp or 0)
-    # BIOS-era kernels read the EBDA pointer / base memory size from the BDA (see bda.py).
-    plan.regions.append(write_bda(mem))
+    plan = loader.load(LoadInput(mem, data, initrd_data, cmdline, kernel.name,
+                                 Path(initrd).name if initrd is not None else "initrd", dict(options or {}), rsdp or 0))
+    if loader.bios_data_area:
+        plan.regions.append(write_bda(mem))
     plan.info.setdefault("protocol", method)
     plan.info["method"] = method
     plan.info["kernel"] = str(kernel)
@@ -55,35 +145,6 @@ def load(method: str, mem: GuestRam, kernel: Path, initrd: Path | None, cmdline:
     if not plan.info.get("kernel_version"):
         plan.info["kernel_version"] = find_version(data)
     return plan
-
-
-def _dispatch(method: str, mem: GuestRam, data: bytes, initrd: bytes | None, cmdline: str, name: str,
-              initrd_name: str, rsdp: int = 0) -> BootPlan:
-    if method == "bzimage":
-        from harness.boot.bzimage import load_bzimage
-        return load_bzimage(mem, data, initrd, cmdline, name, rsdp=rsdp)
-    if method == "multiboot":
-        from harness.boot.multiboot import load_multiboot
-        return load_multiboot(mem, data, initrd, cmdline, name, initrd_name)
-    if method == "pvh":
-        from harness.boot.pvh import load_pvh
-        version = ""
-        if is_bzimage(data):
-            from harness.boot.image import parse_setup_header
-            version = parse_setup_header(data, name).kernel_version
-            data = extract_vmlinux(data, mem.size, name)
-        plan = load_pvh(mem, parse_elf(data, name), initrd, cmdline, name, rsdp=rsdp)
-        plan.info["kernel_version"] = version or find_version(data)
-        return plan
-    elf = parse_elf(data, name)
-    if method == "netbsd":
-        from harness.boot.netbsd import load_netbsd
-        return load_netbsd(mem, elf, initrd, cmdline, name)
-    if method == "openbsd":
-        from harness.boot.openbsd import load_openbsd
-        return load_openbsd(mem, elf, initrd, cmdline, name)
-    from harness.boot.freebsd import load_freebsd
-    return load_freebsd(mem, elf, initrd, cmdline, name)
 
 
 _VERSION_PREFIXES = (b"Linux version ", b"NetBSD ", b"OpenBSD ", b"FreeBSD ")

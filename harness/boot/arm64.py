@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import layout
+from harness.arch.aarch64.regs import PSTATE_EL1H_DAIF
 from harness.boot.fdt import Aarch64Machine, build_fdt
 from harness.boot.image import (ARM64_IMAGE_MAGIC, ELF_MAGIC, EM_AARCH64, read_initrd, read_kernel_any_arch,
                                 parse_elf)
@@ -49,7 +50,6 @@ PE_COFF_HEADER = struct.Struct("<HHIIIHH")                # machine, nsections, 
 PE_SECTION = struct.Struct("<8sIIIIIIHHI")                # name, vsize, vaddr, raw size, raw ptr, ...
 IMAGE_FILE_MACHINE_ARM64 = 0xAA64
 ELFOSABI_NETBSD = 2
-PSTATE_EL1H_DAIF = 0x3C5                                  # EL1h, D/A/I/F masked
 INITRD_ALIGN = 2 * layout.MiB
 
 A64_METHODS = ("image", "netbsd")

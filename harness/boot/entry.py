@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness import layout
+from harness.arch.x86_64.regs import CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME
 from harness.memory import GuestRam
 
 # GDT slots (selector = index * 8). Linux's 64-bit protocol wants __BOOT_CS = 0x10 and
@@ -27,10 +28,6 @@ GDT_ENTRIES = 6
 GDT_LIMIT = GDT_ENTRIES * 8 - 1
 TSS_LIMIT = 0x67         # minimal 32-bit TSS, as the PVH spec asks
 
-# control-register and EFER bits
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 31
-CR4_PAE = 1 << 5
-EFER_LME, EFER_LMA = 1 << 8, 1 << 10
 RFLAGS_RESERVED = 0x2    # bit 1 always set; IF, TF, VM clear
 
 # page-table entry bits

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from harness.report.results import expected_cells
 from harness.report.run import load_run
-from harness.runner.known_issues import cell_ok
+from harness.model.verdict import cell_ok
 
 
 def verdict(run_dir: Path) -> tuple[bool, str]:

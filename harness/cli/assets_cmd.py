@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from harness.model.tiers import QUICK, TIERS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     assets = sub.add_parser("assets", help="build, list and verify cached guest assets")
@@ -15,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = asub.add_parser("build", help="build assets from Debian packages (default: every quick-tier recipe)")
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--rebuild", action="store_true", help="build again even when cached")
-    p.add_argument("--tier", choices=("quick", "nightly"), default="quick",
+    p.add_argument("--tier", choices=tuple(TIERS), default=QUICK,
                    help="without names: quick builds the quick recipes, nightly all of them")
     p.set_defaults(func=cmd_build)
 

@@ -7,13 +7,13 @@ when the cell's progress file says it is done (its result is written), or on Ctr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from harness.errors import ConfigError
+from harness.model.rundir import RunDir, cell_slug
 
 POLL_S = 0.1
 WAIT_FOR_START_S = 60.0
@@ -29,11 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_attach(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
-    if not (run_dir / "cells").is_dir() and not (run_dir / "progress").is_dir():
+    run = RunDir(run_dir)
+    if not run.cells_dir.is_dir() and not run.progress_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a run directory (no cells/ or progress/)",
                           "give the --report-dir of a running harness run or boot")
     slug = find_cell(run_dir, args.cell)
-    log = run_dir / "cells" / slug / "console.log"
+    log = run.workdir(slug) / "console.log"
     deadline = time.monotonic() + WAIT_FOR_START_S
     while not log.exists():
         if time.monotonic() > deadline or _done(run_dir, slug):
@@ -67,15 +68,9 @@ def follow(log: Path, finished) -> None:
 
 def find_cell(run_dir: Path, wanted: str) -> str:
     """The slug of the one cell (running or finished) that `wanted` names."""
-    from harness.runner.result import cell_slug
-    candidates: dict[str, str] = {}     # slug -> cell id
-    for path in sorted((run_dir / "progress").glob("*.json")):
-        try:
-            cell = json.loads(path.read_text()).get("cell", "")
-        except (OSError, ValueError):
-            continue
-        candidates[path.stem] = cell
-    for path in sorted((run_dir / "cells").glob("*")):
+    run = RunDir(run_dir)
+    candidates = {cell_slug(cell): cell for cell in run.progress()}     # slug -> cell id
+    for path in sorted(run.cells_dir.glob("*")) if run.cells_dir.is_dir() else []:
         if path.is_dir():
             candidates.setdefault(path.name, path.name)
     exact = [s for s, cid in candidates.items() if wanted in (s, cid) or cell_slug(wanted) == s]
@@ -91,19 +86,14 @@ def find_cell(run_dir: Path, wanted: str) -> str:
 
 
 def _progress(run_dir: Path, slug: str) -> dict:
-    try:
-        return json.loads((run_dir / "progress" / f"{slug}.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return RunDir(run_dir).progress_of(slug)
 
 
 def _done(run_dir: Path, slug: str) -> bool:
-    return bool(_progress(run_dir, slug).get("done")) or (run_dir / "cells" / f"{slug}.json").exists()
+    return bool(_progress(run_dir, slug).get("done")) or RunDir(run_dir).result_path(slug).exists()
 
 
 def _outcome(run_dir: Path, slug: str) -> str:
     """The result file's outcome (written before the progress file says done), else the progress file's."""
-    try:
-        return str(json.loads((run_dir / "cells" / f"{slug}.json").read_text())["outcome"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return str(_progress(run_dir, slug).get("outcome") or "still running")
+    outcome = RunDir(run_dir).outcome_of(slug)
+    return str(outcome or _progress(run_dir, slug).get("outcome") or "still running")

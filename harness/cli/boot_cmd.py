@@ -14,15 +14,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.backends.registry import KERNEL_BACKENDS
 from harness.console.interactive import InteractiveConsole
 from harness.errors import ConfigError
 from harness.hosts.select import HOSTS, LAB_BACKENDS, can_run, resolve_host
+from harness.model.gap import GAP_POLICIES
+from harness.model.guest import FailurePattern, Milestone
+from harness.model.result import PASS, TIMEOUT, CellResult
+from harness.model.rundir import RunDir, reports_base
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guest_shell import AutoLogin, commands_from_words
-from harness.runner.guestfile import BOOT_METHODS, FailurePattern, GuestSpec, Milestone
-from harness.runner.matrix import CPU_PROFILES, GAP_POLICIES, Cell
-from harness.runner.plugin import new_run_dir
-from harness.runner.result import PASS, TIMEOUT, CellResult
+from harness.runner.guestfile import BOOT_METHODS, GuestSpec
+from harness.runner.matrix import CPU_PROFILES, Cell
 
 DEFAULT_CONSOLE = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
 # An --expect-less boot watches until the guest stops or --timeout: nothing can match this.
@@ -42,11 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory", type=int, default=256, help="MiB")
     p.add_argument("--vcpus", type=int, default=1)
     p.add_argument("--boot", default="auto", choices=BOOT_METHODS, help="boot protocol (default: detect)")
-    p.add_argument("--backend", default="builtin", choices=("builtin", "qemu-tcg", "qemu-kvm"))
+    p.add_argument("--backend", default="builtin", choices=KERNEL_BACKENDS)
     p.add_argument("--host", default="native", choices=HOSTS,
                    help="where the VMM child runs: this machine's /dev/kvm, the nested lab, or auto")
     p.add_argument("--cpu-profile", default="default", choices=CPU_PROFILES)
-    p.add_argument("--gap-policy", default="emulate", choices=GAP_POLICIES)
+    p.add_argument("--gap-policy", default="emulate", choices=tuple(GAP_POLICIES))
     p.add_argument("--expect", action="append", default=[], metavar="REGEX",
                    help="a console pattern to wait for, in order (repeatable)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed for each expected pattern")
@@ -102,7 +105,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
                       commands=commands)
     cell = Cell(guest, args.backend, args.cpu_profile, args.gap_policy, args.vcpus, args.memory, "adhoc", retries=0,
                 host=host)
-    run_dir = Path(args.report_dir) if args.report_dir else new_run_dir(Path("reports") / "boot")
+    run_dir = Path(args.report_dir) if args.report_dir else RunDir.create(reports_base() / "boot").path
     echo = None if args.quiet and not args.interactive else _echo
     console = InteractiveConsole() if args.interactive else None
     try:

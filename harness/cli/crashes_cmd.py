@@ -21,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness.report.crashes import crash_index
-    from harness.report.locate import resolve_run
+    from harness.model.rundir import RunDir
     from harness.report.run import load_run
-    runs = [load_run(resolve_run(name)) for name in args.runs]
+    runs = [load_run(RunDir.resolve(name).path) for name in args.runs]
     if args.accept_warnings:
         return _accept(runs, args.guest)
     entries = crash_index(runs)

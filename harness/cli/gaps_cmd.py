@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.gaps.record import KINDS
+from harness.model.gap import KINDS
 
 FORMATS = ("table", "json", "csv")
 
@@ -39,22 +39,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.report.locate import resolve_run
 
     words = list(args.words)
     if words and words[0] == "diff":
         if len(words) != 3:
             raise HarnessError("`harness gaps diff` needs two runs", "harness gaps diff RUN_A RUN_B")
-        return _diff(resolve_run(words[1]), resolve_run(words[2]), args.format)
+        return _diff(resolve_run_dir(words[1]), resolve_run_dir(words[2]), args.format)
     if words and words[0] == "accept":
         if len(words) > 2:
             raise HarnessError("`harness gaps accept` takes one run", "harness gaps accept RUN [--guest G]")
-        return _accept(resolve_run(words[1] if len(words) == 2 else None), args.guest, args.out)
+        return _accept(resolve_run_dir(words[1] if len(words) == 2 else None), args.guest, args.out)
     if words and words[0] == "bisect":
         if len(words) != 2:
             raise HarnessError("`harness gaps bisect` takes one cell id", "harness gaps bisect 'GUEST@builtin/...'")
         return _bisect(words[1], Path(args.matrix), args.out, args.to, args.format)
-    runs = [resolve_run(w) for w in words] or [resolve_run(None)]
+    runs = [resolve_run_dir(w) for w in words] or [resolve_run_dir(None)]
     return _list(runs, args.guest, args.kind, args.format)
 
 
@@ -119,10 +118,10 @@ def _accept(run_dir: Path, guest: str | None, out: Path | None) -> int:
 
 
 def _bisect(cell_id: str, matrix: Path, out: Path | None, to: str, fmt: str) -> int:
+    from harness.model.rundir import RunDir, reports_base
     from harness.runner.bisect import TARGETS, bisect_cell, write_report
     from harness.runner.guestfile import load_guests
     from harness.runner.matrix import find_cell, load_matrix
-    from harness.runner.plugin import new_run_dir
 
     targets = tuple(t.strip() for t in to.split(",") if t.strip())
     bad = [t for t in targets if t not in TARGETS]
@@ -130,9 +129,15 @@ def _bisect(cell_id: str, matrix: Path, out: Path | None, to: str, fmt: str) -> 
         raise HarnessError(f"--to {to!r}: unknown policy {', '.join(bad) or '(none)'}", "use --to emulate,zero")
     guests = load_guests(matrix.parent / "guests")
     cell = find_cell(load_matrix(matrix, guests).cells(guests, "nightly"), cell_id)
-    out_dir = out or new_run_dir(Path("reports") / "bisect")
+    out_dir = out or RunDir.create(reports_base() / "bisect").path
     report = bisect_cell(cell, out_dir, targets, say=lambda line: print(line, file=sys.stderr, flush=True))
     path = write_report(report, out_dir)
     print(json.dumps(report.to_json(), indent=1) if fmt == "json" else report.to_text())
     print(f"boots and bisect.json: {path.parent}", file=sys.stderr)
     return 0 if report.deciding else 1
+
+
+def resolve_run_dir(name: str | None) -> Path:
+    """A path, a run id under the reports base, or the newest run (name None)."""
+    from harness.model.rundir import RunDir
+    return RunDir.resolve(name).path

@@ -33,25 +33,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.report.locate import resolve_run
 
     words = list(args.words)
     if words and words[0] == "diff-backends":
         if len(words) > 2:
             raise HarnessError("`harness report diff-backends` takes one run", "harness report diff-backends [RUN]")
-        return _diff_backends(resolve_run(words[1] if len(words) == 2 else None), args.guest, args.format)
+        return _diff_backends(resolve_run_dir(words[1] if len(words) == 2 else None), args.guest, args.format)
     if words and words[0] == "diff":
         if len(words) != 3:
             raise HarnessError("`harness report diff` needs two runs", "harness report diff RUN_A RUN_B")
-        return _diff(resolve_run(words[1]), resolve_run(words[2]), args.format)
+        return _diff(resolve_run_dir(words[1]), resolve_run_dir(words[2]), args.format)
     if words and words[0] == "merge":
         if len(words) < 2 or args.out is None:
             raise HarnessError("`harness report merge` needs runs and --out", "harness report merge A B --out DIR")
-        return _merge([resolve_run(w) for w in words[1:]], args.out)
+        return _merge([resolve_run_dir(w) for w in words[1:]], args.out)
     if len(words) > 1:
         raise HarnessError(f"one run at a time, got {len(words)}", "harness report RUN [--baseline RUN]")
-    run_dir = resolve_run(words[0] if words else None)
-    baseline = resolve_run(args.baseline) if args.baseline else None
+    run_dir = resolve_run_dir(words[0] if words else None)
+    baseline = resolve_run_dir(args.baseline) if args.baseline else None
     return _report(run_dir, baseline, args.open)
 
 
@@ -110,3 +109,9 @@ def _diff_backends(run_dir: Path, guest: str | None, fmt: str) -> int:
     else:
         print("\n\n".join(p.to_text() for p in pairs))
     return 0
+
+
+def resolve_run_dir(name: str | None) -> Path:
+    """A path, a run id under the reports base, or the newest run (name None)."""
+    from harness.model.rundir import RunDir
+    return RunDir.resolve(name).path

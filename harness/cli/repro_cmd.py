@@ -37,11 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_repro(args: argparse.Namespace) -> int:
     from harness.repro.bundle import import_assets
-    from harness.runner.repro_record import host_kind
+    from harness.model.repro import host_kind
     from harness.repro.run import boot_command, matrix_snippet, reproduce
     from harness.repro.source import load_source
-    from harness.kvm.system import kvm_module
-    from harness.runner.plugin import new_run_dir
+    from harness.arch.x86_64.host import kvm_module
+    from harness.model.rundir import RunDir, reports_base
     if args.times < 1:
         raise ConfigError(f"--times {args.times} is not a positive number", "give --times 1 or more")
     err = Console(stderr=True, highlight=False)
@@ -60,7 +60,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
         if rec["cell"]["backend"] == "builtin" and recorded_host and recorded_host != here:
             err.print(f"[yellow]note: recorded on {recorded_host}, this host is {here}: the outcome may differ"
                       "[/yellow]")
-        run_dir = Path(args.report_dir) if args.report_dir else new_run_dir(Path("reports") / "repro")
+        run_dir = Path(args.report_dir) if args.report_dir else RunDir.create(reports_base() / "repro").path
         echo = None if args.quiet else (lambda chunk: os.write(sys.stdout.fileno(), chunk))
         report = reproduce(source, args.times, run_dir, echo=echo, on_run=lambda run: _print_run(run, args.times),
                            **debug_run_options(args))

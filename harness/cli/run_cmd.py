@@ -7,14 +7,12 @@ cell writes progress/<cell>.json and cells/<cell>.json, whichever worker runs it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -23,11 +21,12 @@ from rich.table import Table
 
 from harness.errors import ConfigError
 from harness.hosts.select import HOSTS
+from harness.model.result import PASS
+from harness.model.rundir import RunDir
+from harness.model.tiers import QUICK, TIERS
 from harness.runner.guestfile import load_guests
+from harness.model.verdict import cell_ok, known_issue_note
 from harness.runner.matrix import Cell, load_matrix, parse_shard, select_shard
-from harness.runner.known_issues import cell_ok, known_issue_note
-from harness.runner.plugin import new_run_dir
-from harness.runner.result import PASS, CellResult, load_results
 
 PYTEST_USAGE_ERROR = 4   # pytest.ExitCode.USAGE_ERROR
 OUTCOME_STYLE = {"pass": "green", "fail": "red", "gap": "magenta", "timeout": "yellow", "error": "bold red",
@@ -59,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _matrix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matrix", default="matrix.yaml", help="matrix file (default: matrix.yaml)")
     p.add_argument("--guests", default=None, help="guest directory (default: guests/ beside the matrix)")
-    p.add_argument("--tier", default="quick", choices=("quick", "nightly"), help="quick, or nightly (= all)")
+    p.add_argument("--tier", default=QUICK, choices=tuple(TIERS), help="quick, or nightly (= all)")
     p.add_argument("--shard", default=None, help="K/N: only shard K of N (stable hash of the cell id)")
     p.add_argument("--host", default=None, choices=HOSTS,
                    help="run every built-in cell on this host (native, lab, auto), replacing the matrix's hosts")
@@ -94,7 +93,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def pytest_argv(args: argparse.Namespace, run_dir: Path, collect_only: bool = False) -> list[str]:
     # Only the plugins a run needs: whatever else is installed (hypothesis's plugin alone costs ~2 s
     # of start-up per worker) stays out, so runs are fast and the same on every machine.
-    argv = [sys.executable, "-m", "pytest", "-p", "xdist.plugin", "-p", "harness.runner.plugin", str(args.matrix),
+    argv = [sys.executable, "-m", "pytest", "-p", "xdist.plugin", "-p", "harness.runner.plugin",
+            "-p", "harness.report.plugin", str(args.matrix),
             "--harness-run-dir", str(run_dir), "--harness-tier", args.tier, "-o", "testpaths=",
             "--rootdir", str(Path(args.matrix).resolve().parent), "-p", "no:cacheprovider"]
     if args.guests:
@@ -144,8 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         live = not args.no_live and console.is_terminal
         _follow(proc, run_dir, cells, console, live)
-    _link_latest(run_dir)
-    results = {r.cell_id: r for r in load_results(run_dir)}
+    RunDir(run_dir).link_latest()
+    results = {r.cell_id: r for r in RunDir(run_dir).results()}
     _print_summary(console, run_dir, results, proc.returncode)
     everything_passed = proc.returncode == 0 and results and all(cell_ok(r) for r in results.values())
     if proc.returncode not in (0, 1):
@@ -178,7 +178,7 @@ def _empty_shard(args: argparse.Namespace) -> int:
 
     from harness.report import write_reports
     from harness.runner.plugin import host_summary
-    from harness.runner.result import write_json_atomic
+    from harness.model.files import write_json_atomic
     run_dir = _run_dir(args)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     write_json_atomic(run_dir / "run.json", {"schema_version": 1, "run_id": run_dir.name, "matrix": str(args.matrix),
@@ -203,26 +203,11 @@ def _run_dir(args: argparse.Namespace) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     if args.resume:
-        latest = _newest_run(Path("reports"))
+        latest = RunDir.newest()
         if latest is None:
             raise ConfigError("--resume: no previous run under reports/", "give --report-dir RUN")
-        return latest
-    return new_run_dir(Path("reports"))
-
-
-def _newest_run(base: Path) -> Path | None:
-    runs = [p for p in base.glob("*/run.json")] if base.is_dir() else []
-    return max(runs, key=lambda p: p.stat().st_mtime).parent if runs else None
-
-
-def _link_latest(run_dir: Path) -> None:
-    link = run_dir.parent / "latest"
-    try:
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(run_dir.name)
-    except OSError:
-        pass
+        return latest.path
+    return RunDir.create().path
 
 
 def _follow(proc: subprocess.Popen, run_dir: Path, cells: list[Cell], console: Console, live: bool) -> None:
@@ -238,7 +223,7 @@ def _follow(proc: subprocess.Popen, run_dir: Path, cells: list[Cell], console: C
     printed: set[str] = set()
     while True:
         done = proc.poll() is not None
-        for r in load_results(run_dir):
+        for r in RunDir(run_dir).results():
             if r.cell_id not in printed:
                 printed.add(r.cell_id)
                 console.print(f"[{OUTCOME_STYLE.get(r.outcome, '')}]{r.outcome:>7}[/] {r.cell_id} "
@@ -249,8 +234,8 @@ def _follow(proc: subprocess.Popen, run_dir: Path, cells: list[Cell], console: C
 
 
 def _table(run_dir: Path, cells: list[Cell], start: float) -> Table:
-    progress = _read_progress(run_dir)
-    results = {r.cell_id: r for r in load_results(run_dir)}
+    progress = RunDir(run_dir).progress()
+    results = {r.cell_id: r for r in RunDir(run_dir).results()}
     counts: dict[str, int] = {}
     table = Table(title=f"{run_dir}  elapsed {time.monotonic() - start:.0f} s", expand=False)
     for col in ("cell", "backend", "state", "milestone", "elapsed", "gaps"):
@@ -272,17 +257,6 @@ def _table(run_dir: Path, cells: list[Cell], start: float) -> Table:
                       elapsed, gaps)
     table.caption = "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     return table
-
-
-def _read_progress(run_dir: Path) -> dict[str, dict[str, Any]]:
-    out = {}
-    for path in (run_dir / "progress").glob("*.json") if (run_dir / "progress").is_dir() else []:
-        try:
-            data = json.loads(path.read_text())
-            out[data["cell"]] = data
-        except (OSError, ValueError, KeyError):
-            continue
-    return out
 
 
 def _print_summary(console: Console, run_dir: Path, results: dict, returncode: int) -> None:

@@ -175,3 +175,22 @@ def _could_be_printk_head(tail: bytes) -> bool:
 
 def _strip_cr(data: bytes) -> bytes:
     return data.replace(b"\r", b"").replace(b"\x00", b"")
+
+
+def strip_escapes(data: bytes) -> bytes:
+    """A whole console's bytes without its terminal escape sequences (the same sequences the
+    cleaner removes; an unfinished one at the very end is dropped). For showing a recorded console
+    as text: unlike ConsoleCleaner, lines stay where the guest printed them."""
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        j = data.find(b"\x1b", i)
+        if j < 0:
+            out += data[i:]
+            break
+        out += data[i:j]
+        end = _escape_end(data, j)
+        if end is None:
+            break
+        i = end
+    return bytes(out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 
-from harness.runner.result import NearMiss
+from harness.model.result import NearMiss
 
 _REGEX_SYNTAX = re.compile(r"\\[dDsSwWbB]|\\(.)|[\^$.*+?()\[\]{}|]")
 

@@ -23,24 +23,31 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import pexpect
 import pexpect.fdpexpect
 
-from harness.backends import events as ev
-from harness.backends.base import BackendSession
 from harness.console.crashes import CRASH, WARNINGS_FAIL, classify_line
 from harness.console.nearmiss import near_miss
 from harness.console.patterns import REPORT
 from harness.console.stream import ConsoleStream
-from harness.runner.guestfile import Dialog, Milestone
-from harness.runner.result import ERROR, FAIL, GAP, PASS, TIMEOUT, Failure, MilestoneHit, NearMiss
+from harness.model import events as ev
+from harness.model.guest import Dialog, Milestone
+from harness.model.result import ERROR, FAIL, GAP, PASS, TIMEOUT, Failure, MilestoneHit, NearMiss
 
 Progress = Callable[[dict], None]
 GUEST_STOPS = ("shutdown", "reset")   # failures decided by a guest stop event, not by the console
 STOP_GRACE_S = 0.5                    # how long the console may still deliver lines printed before it
 _PRINTK_PREFIX = re.compile(r"^(?:.*? login: )?(?:<\d+>)?\[\s*\d+\.\d+\](?:\[\s*[CT]\d+\])?\s*")
+
+
+class Guest(Protocol):
+    """What the watcher needs of a running guest (a backend session): answer dialogs, see it exit."""
+
+    def send(self, data: bytes) -> None: ...
+
+    def poll_exit(self) -> int | None: ...
 
 
 @dataclass
@@ -82,7 +89,7 @@ class _Pattern:
 
 
 class ConsoleWatcher:
-    def __init__(self, session: BackendSession, stream: ConsoleStream, events: ev.EventReader,
+    def __init__(self, session: Guest, stream: ConsoleStream, events: ev.EventReader,
                  config: WatchConfig, progress: Progress | None = None) -> None:
         self.session = session
         self.stream = stream

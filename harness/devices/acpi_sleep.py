@@ -8,10 +8,10 @@ register's WAK_STS (bit 7) reads 0 and is write-1-to-clear.
 """
 from __future__ import annotations
 
-from harness.backends.events import SHUTDOWN, VmEvent
+from harness.model.events import SHUTDOWN, VmEvent
 from harness.devices.context import DeviceContext
 from harness.firmware.acpi import S5_SLP_TYP    # the \_S5 package the DSDT gives OSPM
-from harness.gaps.record import IO_PORT, GapRecord
+from harness.model.gap import IO_PORT, GapRecord
 
 SLP_EN = 1 << 5
 SLP_TYP_SHIFT, SLP_TYP_MASK = 2, 0x7

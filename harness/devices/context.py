@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from harness.backends.events import VmEvent
-from harness.gaps.record import GapRecord
+from harness.model.events import VmEvent
+from harness.model.gap import GapRecord
 
 
 def _drop_gap(_gap: GapRecord) -> None:
@@ -20,7 +20,7 @@ def _drop_gap(_gap: GapRecord) -> None:
 @dataclass
 class DeviceContext:
     set_irq: Callable[[int, int], None]          # (gsi, level): KVM_IRQ_LINE
-    emit: Callable[[VmEvent], None]              # a side-channel event (harness.backends.events)
+    emit: Callable[[VmEvent], None]              # a side-channel event (harness.model.events)
     now: Callable[[], float] = time.monotonic    # host CLOCK_MONOTONIC, shared with the runner
     gap: Callable[[GapRecord], None] = field(default=_drop_gap)  # report an emulation gap
 

@@ -29,9 +29,9 @@ import threading
 from collections import Counter, deque
 
 from harness import layout
-from harness.backends.events import RESET, VmEvent
 from harness.devices.context import DeviceContext
-from harness.gaps.record import I8042_WAIT, GapRecord
+from harness.model.events import RESET, VmEvent
+from harness.model.gap import I8042_WAIT, GapRecord
 
 KBD_IRQ, AUX_IRQ = 1, 12
 

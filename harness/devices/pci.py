@@ -26,9 +26,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from harness import layout
-from harness.backends.events import RESET, VmEvent
 from harness.devices.context import DeviceContext
-from harness.gaps.record import PCI_CONFIG, GapRecord
+from harness.model.events import RESET, VmEvent
+from harness.model.gap import PCI_CONFIG, GapRecord
 
 CONFIG_SPACE = 256
 ADDR_ENABLE = 0x8000_0000

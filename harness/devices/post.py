@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import threading
 
-from harness.backends.events import BOOT_TIMER, POST_CODE, VmEvent
 from harness.devices.context import DeviceContext
+from harness.model.events import BOOT_TIMER, POST_CODE, VmEvent
 
 
 def _mask(size: int, value: int) -> int:

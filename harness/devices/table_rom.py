@@ -7,7 +7,7 @@ from __future__ import annotations
 import bisect
 
 from harness.devices.context import DeviceContext
-from harness.gaps.record import FIRMWARE_TABLE_READ, GapRecord
+from harness.model.gap import FIRMWARE_TABLE_READ, GapRecord
 
 
 class TableRom:

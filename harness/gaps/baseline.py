@@ -21,7 +21,8 @@ import yaml
 
 from harness.errors import ConfigError
 from harness.gaps.ledger import as_record
-from harness.gaps.record import KINDS, GapRecord
+from harness.model.files import write_atomic
+from harness.model.gap import KINDS, GapRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASELINE_VERSION = 1
@@ -73,7 +74,7 @@ def compare(gaps: Sequence[dict[str, Any] | GapRecord], expected: Sequence[dict[
         hits = [i for i, e in enumerate(expected) if entry_matches(e, rec)]
         for i in hits:
             used[i] = True
-        (diff.known if hits else diff.new).append(rec.to_dict())
+        (diff.known if hits else diff.new).append(rec.to_json())
     diff.fixed = [dict(e) for e, u in zip(expected, used) if not u]
     return diff
 
@@ -156,27 +157,18 @@ def write_warning_baseline(path: Path, guest: str, titles: Iterable[str], source
     doc.setdefault("guest", guest)
     doc["warnings"] = sorted(set(read_warning_baseline(path)) | set(titles))
     doc["warnings_accepted_from"] = source
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("# Known emulation gaps and warnings; written by `harness gaps accept` and "
-                   "`harness crashes --accept-warnings`, edit freely.\n"
-                   + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
-    tmp.replace(path)
+    write_atomic(path, ("# Known emulation gaps and warnings; written by `harness gaps accept` and "
+                        "`harness crashes --accept-warnings`, edit freely.\n"
+                        + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)).encode())
     return path
 
 
-def _guest_expected_gaps(guest: str, root: Path) -> list[dict[str, Any]]:
-    path = root / "guests" / f"{guest}.yaml"
-    if not path.exists():
-        return []
-    from harness.runner.guestfile import load_guest
-    return list(load_guest(path).expected_gaps)
-
-
-def load_baseline(guest: str, root: Path | None = None, path: Path | None = None) -> list[dict[str, Any]]:
-    """The known gaps of `guest`: its guest file's expected_gaps plus its accepted baseline file."""
+def load_baseline(guest: str, expected_gaps: Iterable[dict[str, Any]] = (), root: Path | None = None,
+                  path: Path | None = None) -> list[dict[str, Any]]:
+    """The known gaps of `guest`: its guest file's `expected_gaps` (given by the caller, who has
+    read the guest file) plus its accepted baselines/<guest>.yaml."""
     root = root or default_root()
-    entries = _guest_expected_gaps(guest, root) + read_baseline_file(path or baseline_path(guest, root))
+    entries = [dict(e) for e in expected_gaps] + read_baseline_file(path or baseline_path(guest, root))
     return _dedup_entries(entries)
 
 
@@ -194,9 +186,6 @@ def write_baseline(path: Path, guest: str, gaps: Iterable[GapRecord | dict[str, 
     kept = read_warning_baseline(path) if path.exists() else []
     if kept:
         doc["warnings"] = kept
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("# Known emulation gaps; written by `harness gaps accept`, edit freely.\n"
-                   + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
-    tmp.replace(path)
+    write_atomic(path, ("# Known emulation gaps; written by `harness gaps accept`, edit freely.\n"
+                        + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)).encode())
     return path

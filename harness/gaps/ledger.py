@@ -17,15 +17,11 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from harness.backends.events import GAP, VmEvent
-from harness.gaps.record import FATE_GP_INJECTED, FATE_STOPPED, GapRecord
-from harness.runner.result import MilestoneHit
+from harness.model.events import GAP, VmEvent
+from harness.model.gap import GapRecord
+from harness.model.result import MilestoneHit
 
 BEFORE_FIRST_MILESTONE = "boot"
-
-# A stronger fate overrides a weaker one when repeats of a gap are merged.
-_FATE_RANK = {FATE_STOPPED: 2, FATE_GP_INJECTED: 1}
-
 
 def gaps_from_events(events: Iterable[VmEvent]) -> list[GapRecord]:
     """The GapRecords carried by GAP events (malformed ones are skipped: a torn write is not a gap)."""
@@ -34,7 +30,7 @@ def gaps_from_events(events: Iterable[VmEvent]) -> list[GapRecord]:
         if ev.type != GAP or not isinstance(ev.data, dict):
             continue
         try:
-            rec = GapRecord.from_dict(ev.data)
+            rec = GapRecord.from_json(ev.data)
         except TypeError:
             continue
         if rec.first_t is None:
@@ -44,20 +40,7 @@ def gaps_from_events(events: Iterable[VmEvent]) -> list[GapRecord]:
 
 
 def as_record(gap: GapRecord | dict[str, Any]) -> GapRecord:
-    return gap if isinstance(gap, GapRecord) else GapRecord.from_dict(gap)
-
-
-def _merge_into(into: GapRecord, other: GapRecord) -> None:
-    had_rip = into.first_rip
-    into.merge(other)  # counts, values, the earliest first_t with its RIP
-    if into.first_rip is None:  # the earliest sighting had no RIP: keep one we know
-        into.first_rip = had_rip if had_rip is not None else other.first_rip
-    if _FATE_RANK.get(other.fate, 0) > _FATE_RANK.get(into.fate, 0):
-        into.fate = other.fate
-    if not into.policy and other.policy:
-        into.policy = other.policy
-    for k, v in other.detail.items():
-        into.detail.setdefault(k, v)
+    return gap if isinstance(gap, GapRecord) else GapRecord.from_json(gap)
 
 
 def dedup(records: Iterable[GapRecord | dict[str, Any]]) -> list[GapRecord]:
@@ -67,7 +50,7 @@ def dedup(records: Iterable[GapRecord | dict[str, Any]]) -> list[GapRecord]:
         rec = as_record(rec)
         k = rec.key_tuple()
         if k in by_key:
-            _merge_into(by_key[k], rec)
+            by_key[k].merge(rec)
         else:
             by_key[k] = copy.deepcopy(rec)
     return list(by_key.values())

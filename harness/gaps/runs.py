@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,29 +11,16 @@ import yaml
 from harness.errors import HarnessError
 from harness.gaps.baseline import GapDiff, baseline_path, compare, default_root, write_baseline
 from harness.gaps.ledger import as_record, dedup, gap_id
-from harness.runner.result import CellResult, load_results
-
-
-def base_cell_id(result: CellResult) -> str:
-    """The cell id without the runner's repeat suffix ("id#r2" -> "id"): what repeats share."""
-    suffix = f"#r{result.repeat_index}"
-    if result.repeat_index and result.cell_id.endswith(suffix):
-        return result.cell_id[:-len(suffix)]
-    return result.cell_id
-
-
-def result_key(result: CellResult) -> str:
-    """Identity of one result in a run: the cell id plus the repeat, when it is a repeat."""
-    base = base_cell_id(result)
-    return base if result.repeat_index == 0 else f"{base}#r{result.repeat_index}"
+from harness.model.result import CellResult
+from harness.model.rundir import RunDir, result_key
 
 
 def require_run(run_dir: Path) -> Path:
-    run_dir = Path(run_dir)
-    if not (run_dir / "cells").is_dir() and not (run_dir / "run.json").exists():
-        raise HarnessError(f"{run_dir} is not a run directory (no cells/ or run.json)",
-                           "pass a directory under reports/, e.g. reports/<run-id>")
-    return run_dir
+    return RunDir(run_dir).require().path
+
+
+def load_results(run_dir: Path) -> list[CellResult]:
+    return RunDir(run_dir).results()
 
 
 @functools.lru_cache(maxsize=256)
@@ -56,7 +42,7 @@ def cell_family(cell: CellResult, root: Path | None = None) -> str:
 
 def cell_gaps(cell: CellResult) -> list[dict[str, Any]]:
     """A cell's ledger as dicts (deduplicated again: results written by older runners may repeat)."""
-    return [g.to_dict() for g in dedup(cell.gaps)]
+    return [g.to_json() for g in dedup(cell.gaps)]
 
 
 @dataclass
@@ -168,10 +154,7 @@ def _entry_with_record(g: dict[str, Any]) -> dict[str, Any]:
 
 def _run_root(run_dir: Path) -> Path | None:
     """The directory of the run's matrix, when guests/ is beside it: baselines go there too."""
-    try:
-        matrix = json.loads((run_dir / "run.json").read_text()).get("matrix")
-    except (OSError, ValueError, AttributeError):
-        return None
+    matrix = RunDir(run_dir).read_run_json().get("matrix")
     if isinstance(matrix, str) and matrix:
         parent = Path(matrix).parent
         if (parent / "guests").is_dir():

@@ -33,7 +33,7 @@ COLLECT_MAX = 4 << 20
 # Modules the VMM child imports lazily: imported here once, before any fork (measured in the lab
 # under load: pyelftools' import alone cost a cell 2.7 s, cffi's first parse of each C type 1.1 s).
 PREIMPORT = ("harness.backends.builtin_vm", "harness.kvm.machine", "harness.kvm.system", "harness.memory",
-             "harness.devices", "harness.devices.context", "harness.boot", "harness.kvm.rawboot",
+             "harness.devices", "harness.devices.context", "harness.boot", "harness.boot.raw",
              "harness.kvm.rescue", "harness.kvm.insn", "elftools.elf.elffile", "elftools.common.exceptions",
              "elftools.elf.enums")
 ARCH_PREIMPORT = {"aarch64": ("harness.kvm.arch.aarch64.machine", "harness.boot.arm64", "harness.boot.fdt",

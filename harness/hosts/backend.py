@@ -6,11 +6,11 @@ import shutil
 from typing import Any
 
 from harness.assets.lab import lab_params
-from harness.backends.base import Backend, BootRequest
+from harness.backends.base import Backend
+from harness.model.session import BootRequest
 from harness.backends.builtin import BuiltinBackend
 from harness.backends.qemu import QemuBackend
 from harness.errors import BackendUnavailable, HarnessError
-from harness.gaps.record import GapRecord
 from harness.hosts.lab import LabError, LabSession, check_qemu
 
 
@@ -37,35 +37,16 @@ class LabBuiltinBackend(BuiltinBackend):
             raise
 
 
-LAB_BACKEND_CLASSES: dict[str, type[Backend]] = {}   # filled below: backend name -> its lab variant
-
-
-def host_backend(name: str, host: str) -> Backend:
-    from harness.hosts.select import LAB, LAB_BACKENDS
-    if host == LAB and name in LAB_BACKENDS:
-        return LAB_BACKEND_CLASSES[name]()
-    from harness.errors import ConfigError
-    raise ConfigError(f"backend {name!r} cannot run on host {host!r}",
-                      f"host: lab serves {', '.join(LAB_BACKENDS)}; use host: native for {name}")
-
-
 class LabQemuSession(LabSession):
     """QEMU with `-accel kvm` in the lab: the same KVM as the built-in VMM there (the differential)."""
 
     def summary_data(self, exited: dict[str, Any]) -> dict[str, Any]:
         from harness.backends.qemu_gaps import parse_log_line
-        seen: dict[tuple[str, str, str], GapRecord] = {}
-        for line in (exited.get("files") or {}).get("qemu.log", "").splitlines():
-            gap = parse_log_line(line)
-            if gap is None:
-                continue
-            known = seen.get(gap.key_tuple())
-            if known is None:
-                seen[gap.key_tuple()] = gap
-            else:
-                known.merge(gap)
+        from harness.gaps.ledger import dedup
+        lines = (exited.get("files") or {}).get("qemu.log", "").splitlines()
+        gaps = dedup(g for g in map(parse_log_line, lines) if g is not None)   # the one merge rule
         return {"exit_code": exited.get("code"), "host": dict(self.qemu_host),
-                "command": list(self.argv), "extra": {"gaps": [g.to_dict() for g in seen.values()]}}
+                "command": list(self.argv), "extra": {"gaps": [g.to_json() for g in gaps]}}
 
 
 class LabQemuBackend(QemuBackend):
@@ -114,4 +95,3 @@ class LabQemuBackend(QemuBackend):
         return session
 
 
-LAB_BACKEND_CLASSES.update({"builtin": LabBuiltinBackend, "qemu-kvm": LabQemuBackend})

@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.assets.lab import LAB_ERROR_PREFIX, LabParams, generator_sha256, lab_params
-from harness.backends import events as ev
-from harness.backends.base import BackendSession, BootRequest, SessionSummary, _die_with_parent
+from harness.model import events as ev
+from harness.backends.base import BackendSession, _die_with_parent
+from harness.model.session import BootRequest, SessionSummary
 from harness.errors import HarnessError
 
 READY_TIMEOUT_S = 120.0       # lab boot under TCG on a loaded 2-core machine; measured ~5-10 s idle
@@ -71,11 +72,17 @@ class ClockSync:
 
 def python_site_dir() -> Path:
     """The site-packages directory holding the VMM child's third-party modules."""
-    import cffi
-    site = Path(cffi.__file__).resolve().parent.parent
+    import importlib.util
+
+    def package_dir(module: str) -> Path:   # found, not imported: the runner never loads cffi/capstone
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            raise LabError(f"{module} is not installed", "install the harness into a virtualenv (bash scripts/setup.sh)")
+        return Path(spec.origin).resolve().parent.parent
+
+    site = package_dir("cffi")
     for module in ("capstone", "elftools"):
-        spec = __import__(module)
-        if Path(spec.__file__).resolve().parent.parent != site:
+        if package_dir(module) != site:
             raise LabError(f"{module} is not installed beside cffi in {site}",
                            "install the harness into one virtualenv (bash scripts/setup.sh)")
     return site
@@ -391,8 +398,7 @@ class Lab:
         self.session = session
         session.start_time = time.monotonic()
         if command is None:
-            from harness.backends.builtin_vm import request_to_json
-            self.send({"type": "run", "id": lab_id, "spec": json.loads(request_to_json(lab_request))})
+            self.send({"type": "run", "id": lab_id, "spec": lab_request.to_json()})
         else:
             self.send({"type": "run", "id": lab_id, "argv": command(lab_request), "collect": list(collect)})
         try:
@@ -610,7 +616,7 @@ class LabSession(BackendSession):
                                  exit_counts=data.get("exit_counts", {}), flight_recorder=recorder, host=host,
                                  command=["lab:", *(data.get("command") or [])],
                                  stderr_tail=msg.get("stderr", "")[-4000:], extra=extra)
-        from harness.backends.builtin_vm import write_json_atomic
+        from harness.model.files import write_json_atomic
         write_json_atomic(self.request.summary_path, {
             "exit_code": summary.exit_code, "exit_counts": summary.exit_counts,
             "flight_recorder": summary.flight_recorder, "host": summary.host, "command": summary.command,

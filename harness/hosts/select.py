@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import functools
 
+from harness.backends.registry import HOSTED
+
 NATIVE, LAB, AUTO = "native", "lab", "auto"
 HOSTS = (NATIVE, LAB, AUTO)
-# Backends that can run in the lab: their VM child runs there (builtin: the VMM child; qemu-kvm:
-# QEMU on the lab's KVM, the same-KVM reference for the built-in VMM).
-LAB_BACKENDS = ("builtin", "qemu-kvm")
+# Backends that can run in the lab (builtin: the VMM child; qemu-kvm: QEMU on the lab's KVM, the
+# same-KVM reference for the built-in VMM): the backend registry's table of hosted backends.
+LAB_BACKENDS = tuple(backend for host, backend in HOSTED if host == LAB)
 
 
 @functools.lru_cache(maxsize=1)
 def native_is_hardware() -> bool:
-    from harness.kvm.system import host_info
-    info = host_info()
-    return bool(info.get("hardware_backed")) and bool(info.get("usable"))
+    """From /sys, /proc and the device node alone: expanding a matrix must not load the VMM."""
+    from harness.arch.x86_64.host import hardware_backed, kvm_accessible
+    return hardware_backed() and kvm_accessible()
 
 
 def resolve_host(host: str, backend: str) -> str:

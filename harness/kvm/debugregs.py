@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
+from harness.arch.x86_64.regs import RFLAGS_FIXED
 from harness.kvm import ffi as k
 from harness.kvm.ffi import ffi
 from harness.kvm.system import ioctl
@@ -76,11 +78,19 @@ _PROBE_CODE = bytes.fromhex("b83412" "a30008" "f4")   # mov ax, 0x1234; mov [0x8
 _PROBE_LOAD, _PROBE_DATA = 0x1000, 0x800
 
 
+def _enter_real_mode_at(vcpu: Any, linear: int) -> None:
+    """The vCPU's reset state (real mode) with CS based at 0 and IP = `linear` (< 64 KiB). The KVM
+    floor cannot use the loaders' EntryState (harness.boot sits beside it), and needs no more."""
+    sregs = vcpu.get_sregs()
+    sregs.cs.selector, sregs.cs.base = 0, 0
+    vcpu.set_sregs(sregs)
+    vcpu.set_regs({**vcpu.get_regs(), "rip": linear, "rflags": RFLAGS_FIXED})
+
+
 @functools.lru_cache(maxsize=1)
 def data_breakpoints_work() -> bool:
     """Does a DR0 write breakpoint (through KVM_SET_GUEST_DEBUG) stop a guest on this host? Measured."""
     from harness import layout
-    from harness.kvm.rawboot import real_mode_entry
     from harness.kvm.vm import Vm
     from harness.memory import GuestRam
     ram = GuestRam(2 * layout.MiB)
@@ -88,7 +98,7 @@ def data_breakpoints_work() -> bool:
     try:
         vcpu = vm.create_vcpu()
         ram.write(_PROBE_LOAD, _PROBE_CODE)
-        vcpu.set_entry(real_mode_entry(_PROBE_LOAD))
+        _enter_real_mode_at(vcpu, _PROBE_LOAD)
         set_guest_debug(vcpu.fd, hw_slots=[HwSlot(_PROBE_DATA, RW_WRITE, 2), None, None, None])
         ioctl(vcpu.fd, k.KVM_RUN, 0, what="KVM_RUN")
         return int(vcpu.run.exit_reason) == k.KVM_EXIT_DEBUG

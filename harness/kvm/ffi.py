@@ -3,13 +3,23 @@
 Layouts follow <linux/kvm.h> and <asm/kvm.h> for x86-64; tests/kvm/test_ffi.py compiles a C
 program against the real headers and checks every size, offset and ioctl number used here.
 ABI mode needs no compiler at run time: cffi lays the structs out by the platform C rules.
+
+Parsing CDEF with pycparser costs the VMM child ~0.4 s at every start, so the parsed form is
+kept: cffi's out-of-line ABI mode writes it as a small Python module (`emit_python_code`) into
+the harness cache, named by a hash of CDEF and the cffi version, and later starts import that
+(only `_cffi_backend`, no parser). Where the cache cannot be written, CDEF is parsed in process.
 """
 from __future__ import annotations
 
-import cffi
+import contextlib
+import io
+import importlib.util
+import os
+import zlib
+from pathlib import Path
+from typing import Any
 
-ffi = cffi.FFI()
-ffi.cdef("""
+CDEF = """
 struct kvm_userspace_memory_region {
     uint32_t slot; uint32_t flags; uint64_t guest_phys_addr; uint64_t memory_size; uint64_t userspace_addr;
 };
@@ -106,8 +116,48 @@ struct kvm_xcrs { uint32_t nr_xcrs; uint32_t flags; struct kvm_xcr xcrs[16]; uin
 int ioctl(int fd, unsigned long request, ...);
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 int munmap(void *addr, size_t length);
-""")
+"""
 
+
+def _cache_module(cache: Path) -> Path:
+    # zlib's checksums, not hashlib: importing hashlib initialises OpenSSL (~8 ms of the child's start)
+    import _cffi_backend
+    key = f"{_cffi_backend.__version__}\0{CDEF}".encode()
+    return cache / "cffi" / f"_harness_kvm_{zlib.crc32(key):08x}{zlib.adler32(key):08x}.py"
+
+
+def _write_module(path: Path) -> None:
+    """Write the out-of-line module at `path` (atomically: parallel VMM children may race here)."""
+    import cffi
+    builder = cffi.FFI()
+    builder.cdef(CDEF)
+    builder.set_source(path.stem, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.redirect_stdout(io.StringIO()):   # cffi says "generating ...": stdout is the guest console
+        builder.emit_python_code(str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_ffi() -> Any:
+    from harness.model.files import cache_root
+    path = _cache_module(cache_root())
+    try:
+        if not path.exists():
+            _write_module(path)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.ffi
+    except OSError:   # no writable cache: parse here, as plain ABI mode does
+        import cffi
+        parsed = cffi.FFI()
+        parsed.cdef(CDEF)
+        return parsed
+
+
+ffi = _load_ffi()
 libc = ffi.dlopen(None)
 
 # --- ioctl number encoding (asm-generic/ioctl.h) ---------------------------------------

@@ -13,17 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from harness import layout
-from harness.backends import events as ev
+from harness.arch.x86_64 import cpuid as profiles
 from harness.errors import ConfigError
-from harness.gaps import record as gaps
-from harness.gaps.record import GapRecord
 from harness.kvm import cpuid, msr
 from harness.kvm.flight import FlightRecorder
-from harness.kvm.gapsink import GapSink
 from harness.kvm.runloop import RunConfig, StopInfo, VcpuLoop, install_kick_handler
 from harness.kvm.system import KVM_PATH
 from harness.kvm.vm import Vm
 from harness.memory import GuestRam
+from harness.model import events as ev
+from harness.model import gap as gaps
+from harness.model.gap import GapRecord
+from harness.model.gapsink import GapSink
 
 DRAIN_PERIOD_S = 0.02      # coalesced serial output is replayed at least this often
 
@@ -48,7 +49,7 @@ class Machine:
     def __init__(self, ram: GuestRam, io_bus: Any, mmio_bus: Any, config: MachineConfig | None = None,
                  emit: Callable[[ev.VmEvent], None] | None = None) -> None:
         self.config = cfg = config or MachineConfig()
-        cpuid.check_profile(cfg.cpu_profile)
+        profiles.check_profile(cfg.cpu_profile)
         msr.check_policy(cfg.gap_policy)
         if cfg.vcpus < 1 or (cfg.vcpus > 1 and not cfg.irqchip):
             raise ConfigError(f"{cfg.vcpus} vCPUs without an in-kernel irqchip",
@@ -73,7 +74,7 @@ class Machine:
         self.loops: list[VcpuLoop] = []
         for i in range(cfg.vcpus):
             vcpu = self.vm.create_vcpu()
-            entries, _ = cpuid.apply_profile(self.cpuid_entries, cfg.cpu_profile, vcpu_index=i)
+            entries, _ = profiles.apply_profile(self.cpuid_entries, cfg.cpu_profile, vcpu_index=i)
             vcpu.set_cpuid(entries)
             self.loops.append(VcpuLoop(self.vm, vcpu, self.run_cfg))
         self._threads: list[threading.Thread] = []
@@ -85,11 +86,11 @@ class Machine:
     # -- setup ------------------------------------------------------------------------------------
     def _cpuid_table(self) -> tuple[list[dict[str, int]], list[str]]:
         base = cpuid.supported(self.vm.kvm_fd)
-        _, masked = cpuid.apply_profile(base, self.config.cpu_profile)
+        _, masked = profiles.apply_profile(base, self.config.cpu_profile)
         return base, masked
 
     def _on_new_gap(self, gap: GapRecord) -> None:
-        self.emit(ev.VmEvent(ev.GAP, time.monotonic(), gap.to_dict()))
+        self.emit(ev.VmEvent(ev.GAP, time.monotonic(), gap.to_json()))
 
     def set_entry(self, entry: Any) -> None:
         """Boot CPU state from a loader's EntryState; APs stay in wait-for-SIPI."""
@@ -182,7 +183,7 @@ class Machine:
         info = self._stop_info
         return {"stop": {"reason": info.reason, "vcpu": info.vcpu, "detail": info.detail} if info else None,
                 "exit_counts": self.exit_counts(), "flight_recorder": self.recorder.dump(),
-                "gaps": [g.to_dict() for g in self.gaps.records()],
+                "gaps": [g.to_json() for g in self.gaps.records()],
                 "masked_cpuid": list(self.masked), "cpu_profile": self.config.cpu_profile,
                 "gap_policy": self.config.gap_policy, "msr_routing": dict(self.msr_status),
                 "coalesced_serial": self.coalesced_serial, "user_time_s": self.user_time_s(),

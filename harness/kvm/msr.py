@@ -14,10 +14,10 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from harness import layout
+from harness.arch.x86_64 import regs
 from harness.errors import ConfigError
-from harness.gaps.record import (FATE_CONTINUED, FATE_GP_INJECTED, GAP_POLICIES, MSR_READ, MSR_WRITE, MTRR_PROBE,
-                                 TSC_MSR, GapRecord)
+from harness.model.gap import (FATE_CONTINUED, FATE_GP_INJECTED, GAP_POLICIES, MSR_READ, MSR_WRITE, MTRR_PROBE,
+                               TSC_MSR, GapRecord)
 from harness.kvm import ffi as k
 from harness.kvm.ffi import ffi
 from harness.kvm.system import ioctl
@@ -26,12 +26,12 @@ if TYPE_CHECKING:
     from harness.kvm.vcpu import Vcpu
     from harness.kvm.vm import Vm
 
-POLICIES = GAP_POLICIES
+POLICIES = tuple(GAP_POLICIES)
 MTRRCAP_VALUE = 0x508                  # 8 variable ranges, fixed ranges supported, WC supported
 PAT_RESET_VALUE = 0x0007040600070406
 # Ranges the filter denies in the kernel, so the guest's access exits to us: (first index, count).
-WATCHED_RANGES = ((layout.MSR_TSC, 1), (layout.MSR_MTRRCAP, 1),
-                  (layout.MSR_MTRR_FIRST, layout.MSR_MTRR_LAST - layout.MSR_MTRR_FIRST + 1))
+WATCHED_RANGES = ((regs.MSR_TSC, 1), (regs.MSR_MTRRCAP, 1),
+                  (regs.MSR_MTRR_FIRST, regs.MSR_MTRR_LAST - regs.MSR_MTRR_FIRST + 1))
 
 
 def check_policy(policy: str) -> str:
@@ -41,9 +41,9 @@ def check_policy(policy: str) -> str:
 
 
 def gap_kind(index: int, write: bool) -> str:
-    if index == layout.MSR_TSC:
+    if index == regs.MSR_TSC:
         return TSC_MSR
-    if index == layout.MSR_MTRRCAP or layout.MSR_MTRR_FIRST <= index <= layout.MSR_MTRR_LAST:
+    if index == regs.MSR_MTRRCAP or regs.MSR_MTRR_FIRST <= index <= regs.MSR_MTRR_LAST:
         return MTRR_PROBE
     return MSR_WRITE if write else MSR_READ
 
@@ -84,7 +84,7 @@ class MsrPolicy:
     def __init__(self, policy: str, overrides: dict[int, str] | None = None) -> None:
         self.policy = check_policy(policy)
         self.overrides = {int(i): check_policy(p) for i, p in (overrides or {}).items()}
-        self._stored: dict[int, int] = {layout.MSR_PAT: PAT_RESET_VALUE}
+        self._stored: dict[int, int] = {regs.MSR_PAT: PAT_RESET_VALUE}
         self._written: set[int] = set()   # MSRs the guest wrote through a user-space exit
         self._lock = threading.Lock()
 
@@ -98,9 +98,9 @@ class MsrPolicy:
             return None
         if policy == "zero":
             return 0
-        if index == layout.MSR_TSC:
+        if index == regs.MSR_TSC:
             return _host_msr(vcpu, index, 0)
-        if index == layout.MSR_MTRRCAP:
+        if index == regs.MSR_MTRRCAP:
             return MTRRCAP_VALUE
         with self._lock:
             return self._stored.get(index, 0)
@@ -112,9 +112,9 @@ class MsrPolicy:
             return False
         if policy == "zero":
             return True
-        if index == layout.MSR_TSC:
+        if index == regs.MSR_TSC:
             _host_set_msr(vcpu, index, value)   # host-initiated: KVM moves the TSC offset
-        elif index == layout.MSR_MTRRCAP:
+        elif index == regs.MSR_MTRRCAP:
             return False                         # read-only on hardware too
         else:
             with self._lock:

@@ -25,16 +25,16 @@ sets that bit.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-import functools
-
-import capstone
-from capstone import x86_const
-
+from harness.arch.x86_64 import decode as x86_decode
+from harness.arch.x86_64.decode import OP_MEM, OP_REG
+from harness.arch.x86_64.regs import (CLAC, STAC, MSR_TSC, MSR_TSC_AUX, RFLAGS_ARITH, RFLAGS_ZF, SOFT_EXCEPTIONS, VEC_BP,
+                                      with_ac)
 from harness.errors import GuestMemoryError
 from harness.kvm import ffi as k
 from harness.kvm.ffi import ffi
+from harness.kvm.insn import LinearMemory
 from harness.kvm.msr import read_host_msr
 from harness.kvm.system import ioctl
 
@@ -49,18 +49,6 @@ XSTATE_BV = slice(LEGACY_SIZE, LEGACY_SIZE + 8)
 # MXCSR (with its mask) and XMM0-15 are saved and restored with SSE state, bit 1.
 LEGACY_REGIONS = ((0, 24, 0), (24, 32, 1), (32, 160, 0), (160, 416, 1))
 MASK64 = (1 << 64) - 1
-SOFT_EXCEPTIONS = (3, 4)   # #BP and #OF: raised by int3 / into
-RFLAGS_AC = 1 << 18
-_MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
-RESCUABLE = ("clac", "stac", "popcnt", "rdtscp", "wait", "fninit", "fnstsw", "fnstcw", "fldcw", "int3", "xgetbv", "xsetbv", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xrstor", "xrstor64",
-             "xrstors", "xrstors64", "xsavec", "xsavec64", "xsaves", "xsaves64")
-
-
-@functools.lru_cache(maxsize=None)
-def _detail_decoder(bits: int) -> capstone.Cs:
-    md = capstone.Cs(capstone.CS_ARCH_X86, _MODES.get(bits, capstone.CS_MODE_64))
-    md.detail = True   # operands, for the memory address of xsave & co
-    return md
 
 
 class RescueFailed(Exception):
@@ -77,21 +65,21 @@ class Rescuer:
         # Compacted format: CPUID.(0xD, i).ECX bit 1 asks for 64-byte alignment of component i.
         self.aligned = {e["index"] for e in cpuid_entries if e["function"] == 0xD and e["ecx"] & 2}
         self.declined = ""   # why the last rescue attempt gave up (shown in the failure record)
+        self.memory: LinearMemory | None = None   # guest memory as this rescue's vCPU state maps it
 
     def rescue(self, code: bytes, rip: int, bits: int) -> str | None:
         """Perform the instruction at RIP if we can; its mnemonic when done, None otherwise."""
-        md = _detail_decoder(bits)
-        insn = next(md.disasm(code, rip), None)
-        if insn is None or insn.mnemonic not in RESCUABLE:
+        insn = x86_decode.first_instruction(code, bits, rip, detail=True)   # operands: memory addresses
+        if insn is None or insn.mnemonic not in RESCUES:
             return None
         try:
             regs = self.vcpu.get_regs()
-            handler = getattr(self, "_" + insn.mnemonic.removesuffix("64"))
-            update = handler(insn, regs, bits) or {}
+            self.memory = LinearMemory(self.vcpu, self.ram)
+            update = RESCUES[insn.mnemonic].handler(self, insn, regs, bits) or {}
             # Every rescued instruction completes (int3 is a trap: RIP after it, then #BP is delivered).
             self.set_regs_verified({**update, "rip": rip + insn.size})
             if insn.mnemonic == "int3":
-                self.inject_verified(3)
+                self.inject_verified(VEC_BP)
         except (RescueFailed, GuestMemoryError, OSError) as exc:
             self.declined = f"{insn.mnemonic}: {exc}"
             return None
@@ -103,19 +91,19 @@ class Rescuer:
         return None   # the #BP is injected by `rescue`, after the RIP write (KVM_SET_REGS drops pending exceptions)
 
     def _clac(self, insn: Any, regs: dict[str, int], bits: int) -> dict[str, int]:
-        return {"rflags": regs["rflags"] & ~RFLAGS_AC}
+        return {"rflags": with_ac(regs["rflags"], False)}
 
     def _stac(self, insn: Any, regs: dict[str, int], bits: int) -> dict[str, int]:
-        return {"rflags": regs["rflags"] | RFLAGS_AC}
+        return {"rflags": with_ac(regs["rflags"], True)}
 
     def _popcnt(self, insn: Any, regs: dict[str, int], bits: int) -> dict[str, int]:
         dst, src = insn.operands
-        if dst.type != x86_const.X86_OP_REG:
+        if dst.type != OP_REG:
             raise RescueFailed("popcnt destination is not a register")
         width = src.size
-        if src.type == x86_const.X86_OP_REG:
+        if src.type == OP_REG:
             value = _reg_any(regs, insn.reg_name(src.reg))
-        elif src.type == x86_const.X86_OP_MEM:
+        elif src.type == OP_MEM:
             value = int.from_bytes(self.read_linear(self.memory_operand(insn, regs, bits), width), "little")
         else:
             raise RescueFailed("popcnt source")
@@ -123,12 +111,12 @@ class Rescuer:
         name = insn.reg_name(dst.reg)
         update = _reg_write(regs, name, count)
         # popcnt clears OF SF ZF AF CF PF, then sets ZF when the source was zero.
-        update["rflags"] = (regs["rflags"] & ~0x8D5) | (0x40 if count == 0 else 0)
+        update["rflags"] = (regs["rflags"] & ~RFLAGS_ARITH) | (RFLAGS_ZF if count == 0 else 0)
         return update
 
     def _rdtscp(self, insn: Any, regs: dict[str, int], bits: int) -> dict[str, int]:
-        tsc = self.get_msr(0x10)
-        aux = self.get_msr(0xC0000103)   # IA32_TSC_AUX
+        tsc = self.get_msr(MSR_TSC)
+        aux = self.get_msr(MSR_TSC_AUX)
         return {"rax": tsc & 0xFFFFFFFF, "rdx": tsc >> 32 & 0xFFFFFFFF, "rcx": aux & 0xFFFFFFFF}
 
     # x87 control/status through the legacy area of KVM_GET/SET_XSAVE: FCW at 0, FSW at 2, abridged FTW at 4.
@@ -152,7 +140,7 @@ class Rescuer:
     def _store_x87_word(self, insn: Any, regs: dict[str, int], bits: int, offset: int) -> dict[str, int] | None:
         word = self.get_xsave()[offset:offset + 2]
         op = insn.operands[0]
-        if op.type == x86_const.X86_OP_REG:
+        if op.type == OP_REG:
             return _reg_write(regs, insn.reg_name(op.reg), int.from_bytes(word, "little"))
         self.write_linear(self.memory_operand(insn, regs, bits), word)
         return None
@@ -340,7 +328,7 @@ class Rescuer:
 
     # -- guest memory ----------------------------------------------------------------------------
     def memory_operand(self, insn: Any, regs: dict[str, int], bits: int) -> int:
-        mems = [op for op in insn.operands if op.type == x86_const.X86_OP_MEM]
+        mems = [op for op in insn.operands if op.type == OP_MEM]
         if len(mems) != 1:
             raise RescueFailed("no memory operand")
         mem = mems[0].mem
@@ -357,29 +345,11 @@ class Rescuer:
         mask = (1 << 64) - 1 if bits == 64 else 0xFFFFFFFF
         return addr & mask
 
-    def _phys(self, linear: int) -> int:
-        if self.vcpu.get_sregs().cr0 & (1 << 31):
-            phys = self.vcpu.translate(linear)
-            if phys is None:
-                raise RescueFailed(f"linear {linear:#x} not mapped")
-            return phys
-        return linear
-
     def read_linear(self, linear: int, size: int) -> bytes:
-        out = bytearray()
-        while len(out) < size:
-            at = linear + len(out)
-            chunk = min(size - len(out), 0x1000 - (at & 0xFFF))
-            out += self.ram.read(self._phys(at), chunk)
-        return bytes(out)
+        return self.memory.read(linear, size)
 
     def write_linear(self, linear: int, data: bytes) -> None:
-        done = 0
-        while done < len(data):
-            at = linear + done
-            chunk = min(len(data) - done, 0x1000 - (at & 0xFFF))
-            self.ram.write(self._phys(at), data[done:done + chunk])
-            done += chunk
+        self.memory.write(linear, data)
 
 
 _GPR64 = {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp"} | {f"r{i}" for i in range(8, 16)}
@@ -423,3 +393,36 @@ def _init_state(bit: int, size: int) -> bytes:
     if bit == 0 and size == 24:
         data[0:2] = (0x037F).to_bytes(2, "little")   # FCW
     return bytes(data)
+
+
+class Rescue(NamedTuple):
+    handler: Callable[[Rescuer, Any, dict[str, int], int], dict[str, int] | None]
+    how: str                     # what the rescue did, for the rescued-instruction gap record
+
+
+_TO_MEMORY, _FROM_MEMORY = "KVM_GET_XSAVE -> guest memory", "guest memory -> KVM_SET_XSAVE"
+_TO_COMPACTED, _FROM_COMPACTED = "KVM_GET_XSAVE -> compacted area", "compacted area -> KVM_SET_XSAVE"
+# The one table of rescues: mnemonic -> (handler, how). The run loop rescues clac/stac from the
+# synced registers without decoding (FAST_PATH); their "how" is here too.
+RESCUES: dict[str, Rescue] = {
+    "clac": Rescue(Rescuer._clac, "RFLAGS.AC cleared in the synced registers"),
+    "stac": Rescue(Rescuer._stac, "RFLAGS.AC set in the synced registers"),
+    "popcnt": Rescue(Rescuer._popcnt, "computed in user space"),
+    "rdtscp": Rescue(Rescuer._rdtscp, "TSC and TSC_AUX via KVM_GET_MSRS"),
+    "wait": Rescue(Rescuer._wait, "no x87 exception pending: nothing to do"),
+    "fninit": Rescue(Rescuer._fninit, "x87 state reset via KVM_SET_XSAVE"),
+    "fnstsw": Rescue(Rescuer._fnstsw, "FSW from KVM_GET_XSAVE"),
+    "fnstcw": Rescue(Rescuer._fnstcw, "FCW from KVM_GET_XSAVE"),
+    "fldcw": Rescue(Rescuer._fldcw, "FCW into KVM_SET_XSAVE"),
+    "int3": Rescue(Rescuer._int3, "injected #BP via KVM_SET_VCPU_EVENTS"),
+    "xgetbv": Rescue(Rescuer._xgetbv, "XCR0 via KVM_GET_XCRS"),
+    "xsetbv": Rescue(Rescuer._xsetbv, "KVM_SET_XCRS"),
+    "xsave": Rescue(Rescuer._xsave, _TO_MEMORY), "xsave64": Rescue(Rescuer._xsave, _TO_MEMORY),
+    "xsaveopt": Rescue(Rescuer._xsaveopt, _TO_MEMORY), "xsaveopt64": Rescue(Rescuer._xsaveopt, _TO_MEMORY),
+    "xrstor": Rescue(Rescuer._xrstor, _FROM_MEMORY), "xrstor64": Rescue(Rescuer._xrstor, _FROM_MEMORY),
+    "xsavec": Rescue(Rescuer._xsavec, _TO_COMPACTED), "xsavec64": Rescue(Rescuer._xsavec, _TO_COMPACTED),
+    "xsaves": Rescue(Rescuer._xsaves, _TO_COMPACTED), "xsaves64": Rescue(Rescuer._xsaves, _TO_COMPACTED),
+    "xrstors": Rescue(Rescuer._xrstors, _FROM_COMPACTED), "xrstors64": Rescue(Rescuer._xrstors, _FROM_COMPACTED),
+}
+RESCUABLE = tuple(RESCUES)
+FAST_PATH = {CLAC: "clac", STAC: "stac"}   # raw bytes -> mnemonic, served from the synced registers

@@ -14,18 +14,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from harness.backends import events as ev
-from harness.gaps import record as gaps
-from harness.gaps.record import GapRecord
+from harness.arch.x86_64.regs import STAC, with_ac
 from harness.kvm import ffi as k
 from harness.kvm import insn
 from harness.kvm.ffi import EXIT_NAMES, libc, ffi
 from harness.kvm.flight import FlightRecorder
-from harness.kvm.gapsink import GapSink
 from harness.kvm.msr import MsrPolicy
-from harness.kvm.rescue import Rescuer
+from harness.kvm.rescue import FAST_PATH, RESCUES, Rescuer
 from harness.kvm.vcpu import Vcpu
 from harness.kvm.vm import Vm
+from harness.model import events as ev
+from harness.model import gap as gaps
+from harness.model.gap import GapRecord
+from harness.model.gapsink import GapSink
 
 _HEAD = struct.Struct("<I")             # exit_reason at offset 8
 _IO = struct.Struct("<BBHIQ")           # direction, size, port, count, data_offset at offset 32
@@ -34,21 +35,6 @@ _U64 = struct.Struct("<Q")
 _RING = struct.Struct("<II")             # kvm_coalesced_mmio_ring.first, .last
 _ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 MAX_REP_COUNT = 4096                    # a REP INS/OUTS exit never carries more than one page of data
-
-
-_CLAC, _STAC = b"\x0f\x01\xca", b"\x0f\x01\xcb"
-_RFLAGS_AC = 1 << 18
-_RESCUE_HOW = {"wait": "no x87 exception pending: nothing to do", "fninit": "x87 state reset via KVM_SET_XSAVE",
-               "fnstsw": "FSW from KVM_GET_XSAVE", "fnstcw": "FCW from KVM_GET_XSAVE",
-               "fldcw": "FCW into KVM_SET_XSAVE", "popcnt": "computed in user space", "rdtscp": "TSC and TSC_AUX via KVM_GET_MSRS", "clac": "RFLAGS.AC cleared in the synced registers", "stac": "RFLAGS.AC set in the synced registers",
-               "int3": "injected #BP via KVM_SET_VCPU_EVENTS", "xgetbv": "XCR0 via KVM_GET_XCRS",
-               "xsetbv": "KVM_SET_XCRS", "xrstor": "guest memory -> KVM_SET_XSAVE",
-               "xrstor64": "guest memory -> KVM_SET_XSAVE", "xsave": "KVM_GET_XSAVE -> guest memory",
-               "xsave64": "KVM_GET_XSAVE -> guest memory", "xsaveopt": "KVM_GET_XSAVE -> guest memory",
-               "xsaveopt64": "KVM_GET_XSAVE -> guest memory", "xsavec": "KVM_GET_XSAVE -> compacted area",
-               "xsavec64": "KVM_GET_XSAVE -> compacted area", "xsaves": "KVM_GET_XSAVE -> compacted area",
-               "xsaves64": "KVM_GET_XSAVE -> compacted area", "xrstors": "compacted area -> KVM_SET_XSAVE",
-               "xrstors64": "compacted area -> KVM_SET_XSAVE"}
 
 
 # The signal a debugger sees for a failure held for it (gdb numbering: SIGSEGV, SIGILL, SIGABRT).
@@ -170,6 +156,7 @@ class VcpuLoop:
         ring_unpack = _RING.unpack_from
         mmio_write = cfg.mmio_bus.write
         io_rips = self._io_rips
+        exit_io = k.KVM_EXIT_IO                           # a local: the loop compares it every exit
         while True:
             if self.stop_requested:
                 if self.pause_requested and not self.terminating and cfg.debugger is not None:
@@ -191,10 +178,10 @@ class VcpuLoop:
                 first, last = ring_unpack(ring_words, 0)
                 if first != last:
                     drain(io_write, mmio_write)
-            if reason == 2:  # KVM_EXIT_IO
+            if reason == exit_io:
                 direction, size, port, count, off = io_unpack(buf, 32)
                 rip = u64(buf, _RIP_OFFSET)[0] if sync else 0
-                record((2, port, rip, monotonic(), index))
+                record((exit_io, port, rip, monotonic(), index))
                 if rip not in io_rips:  # first exit from this instruction: is it REP INS/OUTS?
                     self._classify_io_instruction(rip, direction, size, port, count)
                 if count == 1:
@@ -414,15 +401,15 @@ class VcpuLoop:
         if not (self.vcpu.sync_regs and int(ef.ndata) >= 3 and int(ef.flags) & 1 and ef.insn_size >= 3):
             return False
         op = bytes(ef.insn_bytes[0:3])
-        if op not in (_CLAC, _STAC):
+        name = FAST_PATH.get(op)
+        if name is None:
             return False
         regs = run.s.regs.regs
-        regs.rflags = (regs.rflags | _RFLAGS_AC) if op == _STAC else (regs.rflags & ~_RFLAGS_AC)
-        regs.rip = rip + 3
+        regs.rflags = with_ac(regs.rflags, op == STAC)
+        regs.rip = rip + len(op)
         run.kvm_dirty_regs |= k.KVM_SYNC_X86_REGS
-        name = "stac" if op == _STAC else "clac"
         self.cfg.gaps.record(GapRecord(kind=gaps.RESCUED_INSTRUCTION, key=name, first_rip=rip, vcpu=self.vcpu.index,
-                                       detail={"bytes": op.hex(), "insn": name, "how": _RESCUE_HOW[name]}))
+                                       detail={"bytes": op.hex(), "insn": name, "how": RESCUES[name].how}))
         return True
 
     def _rescue(self, code: bytes, decoded: dict[str, Any], rip: int) -> bool:
@@ -436,7 +423,7 @@ class VcpuLoop:
         self.cfg.gaps.record(GapRecord(kind=gaps.RESCUED_INSTRUCTION, key=done, first_rip=rip,
                                        vcpu=self.vcpu.index, detail={"bytes": decoded["bytes"],
                                                                      "insn": decoded["text"],
-                                                                     "how": _RESCUE_HOW.get(done, "emulated")}))
+                                                                     "how": RESCUES[done].how}))
         return True
 
     def _fail_entry(self, rip: int) -> StopInfo:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import errno
 import os
-import platform
-from pathlib import Path
 from typing import Any
 
+from harness.arch.x86_64.host import cpuinfo, hardware_backed, kvm_module
 from harness.errors import KvmUnavailable
 from harness.kvm.ffi import CAPS, KVM_CHECK_EXTENSION, KVM_GET_API_VERSION, ffi, libc
 
@@ -68,41 +67,17 @@ def capabilities(fd: int) -> dict[str, int]:
     return {name: check_extension(fd, name) for name in CAPS}
 
 
-def kvm_module() -> str:
-    """Which KVM vendor module is loaded, read from /sys/module (never written)."""
-    for name in ("kvm_pvm", "kvm_intel", "kvm_amd"):
-        if Path("/sys/module", name).exists():
-            return name
-    return "kvm" if Path("/sys/module/kvm").exists() else "none"
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = "", set()
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return model, flags
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return model, flags
-
-
 def host_info(path: str = KVM_PATH) -> dict[str, Any]:
     """What kind of KVM this is. Works (with `usable: False`) when /dev/kvm cannot be opened."""
-    model, flags = _cpuinfo()
+    model, flags = cpuinfo()
     module = kvm_module()
     info: dict[str, Any] = {
         "kvm_module": module,
-        "hardware_backed": module in ("kvm_intel", "kvm_amd") and bool(flags & {"vmx", "svm"}),
+        "hardware_backed": hardware_backed(module, flags),
         "cpu_model": model,
         "cpu_virt_flags": sorted(flags & {"vmx", "svm", "hypervisor"}),
-        "kernel_release": platform.release(),
-        "arch": platform.machine(),
+        "kernel_release": os.uname().release,     # what platform.release() reads, without importing it
+        "arch": os.uname().machine,
         "usable": False,
         "caps": {},
     }

@@ -49,7 +49,9 @@ class Vm:
             return 0
 
     def _set_memory(self) -> None:
-        base = self.ram.host_address()
+        view = ffi.from_buffer(self.ram.mapping)
+        base = int(ffi.cast("uintptr_t", view))   # fixed for the mapping's life
+        ffi.release(view)
         for slot, region in enumerate(self.ram.regions()):
             mr = ffi.new("struct kvm_userspace_memory_region *")
             mr.slot, mr.flags = slot, 0

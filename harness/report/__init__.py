@@ -1,6 +1,6 @@
 """Reports of a run directory: results.json, junit.xml, summary.md, index.html.
 
-Everything is built from the run directory's files alone (harness.runner.result), so a run
+Everything is built from the run directory's files alone (harness.model.result), so a run
 killed halfway reports the cells that finished. `write_reports` is what the runner calls at the
 end of a run and what `harness report RUN` calls afterwards.
 """
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.model.files import write_json_atomic
 from harness.report.diff import RunDiff, diff_results, diff_runs
 from harness.report.merge import merge_runs
 from harness.report.run import load_run
-from harness.runner.result import write_json_atomic
 
 __all__ = ["write_reports", "merge_runs", "diff_runs", "RunDiff", "load_run"]
 

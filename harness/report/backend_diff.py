@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.report.hosts import host_of
 from harness.report.run import CellView, RunData
-from harness.runner.result import CellResult
+from harness.model.result import CellResult
 
 REFERENCE_PREFIX = "qemu"
 BUILTIN = "builtin"

@@ -13,10 +13,10 @@ from typing import Any
 
 from harness.gaps.baseline import compare
 from harness.gaps.ledger import dedup
+from harness.model.result import CellResult
 from harness.report.flakes import RegressionCall, regression_call
 from harness.report.profile import CellVerdict, RegressionPolicy, compare_cell, repeat_groups
 from harness.report.run import load_run
-from harness.runner.result import CellResult
 
 
 @dataclass
@@ -124,7 +124,7 @@ def _summary_outcome(group: list[CellResult]) -> str:
 
 
 def _union_gaps(group: list[CellResult]) -> list[dict[str, Any]]:
-    return [g.to_dict() for g in dedup(g for r in group for g in r.gaps)]
+    return [g.to_json() for g in dedup(g for r in group for g in r.gaps)]
 
 
 def diff_results(a_name: str, a: list[CellResult], b_name: str, b: list[CellResult],

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 from harness.report.profile import base_cell_id, repeat_groups
-from harness.runner.result import ERROR, PASS, CellResult
-from harness.runner.tries import passed_on_retry, tries_of
+from harness.model.result import ERROR, PASS, CellResult
+from harness.model.tries import passed_on_retry, tries_of
 
 MIN_FAILURES = 2
 CONFIRMED, UNCONFIRMED, FLAKY = "confirmed", "unconfirmed", "flaky"

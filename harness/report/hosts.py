@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.runner.result import CellResult
+from harness.model.result import CellResult
 
 
 def host_of(result: CellResult) -> str:

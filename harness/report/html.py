@@ -1,5 +1,7 @@
 """index.html: one static, self-contained page per run (inline CSS/JS, works from file://).
 
+The stylesheet and scripts are package data (harness/report/static/), inlined into each page.
+
 Sections: the matrix heatmap (guests x backend/cpu profile/gap policy, coloured by outcome),
 the run-wide gap ledger, repeated-run timing statistics, the baseline diff, then one section per
 cell: boot timeline (inline SVG), exits per phase, gap table, flight recorder, near miss, console.
@@ -10,28 +12,29 @@ printing `<script>` gets text, never markup. The page's script only reads the DO
 """
 from __future__ import annotations
 
+import functools
 import html
+import importlib.resources
 import re
 import urllib.parse
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+from harness.console.clean import strip_escapes
 from harness.gaps.baseline import GapDiff
+from harness.model.files import write_atomic
+from harness.model.result import OUTCOMES, Phase, ended_as_expected
 from harness.report.diff import RunDiff
-from harness.report.profile import phases_from_snapshots
-from harness.report.culprit import Culprit
-from harness.report.results import cell_ok
-from harness.runner.known_issues import known_issue_note
-from harness.runner.tries import passed_on_retry
+from harness.gaps.culprit import Culprit
+from harness.model.verdict import cell_ok, known_issue_note
+from harness.model.tries import passed_on_retry
 from harness.report.run import CellView, RunData
-from harness.runner.result import OUTCOMES, Phase
 
 # Console bytes embedded per cell (the tail): enough to see a boot, small enough that a page of a
 # hundred cells stays loadable. The full log is linked.
 CONSOLE_MAX_BYTES = 512 * 1024
 CONSOLE_MAX_BYTES_OK = 128 * 1024
-_ANSI = re.compile(rb"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
 _CTRL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -52,6 +55,14 @@ def _ms(seconds: float | None) -> str:
 
 def _anchor(view: CellView) -> str:
     return "c-" + view.slug  # slugs are [A-Za-z0-9._-] only (cell_slug)
+
+
+def _table(columns: Iterable[str | tuple[str, str]], rows: Iterable[str]) -> str:
+    """The page's one kind of data table: `columns` are header labels (HTML) or (label, tooltip)
+    pairs, `rows` whole <tr> elements."""
+    head = "".join(f'<th title="{esc(c[1])}">{c[0]}</th>' if isinstance(c, tuple) else f"<th>{c}</th>"
+                   for c in columns)
+    return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def _badge(outcome: str, text: str | None = None) -> str:
@@ -150,9 +161,8 @@ def _run_gaps(results: dict[str, Any], keys_to_anchor: dict[str, str]) -> str:
                     f'<td class="mono small">{esc(g["id"])}</td></tr>')
     return ('<section id="gaps"><h2>Gap ledger</h2><p class="hint">Every gap of the run, merged over cells '
             '(phase = last milestone reached before the gap was first seen).</p><div class="scroll">'
-            '<table class="data"><thead><tr><th>kind</th><th>key</th><th>access</th><th>count</th><th>first RIP</th>'
-            '<th>phases</th><th>policies</th><th>fates</th><th>baseline</th><th>cells</th><th>id</th></tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div></section>')
+            + _table(("kind", "key", "access", "count", "first RIP", "phases", "policies", "fates", "baseline",
+                      "cells", "id"), rows) + '</div></section>')
 
 
 def _crash_index(results: dict[str, Any], keys_to_anchor: dict[str, str]) -> str:
@@ -206,9 +216,8 @@ def _timing(results: dict[str, Any]) -> str:
             f'<td class="num">{_ms(m["phase"]["mad"]) if m["phase"] else "-"}</td></tr>'
             for m in t["milestones"])
         parts.append(f'<h3>{esc(cid)} <span class="hint">({t["repeats"]} repeats)</span></h3>'
-                     '<table class="data"><thead><tr><th>milestone</th><th>reached</th><th>median</th><th>min</th>'
-                     '<th>max</th><th>MAD</th><th>phase median</th><th>phase MAD</th></tr></thead>'
-                     f'<tbody>{rows}</tbody></table>')
+                     + _table(("milestone", "reached", "median", "min", "max", "MAD", "phase median", "phase MAD"),
+                              [rows]))
     return ('<section id="timing"><h2>Repeated runs</h2><p class="hint">Milestone times since VM start over '
             f'the repeats of each cell: median, min, max, median absolute deviation.</p>{"".join(parts)}</section>')
 
@@ -231,9 +240,8 @@ def _baseline(diff: RunDiff | None, keys_to_anchor: dict[str, str]) -> str:
         rows.append(f"<tr><td>{verdict}</td><td>{link}</td><td class=num>{c.verdict.n_new}/{c.verdict.n_base}</td>"
                     f"<td>{esc(c.outcome_a)} → {esc(c.outcome_b)}</td>"
                     f"<td>{esc(why)}</td><td class=mono>{esc(gaps)}</td></tr>")
-    table = ('<table class="data"><thead><tr><th></th><th>cell</th><th title="repeats: this run / baseline">N</th><th>outcome</th><th>timing / milestones</th>'
-             f'<th>gaps (+new / -fixed)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
-             if rows else "<p>No cell changed.</p>")
+    table = (_table(("", "cell", ("N", "repeats: this run / baseline"), "outcome", "timing / milestones",
+                     "gaps (+new / -fixed)"), rows) if rows else "<p>No cell changed.</p>")
     only = "".join(f"<li>only in baseline: {esc(c)}</li>" for c in diff.only_in_a) + \
         "".join(f"<li>only in this run: {esc(c)}</li>" for c in diff.only_in_b)
     return (f'<section id="baseline"><h2>Against baseline {esc(diff.a)}: {len(diff.regressions)} regressed</h2>'
@@ -249,32 +257,29 @@ def _triage(results: dict[str, Any], anchors: dict[str, str]) -> str:
     """Culprits of the failing cells, known issues, flakes: results.json's triage section."""
     t = results.get("triage") or {}
     bad = [c for c in t.get("culprits", []) if not c["ok"]]
-    rows = "".join(f'<tr><td>{_badge(c["outcome"])}</td><td>{_link(c["cell"], anchors)}</td>'
-                   f'<td><b>{esc(c["party"])}</b>{" (suspected)" if c["evidence"] == "suspected" else ""}</td>'
-                   f'<td class=mono>{esc(c["gap"]["kind"] + " " + str(c["gap"]["key"])) if c.get("gap") else ""}</td>'
-                   f'<td>{esc(c["why"])}</td></tr>' for c in bad)
-    parts = ['<h3>Culprits</h3>' + (f'<table class="data"><thead><tr><th></th><th>cell</th><th>culprit</th><th>gap</th>'
-                                    f'<th>why</th></tr></thead><tbody>{rows}</tbody></table>' if rows
+    rows = [f'<tr><td>{_badge(c["outcome"])}</td><td>{_link(c["cell"], anchors)}</td>'
+            f'<td><b>{esc(c["party"])}</b>{" (suspected)" if c["evidence"] == "suspected" else ""}</td>'
+            f'<td class=mono>{esc(c["gap"]["kind"] + " " + str(c["gap"]["key"])) if c.get("gap") else ""}</td>'
+            f'<td>{esc(c["why"])}</td></tr>' for c in bad]
+    parts = ['<h3>Culprits</h3>' + (_table(("", "cell", "culprit", "gap", "why"), rows) if rows
                                     else "<p>No failing cell.</p>")]
     issues = t.get("known_issues", [])
-    rows = "".join(f'<tr><td>{_badge("fail" if k["status"] == "expired" else "pass", k["status"])}</td>'
-                   f'<td>{_link(k["cell"], anchors)}</td><td>{esc(k["outcome"])}</td>'
-                   f'<td><a href="{esc(k["url"])}" rel="noreferrer">{esc(k["title"])}</a></td><td>{esc(k["until"])}</td></tr>'
-                   for k in issues)
-    parts.append('<h3>Known issues</h3>' + (f'<table class="data"><thead><tr><th>status</th><th>cell</th><th>outcome</th>'
-                                            f'<th>issue</th><th>until</th></tr></thead><tbody>{rows}</tbody></table>'
+    rows = [f'<tr><td>{_badge("fail" if k["status"] == "expired" else "pass", k["status"])}</td>'
+            f'<td>{_link(k["cell"], anchors)}</td><td>{esc(k["outcome"])}</td>'
+            f'<td><a href="{esc(k["url"])}" rel="noreferrer">{esc(k["title"])}</a></td><td>{esc(k["until"])}</td></tr>'
+            for k in issues]
+    parts.append('<h3>Known issues</h3>' + (_table(("status", "cell", "outcome", "issue", "until"), rows)
                                             if rows else "<p>None.</p>"))
     for title, key in (("Flaky cells", "flakes"), ("Flaky across this run and the baseline", "flakes_across_runs")):
         flakes = t.get(key)
         if flakes is None:
             continue
-        rows = "".join(f'<tr><td>{_link(f["cell_id"], anchors)}</td><td class=num>{f["tries"]}</td>'
-                       f'<td class=num>{f["failed"]}</td><td class=num>{f["rate"]:.0%}</td>'
-                       f'<td class=num>{f["passed_on_retry"]}</td><td>{esc(", ".join(f["outcomes"]))}</td></tr>'
-                       for f in flakes)
-        parts.append(f'<h3>{title}</h3>' + (f'<table class="data"><thead><tr><th>cell</th><th>tries</th><th>failed</th>'
-                                            f'<th>flake rate</th><th>passed on retry</th><th>outcomes</th></tr></thead>'
-                                            f'<tbody>{rows}</tbody></table>' if rows else "<p>None.</p>"))
+        rows = [f'<tr><td>{_link(f["cell_id"], anchors)}</td><td class=num>{f["tries"]}</td>'
+                f'<td class=num>{f["failed"]}</td><td class=num>{f["rate"]:.0%}</td>'
+                f'<td class=num>{f["passed_on_retry"]}</td><td>{esc(", ".join(f["outcomes"]))}</td></tr>'
+                for f in flakes]
+        parts.append(f'<h3>{title}</h3>' + (_table(("cell", "tries", "failed", "flake rate", "passed on retry",
+                                                    "outcomes"), rows) if rows else "<p>None.</p>"))
     return f'<section id="triage"><h2>Triage</h2>{"".join(parts)}</section>'
 
 
@@ -303,8 +308,7 @@ def _backend_diff(results: dict[str, Any], anchors: dict[str, str]) -> str:
             verdict = (f'<p>First divergence: {where}; outcome {esc(d["outcome_a"])} vs {esc(d["outcome_b"])}</p>'
                        f'<ul>{exits}{gaps}</ul>')
         parts.append(f'<h3>{esc(p["guest"])}: {_link(p["cell_a"], anchors)} vs {_link(p["cell_b"], anchors)}</h3>'
-                     f'<table class="data"><thead><tr><th>milestone</th><th>{esc(p["backend_a"])}</th>'
-                     f'<th>{esc(p["backend_b"])}</th><th>ratio</th></tr></thead><tbody>{rows}</tbody></table>{verdict}')
+                     + _table(("milestone", esc(p["backend_a"]), esc(p["backend_b"]), "ratio"), [rows]) + verdict)
     return (f'<section id="backend-diff"><h2>Built-in against QEMU</h2><p class="hint">The same guest on both '
             f'backends in this run: milestone times since VM start and the first divergence.</p>{"".join(parts)}</section>')
 
@@ -315,13 +319,8 @@ PHASE_COLOURS = ["#4e79a7", "#59a14f", "#9c755f", "#76b7b2", "#edc948", "#b07aa1
 
 
 def _cell_phases(view: CellView) -> list[Phase]:
-    """The cell's phases; recomputed from events.jsonl when the runner did not store them."""
-    r = view.result
-    if r.phases or not r.milestones:
-        return list(r.phases)
-    events = view.events()
-    start = next((e.t for e in events if e.type == "vm-start"), None)
-    return phases_from_snapshots(r.milestones, events, start) if start is not None else []
+    """The cell's phases, as the runner computed them when the cell ended (harness.gaps.phases)."""
+    return list(view.result.phases)
 
 
 def _vm_start(view: CellView) -> float | None:
@@ -398,7 +397,6 @@ def _exit_table(phases: list[Phase]) -> str:
             totals[k] += v
     reasons = sorted(totals, key=lambda k: -totals[k])[:8]
     biggest = max(sum(p.exit_counts.values()) for p in phases) or 1
-    head = "".join(f"<th>{esc(k)}</th>" for k in reasons)
     rows = []
     for p in phases:
         total = sum(p.exit_counts.values())
@@ -409,9 +407,8 @@ def _exit_table(phases: list[Phase]) -> str:
                     f'<td class="num">{_ms(p.user_time_s)}</td><td class="barcell"><span class="bar" '
                     f'style="width:{100 * total / biggest:.0f}%"></span></td></tr>')
     return ('<h4>VM exits per phase <span class="hint">(from 100 ms snapshots: up to 100 ms of exits after a '
-            'milestone count in the phase it ends)</span></h4><table class="data"><thead><tr><th>phase</th>'
-            f'<th>duration</th>{head}<th>other</th><th>total</th><th>VMM time</th><th></th></tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+            'milestone count in the phase it ends)</span></h4>'
+            + _table(["phase", "duration", *(esc(k) for k in reasons), "other", "total", "VMM time", ""], rows))
 
 
 def _gap_table(view: CellView) -> str:
@@ -435,9 +432,8 @@ def _gap_table(view: CellView) -> str:
                     f'<td>{_status_badge("fixed")}</td></tr>')
     if not rows:
         return "<h4>Gaps</h4><p class=hint>None.</p>"
-    return ('<h4>Gaps</h4><table class="data"><thead><tr><th>kind</th><th>key</th><th>access</th><th>count</th>'
-            '<th>first RIP</th><th>phase</th><th>policy</th><th>fate</th><th>baseline</th></tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+    return "<h4>Gaps</h4>" + _table(("kind", "key", "access", "count", "first RIP", "phase", "policy", "fate",
+                                     "baseline"), rows)
 
 
 def _status_badge(st: str) -> str:
@@ -457,8 +453,7 @@ def _flight(view: CellView) -> str:
     rows = "".join("<tr>" + "".join(f'<td class="mono">{esc(_hex(rec.get(k)) if isinstance(rec, dict) else "")}</td>'
                                     for k in keys) + "</tr>" for rec in fr[-64:])
     return (f'<details class="flight" open><summary>Flight recorder (last {min(len(fr), 64)} of {len(fr)} '
-            f'VM exits)</summary><table class="data"><thead><tr>{"".join(f"<th>{esc(k)}</th>" for k in keys)}'
-            f'</tr></thead><tbody>{rows}</tbody></table></details>')
+            f'VM exits)</summary>{_table([esc(k) for k in keys], [rows])}</details>')
 
 
 def _near_miss(view: CellView) -> str:
@@ -474,7 +469,7 @@ def _near_miss(view: CellView) -> str:
 
 
 def _console_text(data: bytes) -> str:
-    data = _ANSI.sub(b"", data).replace(b"\r\n", b"\n").replace(b"\r", b"")
+    data = strip_escapes(data).replace(b"\r\n", b"\n").replace(b"\r", b"")
     return esc(data.decode("utf-8", errors="replace"))
 
 
@@ -554,7 +549,7 @@ def _reproduce(view: CellView) -> str:
     r = view.result
     if r.outcome == "pass" or not r.repro:
         return ""
-    from harness.runner.repro_record import bundle_command
+    from harness.model.repro import bundle_command
     cell_dir = str(view.work_rel)
     return (f'<div class="repro"><h4>Reproduce</h4><p class="hint">From the run directory:</p>'
             f'<pre class="console small">{esc(bundle_command(cell_dir))}\n'
@@ -564,77 +559,10 @@ def _reproduce(view: CellView) -> str:
 
 # ---------------------------------------------------------------------------- page
 
-CSS = """
-:root{--fg:#1d2330;--muted:#667085;--line:#e4e7ec;--bg:#f7f8fa;--card:#fff;
---pass:#2e9e5b;--gap:#d4a017;--fail:#d64545;--timeout:#e07b39;--error:#7d5ba6}
-*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-color:var(--fg);background:var(--bg)}main{max-width:1200px;margin:0 auto;padding:0 20px 40px}
-header{background:#1d2330;color:#fff;padding:18px 20px}header h1{margin:0 0 8px;font-size:20px;font-weight:600}
-.runid{font-family:ui-monospace,Menlo,Consolas,monospace;color:#b7c4dd}
-dl.meta{display:flex;flex-wrap:wrap;gap:4px 18px;margin:10px 0 0;font-size:12px}
-dl.meta div{display:flex;gap:6px}dt{color:#98a2b3}dd{margin:0}
-.badges{display:flex;gap:6px;flex-wrap:wrap}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;font-weight:600}
-.o-pass{background:var(--pass)}.o-gap{background:var(--gap)}.o-fail{background:var(--fail)}
-.o-timeout{background:var(--timeout)}.o-error{background:var(--error)}
-section{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:14px 18px;margin:18px 0}
-h2{font-size:17px;margin:0 0 10px}#timing h3{margin-top:14px}h3{font-size:15px;margin:0 0 6px}h4{font-size:13px;margin:14px 0 6px}
-.hint{color:var(--muted);font-size:12px;font-weight:normal}.warn{color:#ffd27a}
-.scroll{overflow-x:auto}
-table{border-collapse:collapse}table.data{width:100%;font-size:12.5px}
-table.data th,table.data td{border-bottom:1px solid var(--line);padding:3px 8px;text-align:left;vertical-align:top}
-table.data th{background:#f2f4f7;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
-table.heat th,table.heat td{border:1px solid var(--line);padding:4px 6px;text-align:center}
-table.heat th{background:#f2f4f7;font-size:12px}table.heat th.sub{font-weight:normal;color:var(--muted)}
-table.heat th.guest{text-align:left;font-family:ui-monospace,Menlo,Consolas,monospace;font-weight:500}
-.chip{display:inline-block;min-width:56px;margin:1px;padding:3px 6px;border-radius:4px;color:#fff;
-text-decoration:none;font-size:11.5px;font-weight:600}.chip:hover{outline:2px solid #1d2330}
-.chip.bad{box-shadow:inset 0 0 0 2px rgba(0,0,0,.25)}.none{color:#c0c5cf}
-.mono,code{font-family:ui-monospace,Menlo,Consolas,monospace}.small{font-size:11px}
-.params{margin:2px 0 6px}.param{display:inline-block;background:#f2f4f7;border-radius:4px;padding:0 6px;margin:1px;
-font-size:12px;font-family:ui-monospace,Menlo,Consolas,monospace}
-.reason{margin:4px 0;font-weight:500}.failure{color:var(--fail);margin:4px 0}
-svg.timeline{max-width:100%;height:auto;font-size:11.5px}svg.timeline text{fill:#344054}
-svg.timeline text.dur,svg.timeline text.tick{fill:var(--muted);font-size:10.5px}
-svg.timeline line.grid{stroke:#eef0f3}svg.timeline .gapmark{fill:#e07b39}svg.timeline .gapmark.stop{fill:#d64545}svg.timeline text.waiting{fill:var(--fail)}
-.barcell{width:120px}.bar{display:block;height:9px;background:#4e79a7;border-radius:2px}
-.tag{display:inline-block;font-size:11px;padding:0 6px;border-radius:8px;background:#eef0f3}
-.tag.new{background:#fde2e1;color:#a32020}.tag.known{background:#e8eefc;color:#2f4d9c}
-.tag.fixed{background:#dff4e7;color:#1e6b3f}tr.st-new td{background:#fff6f5}
-pre.console{background:#0f1420;color:#d7dde8;padding:10px;border-radius:6px;overflow:auto;max-height:480px;
-font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;word-break:break-all}
-pre.console.small{max-height:200px}
-.ms{display:inline-block;background:#2e9e5b;color:#fff;border-radius:3px;padding:0 5px;margin:0 4px;font-size:11px}
-.flash{outline:3px solid #edc948}.nearmiss{border-left:3px solid var(--timeout);padding-left:10px}
-details summary{cursor:pointer;font-weight:600;margin:8px 0 4px}.top{text-align:right;margin:6px 0 0;font-size:12px}
-#errors{background:#fde2e1;color:#a32020;white-space:pre-wrap;padding:8px;margin:10px 0;border-radius:6px}
-.filters{display:flex;flex-wrap:wrap;gap:10px;align-items:center;font-size:13px}
-.filters input[type=search]{padding:4px 8px;border:1px solid var(--line);border-radius:6px;min-width:260px}
-"""
-
-JS_HEAD = """
-window.onerror=function(msg,src,line,col){var e=document.getElementById('errors');
-if(e){e.hidden=false;e.textContent+=msg+' (line '+line+')\\n';}};
-"""
-
-JS_BODY = """
-(function(){
-var boxes=document.querySelectorAll('input[data-outcome]');var q=document.getElementById('q');
-function apply(){var on={};boxes.forEach(function(b){on[b.getAttribute('data-outcome')]=b.checked;});
-var text=(q.value||'').toLowerCase();var shown=0;
-document.querySelectorAll('section.cell').forEach(function(s){
-var ok=on[s.getAttribute('data-outcome')]!==false&&s.getAttribute('data-id').toLowerCase().indexOf(text)>=0;
-s.hidden=!ok;if(ok)shown++;});document.getElementById('shown').textContent=shown;}
-boxes.forEach(function(b){b.addEventListener('change',apply);});q.addEventListener('input',apply);
-function reveal(){var id=decodeURIComponent(location.hash.slice(1));if(!id)return;
-var el=document.getElementById(id);if(!el)return;
-for(var p=el;p;p=p.parentElement){if(p.tagName==='DETAILS')p.open=true;if(p.hidden)p.hidden=false;}
-el.scrollIntoView({block:'center'});el.classList.add('flash');
-setTimeout(function(){el.classList.remove('flash');},1500);}
-window.addEventListener('hashchange',reveal);apply();reveal();
-document.body.setAttribute('data-ready','1');
-})();
-"""
+@functools.lru_cache(maxsize=None)
+def _static(name: str) -> str:
+    """A file of harness/report/static (package data): the page's stylesheet and scripts."""
+    return (importlib.resources.files("harness.report") / "static" / name).read_text(encoding="utf-8")
 
 
 def _filters(run: RunData) -> str:
@@ -651,15 +579,14 @@ def render_html(run: RunData, results: dict[str, Any], baseline: RunDiff | None)
     cells = "".join(_cell(c, culprits.get(c.key)) for c in run.cells) or "<p>No finished cells.</p>"
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             '<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>Boot matrix {esc(run.run_id)}</title><style>{CSS}</style><script>{JS_HEAD}</script></head>"
+            f"<title>Boot matrix {esc(run.run_id)}</title><style>\n{_static('report.css')}</style>"
+            f"<script>\n{_static('errors.js')}</script></head>"
             f"<body>{_header(run, results)}<main><div id=errors hidden></div>{_heatmap(run)}"
             f"{_triage(results, anchors)}{_backend_diff(results, anchors)}{_baseline(baseline, anchors)}{_crash_index(results, anchors)}{_run_gaps(results, anchors)}{_timing(results)}"
             f'<section id="cells-head">{_filters(run)}</section>{cells}</main>'
-            f"<script>{JS_BODY}</script></body></html>\n")
+            f"<script>\n{_static('report.js')}</script></body></html>\n")
 
 
 def write_html(run: RunData, results: dict[str, Any], baseline: RunDiff | None, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_html(run, results, baseline), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, render_html(run, results, baseline).encode("utf-8"))
     return path

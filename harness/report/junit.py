@@ -10,13 +10,15 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from harness.report.culprit import GUEST, Culprit, run_culprits
-from harness.report.results import cell_new_gaps, cell_ok
-from harness.runner.guest_shell import CommandResult
-from harness.runner.known_issues import known_issue_note
-from harness.runner.tries import passed_on_retry, tries_of
+from harness.model.files import atomic_file
+from harness.model.result import ERROR
+from harness.gaps.culprit import GUEST, Culprit
+from harness.report.culprits import run_culprits
+from harness.report.results import cell_new_gaps
+from harness.model.guest import CommandResult
+from harness.model.verdict import cell_ok, known_issue_note
+from harness.model.tries import passed_on_retry, tries_of
 from harness.report.run import CellView, RunData
-from harness.runner.result import ERROR
 
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 LAST_LINES = 20
@@ -129,7 +131,6 @@ def build_junit(run: RunData) -> ET.ElementTree:
 
 
 def write_junit(run: RunData, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    build_junit(run).write(tmp, encoding="utf-8", xml_declaration=True)
-    tmp.replace(path)
+    with atomic_file(path) as f:
+        build_junit(run).write(f, encoding="utf-8", xml_declaration=True)
     return path

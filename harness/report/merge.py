@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.model.rundir import RunDir
 from harness.report.run import CellView, load_run
-from harness.runner.result import write_json_atomic
 
 
 def _rank(view: CellView, order: int) -> tuple[int, str, int]:
@@ -59,12 +59,12 @@ def merge_runs(run_dirs: list[Path], out_dir: Path) -> Path:
             rank = _rank(view, order)
             if ident not in best or rank >= best[ident][0]:
                 best[ident] = (rank, view)
-    (out_dir / "cells").mkdir(parents=True, exist_ok=True)
+    out = RunDir(out_dir)
+    out.cells_dir.mkdir(parents=True, exist_ok=True)
     for _, view in best.values():
         _copy_workdir(view, out_dir)
-        # keep the shard's file name: the runner names repeats of one cell id apart
-        write_json_atomic(out_dir / "cells" / f"{view.slug}.json", view.result.to_dict())
-    write_json_atomic(out_dir / "run.json", _merged_run_json(runs, len(best)))
+        out.write_result(view.result)
+    out.write_run_json(_merged_run_json(runs, len(best)))
     return out_dir
 
 

@@ -8,13 +8,14 @@ from typing import Any
 from harness.gaps.baseline import GapDiff
 from harness.gaps.ledger import gap_id, merge_run_ledger
 from harness.gaps.runs import cell_gaps
+from harness.model.result import OUTCOMES, CellResult
+from harness.gaps.culprit import Culprit
+from harness.report.culprits import run_culprits
 from harness.report.diff import RunDiff
 from harness.report.profile import milestone_stats, repeat_groups
 from harness.report.run import CellView, RunData
 from harness.report.crashes import crash_index
-from harness.report.culprit import Culprit, run_culprits
-from harness.runner.known_issues import cell_ok, known_issue_status
-from harness.runner.result import OUTCOMES, CellResult
+from harness.model.verdict import cell_ok, known_issue_status
 
 __all__ = ["build_results", "cell_ok", "cell_new_gaps"]
 
@@ -27,7 +28,7 @@ def cell_new_gaps(result: CellResult) -> list[dict[str, Any]]:
 
 
 def _cell_entry(view: CellView, culprits: dict[str, Culprit | None]) -> dict[str, Any]:
-    d = view.result.to_dict()
+    d = view.result.to_json()
     d["gaps"] = cell_gaps(view.result)
     for g in d["gaps"]:
         g["id"] = gap_id(view.family, g)

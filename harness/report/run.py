@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.backends.events import EventReader, VmEvent
-from harness.errors import HarnessError
-from harness.gaps.runs import cell_family, result_key
-from harness.runner.result import CellResult
+from harness.gaps.runs import cell_family
+from harness.model.events import EventReader, VmEvent
+from harness.model.result import CellResult
+from harness.model.rundir import RunDir, result_key
 
 CONSOLE_TAIL_BYTES = 64 * 1024
 
@@ -95,26 +95,13 @@ class RunData:
         return [c.result for c in self.cells]
 
 
-def read_run_json(run_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def load_run(run_dir: Path) -> RunData:
-    run_dir = Path(run_dir)
-    cells_dir = run_dir / "cells"
-    if not cells_dir.is_dir() and not (run_dir / "run.json").exists():
-        raise HarnessError(f"{run_dir} is not a run directory (no cells/ or run.json)",
-                           "pass a directory under reports/, e.g. reports/<run-id>")
-    data = RunData(run_dir, read_run_json(run_dir))
-    for path in sorted(cells_dir.glob("*.json")) if cells_dir.is_dir() else []:
-        if path.name.startswith("."):
-            continue  # a temporary file of write_json_atomic
+    run = RunDir(run_dir).require()
+    run_dir = run.path
+    data = RunData(run_dir, run.read_run_json())
+    for path in run.result_files():
         try:
-            result = CellResult.from_dict(json.loads(path.read_text()))
+            result = CellResult.from_json(json.loads(path.read_text()))
         except (OSError, ValueError, TypeError, KeyError):
             data.skipped.append(path.name)
             continue

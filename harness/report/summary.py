@@ -9,11 +9,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from harness.report.culprit import Culprit
+from harness.model.files import write_atomic
+from harness.model.result import OUTCOMES
+from harness.gaps.culprit import Culprit
 from harness.report.diff import RunDiff
-from harness.report.results import cell_new_gaps, cell_ok
+from harness.model.verdict import cell_ok
+from harness.report.results import cell_new_gaps
 from harness.report.run import RunData
-from harness.runner.result import OUTCOMES
 
 MAX_ROWS = 100   # GitHub step summaries are capped at 1 MiB; index.html has everything
 _MD_ACTIVE = re.compile(r"([\\`*_\[\]<>|~])")   # enough: with `[` escaped, `(` cannot make a link
@@ -172,7 +174,5 @@ def _t(value: Any) -> str:
 
 
 def write_summary(run: RunData, results: dict[str, Any], baseline: RunDiff | None, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_summary(run, results, baseline))
-    tmp.replace(path)
+    write_atomic(path, render_summary(run, results, baseline).encode())
     return path

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from harness.report.culprit import PARTIES, run_culprits
+from harness.gaps.culprit import PARTIES
+from harness.report.culprits import run_culprits
 from harness.report.flakes import flake_stats
 from harness.report.run import RunData
-from harness.runner.known_issues import KnownIssue, cell_ok, known_issue_status
-from harness.runner.result import PASS, CellResult
+from harness.model.verdict import KnownIssue, cell_ok, known_issue_status
+from harness.model.result import PASS, CellResult
 
 
 def _culprits(run: RunData) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from harness.assets.pinned import resolve_pinned
 from harness.repro.source import ReproSource
 from harness.runner.matrix import Cell
 from harness.runner.execute import RunOptions, run_cell
-from harness.runner.result import PASS, TIMEOUT
+from harness.model.result import PASS, TIMEOUT
 
 
 def decisive(result: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from harness.console.clean import ConsoleCleaner
 from harness.console.crashes import (CRASH, WARNING, WARNINGS_FAIL, WARNINGS_FAIL_NEW, ConsoleReport, crash_of,
                                      find_reports, headline)
-from harness.runner.result import FAIL, PASS, CellResult, Failure, WarningDiff
+from harness.model.result import FAIL, PASS, CellResult, Failure, WarningDiff
 
 MAX_CONSOLE = 64 * 1024 * 1024     # a console larger than this is titled from its last 64 MiB
 

@@ -9,29 +9,32 @@ Only infrastructure errors (`error`) are retried, up to the cell's retry count.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.backends import events as ev
-from harness.backends.base import BootRequest, SessionSummary, get_backend
 from harness.backends.debugopts import QEMU_DEFAULT_PORT, DebugOptions
+from harness.backends.registry import get_backend
 from harness.console.patterns import banner_pattern, failure_patterns
 from harness.console.stream import ConsoleStream
 from harness.console.watcher import ConsoleWatcher, WatchConfig, WatchOutcome
 from harness.errors import HarnessError
-from harness.gaps.record import GapRecord
-from harness.report.culprit import classify
-from harness.runner.repro_record import host_kind, keep_guest_file, repro_record
-from harness.runner.guest_shell import CommandResult, after_prompt, apply_commands
+from harness.model import events as ev
+from harness.model.gap import GapRecord
+from harness.model.result import ERROR, FAIL, PASS, CellResult, Failure
+from harness.model.rundir import RunDir, repeat_id
+from harness.model.session import BootRequest, SessionSummary
+from harness.gaps.culprit import classify
+from harness.model.guest import CommandResult
 from harness.runner.crash_report import add_console_reports
+from harness.runner.guest_shell import after_prompt, apply_commands
+from harness.model.repro import host_kind
+from harness.runner.repro_record import keep_guest_file, repro_record
 from harness.runner.matrix import Cell
-from harness.runner.tries import Try, another_try
-from harness.runner.result import (ERROR, FAIL, PASS, CellResult, Failure, cell_slug, write_json_atomic,
-                                   write_result)
+from harness.model.tries import Try
+from harness.runner.tries import another_try
 
 Progress = Callable[[dict], None]
 
@@ -71,14 +74,14 @@ def run_cell(cell: Cell, options: RunOptions) -> CellResult:
         result.known_issue = cell.known_issue.to_json()
     culprit = classify(result)
     result.culprit = culprit.to_json() if culprit else None
-    write_result(options.run_dir, result)
+    RunDir(options.run_dir).write_result(result)
     _progress(options, cell, {"done": True, "outcome": result.outcome})
     return result
 
 
 def _keep_try(run_dir: Path, cell: Cell, repeat_index: int, tries: list[Try]) -> None:
     """Move the last try's work directory aside (`<cell>-tryK`) so the next try starts clean and both stay."""
-    src = workdir_of(run_dir, cell.id, repeat_index)
+    src = RunDir(run_dir).workdir(cell.id, repeat_index)
     dst = src.with_name(f"{src.name}-try{len(tries)}")
     if dst.exists():
         shutil.rmtree(dst)
@@ -87,16 +90,11 @@ def _keep_try(run_dir: Path, cell: Cell, repeat_index: int, tries: list[Try]) ->
         tries[-1].console_log = str((dst / "console.log").relative_to(run_dir))
 
 
-def workdir_of(run_dir: Path, cell_id: str, repeat_index: int = 0) -> Path:
-    suffix = f"-r{repeat_index}" if repeat_index else ""
-    return run_dir / "cells" / (cell_slug(cell_id) + suffix)
-
-
 def _attempt(cell: Cell, options: RunOptions, attempt: int) -> CellResult:
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     wall_start = time.monotonic()
-    result_id = cell.id if not options.repeat_index else f"{cell.id}#r{options.repeat_index}"
-    workdir = workdir_of(options.run_dir, cell.id, options.repeat_index)
+    result_id = repeat_id(cell.id, options.repeat_index)
+    workdir = RunDir(options.run_dir).workdir(cell.id, options.repeat_index)
     if workdir.exists():
         shutil.rmtree(workdir)           # a retried or resumed cell starts clean
     workdir.mkdir(parents=True)
@@ -229,9 +227,9 @@ def _hold_for_debugger(session: Any, request: BootRequest, watch: WatchOutcome, 
 
 def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionSummary, start_time: float,
           console_log: Path) -> None:
-    from harness.gaps.baseline import baseline_path, compare, read_baseline_file, read_warning_baseline
+    from harness.gaps.baseline import baseline_path, compare, load_baseline, read_warning_baseline
     from harness.gaps.ledger import build_ledger, gaps_from_events
-    from harness.report.profile import phases_from_snapshots
+    from harness.gaps.phases import phases_from_snapshots
 
     result.outcome, result.reason = watch.outcome, watch.reason
     result.milestones, result.failure, result.near_miss = watch.milestones, watch.failure, watch.near_miss
@@ -239,12 +237,12 @@ def _fill(result: CellResult, cell: Cell, watch: WatchOutcome, summary: SessionS
     # A backend that keeps its own deduplicated ledger reports final counts in its summary; the
     # per-occurrence events are the fallback (a killed backend writes no summary).
     final = summary.extra.get("gaps")
-    gaps = [GapRecord.from_dict(g) for g in final] if final else gaps_from_events(events)
+    gaps = [GapRecord.from_json(g) for g in final] if final else gaps_from_events(events)
     ledger = build_ledger(gaps, watch.milestones, start_time)
-    result.gaps = [g.to_dict() for g in ledger]
+    result.gaps = [g.to_json() for g in ledger]
     # The baseline: the guest file's expected gaps plus an accepted baselines/<guest>.yaml beside guests/.
     repo_root = cell.guest.path.resolve().parent.parent
-    expected = cell.guest.expected_gaps + read_baseline_file(baseline_path(cell.guest.name, repo_root))
+    expected = load_baseline(cell.guest.name, cell.guest.expected_gaps, repo_root)
     diff = compare(ledger, expected)
     result.gap_diff = diff.to_dict()
     snapshots = [e for e in events if e.type == ev.EXIT_COUNTS]
@@ -282,9 +280,4 @@ def _progress(options: RunOptions, cell: Cell, info: dict) -> None:
     data = {"cell": cell.id, "backend": cell.backend, "t": time.time(), **info}
     if options.progress:
         options.progress(data)
-    path = options.run_dir / "progress" / f"{cell_slug(cell.id)}.json"
-    try:
-        previous = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        previous = {}
-    write_json_atomic(path, {**previous, **data})
+    RunDir(options.run_dir).update_progress(cell.id, data)

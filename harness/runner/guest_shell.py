@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import pexpect
 
 from harness.errors import ConfigError
+from harness.model.guest import CommandResult
 from harness.runner import yamlfile as y
 
 MAX_OUTPUT = 64 * 1024
@@ -48,26 +49,6 @@ class GuestCommand:
     absent: list[str] = field(default_factory=list)      # regexes the output must not match
     status: int = 0
     timeout: float = COMMAND_TIMEOUT_S
-
-
-@dataclass
-class CommandResult:
-    command: str
-    output: str
-    exit_status: int | None      # None: it never finished
-    duration_s: float
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "CommandResult":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 # -- guest-file keys -------------------------------------------------------------------------------
@@ -217,7 +198,7 @@ def after_prompt(child: Any, send: Any, login: AutoLogin | None, commands: list[
 
 def apply_commands(result: Any, commands: list[CommandResult]) -> None:
     """Record the commands in a CellResult; the first failed one fails the cell (kind `command`)."""
-    from harness.runner.result import FAIL, PASS, Failure
+    from harness.model.result import FAIL, PASS, Failure
     result.commands = [c.to_json() for c in commands]
     bad = next((c for c in commands if not c.ok), None)
     if bad is not None and result.outcome == PASS:

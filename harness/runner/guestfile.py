@@ -9,15 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.backends.base import BACKEND_NAMES
+from harness.backends.registry import BACKEND_NAMES
+from harness.boot import ALL_METHODS as ALL_BOOT_METHODS
 from harness.console.crashes import WARNING_MODES
 from harness.errors import ConfigError
+from harness.model.guest import Dialog, FailurePattern, Milestone
 from harness.runner import yamlfile as y
 from harness.runner.guest_shell import AutoLogin, GuestCommand, parse_auto_login, parse_commands
 
 FAMILIES = ("linux", "netbsd", "openbsd", "freebsd", "fixture", "xen", "other")
 ARCHES = ("x86_64", "aarch64")
-BOOT_METHODS = ("bzimage", "pvh", "multiboot", "netbsd", "openbsd", "freebsd", "firmware", "image", "raw", "auto")
+BOOT_METHODS = ALL_BOOT_METHODS
 BUILTIN_OPTIONS = ("coalesce_serial", "rescue", "raw_mode", "acpi", "mptable", "acpi_omit", "virtio_transport",
                    "virtio_devices", "disk_format", "virtio_size_max", "virtio_seg_max", "virtio_mmio_cmdline", "acpi_watch", "virtio_msix")
 BACKENDS = BACKEND_NAMES
@@ -31,26 +33,6 @@ GUEST_KEYS = ("family", "arch", "boot", "description", "kernel", "initrd", "disk
               "hang_timeout", "banner", "expected_gaps", "fetch_hint", "auto_login", "commands",
               "settle", "warnings", "expected_warnings")
 DEFAULT_SETTLE_S = 1.5
-
-
-@dataclass
-class Milestone:
-    name: str
-    pattern: str
-    timeout: float
-
-
-@dataclass
-class Dialog:
-    pattern: str
-    send: str
-    max: int = 1
-
-
-@dataclass
-class FailurePattern:
-    name: str
-    pattern: str
 
 
 @dataclass

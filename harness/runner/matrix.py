@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.arch.x86_64.cpuid import PROFILES as CPU_PROFILE_TABLE
 from harness.errors import ConfigError
-from harness.gaps.record import GAP_POLICIES
-from harness.kvm.cpuid import PROFILES as CPU_PROFILE_TABLE
+from harness.model.gap import GAP_POLICIES
+from harness.model.tiers import QUICK, TIERS, tiers_run_by
 from harness.runner import yamlfile as y
 from harness.runner.guestfile import BACKENDS, GuestSpec
-from harness.runner.known_issues import KnownIssue, parse_known_issue
+from harness.model.verdict import KnownIssue
+from harness.runner.known_issues import parse_known_issue
 
-TIERS = ("quick", "nightly")
 CPU_PROFILES = tuple(CPU_PROFILE_TABLE)
 OUTCOME_EXPECTATIONS = ("pass", "fail", "gap", "timeout")
 MATRIX_KEYS = ("version", "timeout_scale", "retries", "fail_on_new_gaps", "entries", "exclude", "include",
@@ -81,7 +82,7 @@ class Matrix:
 
     def cells(self, guests: dict[str, GuestSpec], tier: str = "quick") -> list[Cell]:
         """Expanded, filtered and ordered cells of `tier` (nightly includes quick)."""
-        wanted_tiers = {"quick"} if tier == "quick" else set(TIERS)
+        wanted_tiers = tiers_run_by(tier)
         cells: dict[str, Cell] = {}
         for entry in self.entries + self.include:
             for cell in self._expand(entry, guests):
@@ -251,7 +252,7 @@ def _entry(e: y.YMap, lst: Any, i: int, guests: dict[str, GuestSpec], section: s
             if not v.isdigit() or int(v) <= 0:
                 raise y.fail(e, key, f"{w}.{key}: {v!r} is not a positive integer", "give positive integers")
         out[key] = [int(v) for v in values]
-    out["tier"] = y.get_choice(e, "tier", TIERS, "quick", w)
+    out["tier"] = y.get_choice(e, "tier", tuple(TIERS), QUICK, w)
     return out
 
 

@@ -1,6 +1,8 @@
 """pytest plugin: matrix.yaml becomes one pytest item per cell.
 
-    pytest -p harness.runner.plugin matrix.yaml -n auto --harness-tier quick --junitxml out.xml
+    pytest -p harness.runner.plugin -p harness.report.plugin matrix.yaml -n auto --harness-tier quick
+
+(the second plugin writes the run's reports at the end; leave it out for results files only).
 
 Cells are collected in a deterministic order (pytest-xdist needs every worker to agree), each
 item boots its cell and writes its result file at once, so `-n`, `-k`, `--junitxml` and a
@@ -9,7 +11,6 @@ killed run all behave as with ordinary tests. `harness run` wraps this with a li
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import socket
@@ -20,19 +21,19 @@ from typing import Any, Iterator
 import pytest
 
 from harness.errors import HarnessError
+from harness.model.result import PASS, CellResult
+from harness.model.rundir import RUN_DIR_ENV, RunDir, repeat_id
+from harness.model.tiers import QUICK, TIERS
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guestfile import load_guests
-from harness.runner.known_issues import EXPIRED, KNOWN, known_issue_note, known_issue_status
+from harness.model.verdict import EXPIRED, KNOWN, known_issue_note, known_issue_status
 from harness.runner.matrix import Cell, load_matrix, select_shard
-from harness.runner.result import PASS, CellResult, cell_slug, write_json_atomic
-
-RUN_DIR_ENV = "HARNESS_RUN_DIR"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "boot matrix (harness)")
     group.addoption("--harness-run-dir", default=None, help="run directory for results (default: new under reports/)")
-    group.addoption("--harness-tier", default="quick", choices=("quick", "nightly"), help="matrix tier")
+    group.addoption("--harness-tier", default=QUICK, choices=tuple(TIERS), help="matrix tier")
     group.addoption("--harness-shard", default=None, help="K/N: run only shard K of N (stable hash of the cell id)")
     group.addoption("--harness-guests", default=None, help="guest directory (default: guests/ beside the matrix)")
     group.addoption("--harness-resume", action="store_true", help="skip cells that passed in --harness-run-dir")
@@ -42,18 +43,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--harness-host", default=None, choices=("native", "lab", "auto"),
                     help="run every built-in cell on this host, replacing the matrix's hosts")
     group.addoption("--harness-online", action="store_true", help="allow asset downloads during the run")
-
-
-def new_run_dir(base: Path) -> Path:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        candidate = base / (stamp if n == 0 else f"{stamp}-{n}")
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            continue
-    raise HarnessError(f"cannot create a run directory under {base}", "clean up reports/")
 
 
 def host_summary() -> dict[str, Any]:
@@ -67,7 +56,6 @@ def _is_worker(config: pytest.Config) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     from harness.runner.guestfile import BACKENDS, FAMILIES
-    from harness.runner.matrix import TIERS
     from harness.hosts.select import HOSTS
     for name in (*BACKENDS, *TIERS, *FAMILIES, *HOSTS):   # cells are marked by backend, tier, OS family, host
         config.addinivalue_line("markers", f"{name.replace('-', '_')}: harness cells of this kind")
@@ -75,7 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config._harness_run_dir = Path(config.workerinput["harness_run_dir"])  # type: ignore[attr-defined]
         return
     run_dir = config.getoption("harness_run_dir") or os.environ.get(RUN_DIR_ENV)
-    run_dir = Path(run_dir) if run_dir else new_run_dir(Path("reports"))
+    run_dir = Path(run_dir) if run_dir else RunDir.create().path
     run_dir.mkdir(parents=True, exist_ok=True)
     config._harness_run_dir = run_dir  # type: ignore[attr-defined]
     matrices = [a for a in config.args if str(a).endswith((".yaml", ".yml"))]
@@ -85,11 +73,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _record_selected(config: pytest.Config, n_items: int) -> None:
     """run.json cells_selected: the cells this run set out to boot, after -k and --shard (not the matrix size)."""
-    run_json = config._harness_run_dir / "run.json"  # type: ignore[attr-defined]
-    if run_json.exists():
-        data = json.loads(run_json.read_text())
+    run = RunDir(config._harness_run_dir)  # type: ignore[attr-defined]
+    if run.run_json.exists():
+        data = run.read_run_json()
         data["cells_selected"] = n_items // max(1, config.getoption("harness_repeat"))
-        write_json_atomic(run_json, data)
+        run.write_run_json(data)
 
 
 @pytest.hookimpl(trylast=True)
@@ -143,7 +131,7 @@ class MatrixFile(pytest.File):
         cells = sorted(cells, key=lambda c: (-expected_cost(c), c.id))
         for cell in cells:
             for r in range(repeat):
-                name = cell.id if repeat == 1 else f"{cell.id}#r{r}"
+                name = cell.id if repeat == 1 else f"{cell.id}#r{r}"   # pytest item names
                 yield CellItem.from_parent(self, name=name, cell=cell, repeat_index=r)
 
 
@@ -157,12 +145,11 @@ class MatrixError(Exception):
 
 
 def _write_run_json(config: pytest.Config, matrix_path: Path | str, cell_count: int | None) -> None:
-    run_dir: Path = config._harness_run_dir  # type: ignore[attr-defined]
-    path = run_dir / "run.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    write_json_atomic(path, {**previous,
+    run = RunDir(config._harness_run_dir)  # type: ignore[attr-defined]
+    previous = run.read_run_json()
+    run.write_run_json({**previous,
                              "schema_version": 1,
-                             "run_id": run_dir.name,
+                             "run_id": run.path.name,
                              "matrix": str(matrix_path),
                              "tier": config.getoption("harness_tier"),
                              "shard": config.getoption("harness_shard"),
@@ -186,7 +173,8 @@ class CellItem(pytest.Item):
 
     def runtest(self) -> None:
         run_dir: Path = self.config._harness_run_dir  # type: ignore[attr-defined]
-        if self.config.getoption("harness_resume") and _passed_before(run_dir, self.cell, self.repeat_index):
+        if (self.config.getoption("harness_resume")
+                and RunDir(run_dir).outcome_of(repeat_id(self.cell.id, self.repeat_index)) == PASS):
             pytest.skip("passed in the run being resumed")
         options = RunOptions(run_dir=run_dir, offline=not self.config.getoption("harness_online"),
                              repeat_index=self.repeat_index,
@@ -217,15 +205,6 @@ class CellFailed(Exception):
         self.result = result
 
 
-def _passed_before(run_dir: Path, cell: Cell, repeat_index: int) -> bool:
-    cell_id = cell.id if not repeat_index else f"{cell.id}#r{repeat_index}"
-    path = run_dir / "cells" / f"{cell_slug(cell_id)}.json"
-    try:
-        return json.loads(path.read_text()).get("outcome") == PASS
-    except (OSError, ValueError):
-        return False
-
-
 def format_failure(result: CellResult, run_dir: Path) -> str:
     lines = [f"{result.outcome.upper()}: {result.reason}"]
     if known_issue_note(result):
@@ -252,17 +231,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if _is_worker(config) or not hasattr(config, "_harness_run_dir"):
         return
-    run_dir: Path = config._harness_run_dir  # type: ignore[attr-defined]
-    if not (run_dir / "run.json").exists():
+    run = RunDir(config._harness_run_dir)  # type: ignore[attr-defined]
+    if not run.run_json.exists():
         return
-    data = json.loads((run_dir / "run.json").read_text())
+    data = run.read_run_json()
     data["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    write_json_atomic(run_dir / "run.json", data)
-    try:
-        from harness.report import write_reports
-        write_reports(run_dir)
-    except Exception as e:  # a report bug must not hide the cells' results
-        sys.stderr.write(f"harness: writing reports failed: {type(e).__name__}: {e}\n")
+    run.write_run_json(data)   # the reports (harness.report.plugin) follow
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -102,14 +102,3 @@ def repro_record(cell: Cell, guest_copy: Path, run_dir: Path, cmdline: str) -> d
         "host_kind": None,
         "harness": harness_version(),
     }
-
-
-def bundle_command(cell_dir: str, with_assets: bool = True) -> str:
-    """The command a report shows next to a failed cell."""
-    name = Path(cell_dir).name
-    return f"harness bundle {cell_dir} -o {name}.tar.gz" + (" --with-assets" if with_assets else "")
-
-
-def host_kind(host: dict[str, Any]) -> str | None:
-    """The one word that says what kind of host ran a cell (kvm_pvm, kvm_intel, ...; qemu's accel)."""
-    return host.get("kvm_module") or host.get("module") or host.get("accel") or None

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 RUNNER = r'''
 import sys, time
 from pathlib import Path
-from harness.backends.base import BootRequest, ProcessSession, SessionSummary
+from harness.backends.base import ProcessSession
+from harness.model.session import BootRequest, SessionSummary
 
 class Session(ProcessSession):
     def stop(self):
@@ -50,8 +51,10 @@ def test_vm_child_dies_when_the_runner_is_killed(tmp_path: Path):
 
 
 def test_stop_kills_the_whole_process_group(tmp_path: Path):
-    sys.path.insert(0, str(REPO))
-    from harness.backends.base import BootRequest, ProcessSession, SessionSummary
+    from harness.backends.base import ProcessSession
+    from harness.model.session import BootRequest, SessionSummary
+    from harness.backends.base import ProcessSession
+    from harness.model.session import BootRequest, SessionSummary
 
     class Session(ProcessSession):
         def stop(self) -> SessionSummary:

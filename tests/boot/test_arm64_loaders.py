@@ -10,7 +10,8 @@ from fdt_check import dtc_decompile, fdtget, needs_dtc
 
 from harness import layout
 from harness.assets.cache import AssetCache
-from harness.boot.arm64 import LEGACY_TEXT_OFFSET, PSTATE_EL1H_DAIF, detect_aarch64_method, load_aarch64
+from harness.arch.aarch64.regs import PSTATE_EL1H_DAIF
+from harness.boot.arm64 import LEGACY_TEXT_OFFSET, detect_aarch64_method, load_aarch64
 from harness.boot.fdt import Aarch64Machine
 from harness.errors import HarnessError, KernelImageError
 from harness.memory import GuestRam

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from builders import fake_bzimage
-from harness.backends import events as ev
+from harness.model import events as ev
 from harness.backends.base import BootRequest
 from harness.backends.builtin_vm import ChildVm
 from harness.boot.bzimage import BP_ACPI_RSDP_ADDR

@@ -40,7 +40,7 @@ def console_until(session, marker: bytes, timeout: float) -> bytes:
 def test_fixture_sees_a_correct_handoff(tmp_path, fixture, method, cmdline):
     try:
         from harness.assets.fixtures import build_fixture
-        from harness.backends.base import BootRequest
+        from harness.model.session import BootRequest
         from harness.backends.builtin import BuiltinBackend
     except ImportError as exc:
         pytest.skip(f"fixtures or the built-in backend are not in this checkout ({exc})")

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends import events as ev
-from harness.backends.base import BackendSession, BootRequest, SessionSummary
+from harness.backends.base import BackendSession
 from harness.console.patterns import banner_pattern, failure_patterns
 from harness.console.stream import ConsoleStream
 from harness.console.watcher import ConsoleWatcher, WatchConfig
-from harness.runner.guestfile import Dialog, Milestone
+from harness.model import events as ev
+from harness.model.guest import Dialog, Milestone
+from harness.model.session import BootRequest, SessionSummary
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts"
 

@@ -72,3 +72,9 @@ def test_a_lone_carriage_return_at_the_end_of_a_read_is_not_released_as_text():
     assert c.feed(b"login: \r", now=1.0) == b"login: "
     assert not c.holding() and c.release_due(5.0) == b""
     assert c.feed(b"\n[    1.0] next\n", now=5.1) == b"\n[    1.0] next\n"
+
+
+def test_strip_escapes_keeps_lines_where_the_guest_printed_them():
+    from harness.console.clean import strip_escapes
+    raw = b"\x1b[1;31mred\x1b[0m login\x1b]0;title\x07: [    5.1] crng\n\x1b(Bok\x1b["
+    assert strip_escapes(raw) == b"red login: [    5.1] crng\nok"

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import time
 
-from harness.backends import events as ev
-from harness.runner.guestfile import Dialog
+from harness.model import events as ev
+from harness.model.guest import Dialog
 
 from console_scripted import TRANSCRIPTS, chunks
 

@@ -30,11 +30,11 @@ def run_once(control: str, bp_offset: int | None = None, long_mode: bool = False
     from harness import layout
     from harness.kvm import debugregs as dr
     from harness.kvm import ffi as k
-    from harness.kvm.rawboot import real_mode_entry
+    from harness.boot.raw import real_mode_entry
     from harness.kvm.system import ioctl
     from harness.kvm.vm import Vm
     from harness.memory import GuestRam
-    from harness.kvm.rawboot import load_raw
+    from harness.boot.raw import load_raw
     ram = GuestRam(64 * layout.MiB)
     vm = Vm(ram, irqchip=False)
     try:
@@ -81,7 +81,7 @@ def test_hardware_execute_breakpoint_exits_at_its_address():
 
 @needs_kvm
 def test_software_breakpoint_as_this_host_reports_it():
-    from harness.kvm.rawboot import GUEST_LOAD
+    from harness.boot.raw import GUEST_LOAD
     reason, exception, rip, _ = run_once("sw", 7, long_mode=True)
     info = host()
     if info["kvm_module"] == "kvm_pvm":

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from harness.backends.events import VmEvent
 from harness.devices.context import DeviceContext
-from harness.gaps.record import GapRecord
+from harness.model.events import VmEvent
+from harness.model.gap import GapRecord
 
 
 @dataclass

@@ -1,9 +1,9 @@
 from harness import layout
-from harness.backends.events import SHUTDOWN
+from harness.model.events import SHUTDOWN
 from harness.devices import build_x86_devices
 from harness.devices.acpi_sleep import SLP_EN, SLP_TYP_SHIFT
 from harness.firmware.acpi import S5_SLP_TYP
-from harness.gaps.record import IO_PORT
+from harness.model.gap import IO_PORT
 
 
 def test_s5_through_the_sleep_control_register_powers_off(rec):

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from harness import layout
-from harness.backends.events import BOOT_TIMER, POST_CODE
 from harness.devices import build_x86_devices
+from harness.model.events import BOOT_TIMER, POST_CODE
 
 
 def test_builder_wires_every_device(rec) -> None:

@@ -63,7 +63,7 @@ def assemble16(source: str) -> bytes:
 def run(source: str, until: Callable[[bytes], bool], host: Callable[[DeviceSet, bytes], None] | None = None,
         timeout: float = 10.0) -> tuple[bytes, DeviceSet]:
     machine_mod = pytest.importorskip("harness.kvm.machine")
-    rawboot = pytest.importorskip("harness.kvm.rawboot")
+    rawboot = pytest.importorskip("harness.boot.raw")
     from harness.memory import GuestRam
     out: list[bytes] = []
     holder: dict[str, Any] = {}

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness.backends.events import RESET
 from harness.devices.bus import Bus
 from harness.devices.pci import GAP_BATCH, Bdf, PciFunction, PciHost
-from harness.gaps.record import PCI_CONFIG
+from harness.model.events import RESET
+from harness.model.gap import PCI_CONFIG
 
 CF8, CFC = 0xCF8, 0xCFC
 

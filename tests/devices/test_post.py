@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from harness.backends.events import BOOT_TIMER, POST_CODE
 from harness.devices.post import BootTimer, PostPort
+from harness.model.events import BOOT_TIMER, POST_CODE
 
 
 def test_post_code_event_and_readback(rec) -> None:

@@ -3,11 +3,12 @@ import yaml
 
 from harness.errors import ConfigError
 from harness.gaps.baseline import GapDiff, compare, load_baseline, read_baseline_file, write_baseline
-from harness.gaps.record import GapRecord, HOST_EMULATION_FAILURE, IO_PORT, MTRR_PROBE, TSC_MSR
+from harness.model.gap import GapRecord, HOST_EMULATION_FAILURE, IO_PORT, MTRR_PROBE, TSC_MSR
+from harness.runner.guestfile import load_guest
 
 
 def test_compare_new_fixed_known():
-    gaps = [GapRecord(TSC_MSR, "0x10", access="read"), GapRecord(IO_PORT, "0x510", access="write").to_dict(),
+    gaps = [GapRecord(TSC_MSR, "0x10", access="read"), GapRecord(IO_PORT, "0x510", access="write").to_json(),
             GapRecord(HOST_EMULATION_FAILURE, "xrstor")]
     expected = [{"kind": TSC_MSR, "key": "0x010"},                       # numeric key compare
                 {"kind": IO_PORT, "key": "0x510", "access": "read"},     # access mismatch -> not known
@@ -35,7 +36,7 @@ def test_baseline_roundtrip_and_merge_with_guest_file(tmp_path):
                     GapRecord(TSC_MSR, "0x10")], "reports/r1")
     entries = read_baseline_file(tmp_path / "baselines" / "g.yaml")
     assert entries == [{"kind": IO_PORT, "key": "0x510", "access": "write"}, {"kind": TSC_MSR, "key": "0x10"}]
-    merged = load_baseline("g", root=tmp_path)
+    merged = load_baseline("g", load_guest(tmp_path / "guests" / "g.yaml").expected_gaps, root=tmp_path)
     assert {(e["kind"], e["key"]) for e in merged} == {(TSC_MSR, "0x10"), (IO_PORT, "0x510")}
     assert load_baseline("absent", root=tmp_path) == []
 

@@ -1,5 +1,4 @@
-"""`harness gaps` through argparse the way harness.cli.main drives it (register + args.func)."""
-import argparse
+"""`harness gaps` in process through the real parser (harness_cli in tests/conftest.py)."""
 import csv
 import io
 import json
@@ -7,16 +6,7 @@ import json
 import pytest
 
 from fakerun import fixture_gaps, make_cell, make_run
-from harness.cli import gaps_cmd
 from harness.errors import HarnessError
-
-
-def harness(argv, capsys):
-    parser = argparse.ArgumentParser(prog="harness")
-    gaps_cmd.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    code = args.func(args)
-    return code, capsys.readouterr().out
 
 
 @pytest.fixture
@@ -33,40 +23,40 @@ def runs(tmp_path, monkeypatch):
     return a, b
 
 
-def test_table_defaults_to_newest_run(runs, capsys):
-    code, out = harness(["gaps", "--guest", "fixture-pvh"], capsys)
+def test_table_defaults_to_newest_run(runs, harness_cli):
+    code, out = harness_cli(["gaps", "--guest", "fixture-pvh"])
     assert code == 0 and "6 gaps in 1 cells" in out and "i8042-wait" in out
     assert "fixture-pvh@builtin/default/emulate/1c/64M" in out and "0x2ff" not in out
 
 
-def test_json_and_csv_with_filters(runs, capsys):
-    code, out = harness(["gaps", "reports/r1", "r2", "--kind", "mtrr-probe", "--format", "json"], capsys)
+def test_json_and_csv_with_filters(runs, harness_cli):
+    code, out = harness_cli(["gaps", "reports/r1", "r2", "--kind", "mtrr-probe", "--format", "json"])
     rows = json.loads(out)
     assert {(r["run"], r["key"]) for r in rows} == {("r1", "0xfe"), ("r1", "0x2ff"), ("r2", "0xfe"), ("r2", "0x2ff")} and \
         len(rows) == 7
-    _, out = harness(["gaps", "r1", "--format", "csv", "--guest", "fixture-mb"], capsys)
+    _, out = harness_cli(["gaps", "r1", "--format", "csv", "--guest", "fixture-mb"])
     parsed = list(csv.DictReader(io.StringIO(out)))
     assert len(parsed) == 7 and parsed[0]["cell_id"] == "fixture-mb@builtin/default/gp/1c/64M"
 
 
-def test_diff_shows_the_absent_gap_as_fixed(runs, capsys):
-    code, out = harness(["gaps", "diff", "r1", "r2"], capsys)
+def test_diff_shows_the_absent_gap_as_fixed(runs, harness_cli):
+    code, out = harness_cli(["gaps", "diff", "r1", "r2"])
     assert code == 0
     assert "0 new, 1 fixed" in out and "fixed  fixture-pvh@builtin/default/emulate/1c/64M  mtrr-probe 0x2ff" in out
-    code, out = harness(["gaps", "diff", "r2", "r1", "--format", "json"], capsys)
+    code, out = harness_cli(["gaps", "diff", "r2", "r1", "--format", "json"])
     assert code == 1 and list(json.loads(out)["cells"]) == ["fixture-pvh@builtin/default/emulate/1c/64M"]
 
 
-def test_accept(runs, capsys, tmp_path):
-    code, out = harness(["gaps", "accept", "r1", "--guest", "fixture-mb", "--out", "base.yaml"], capsys)
+def test_accept(runs, harness_cli, tmp_path):
+    code, out = harness_cli(["gaps", "accept", "r1", "--guest", "fixture-mb", "--out", "base.yaml"])
     assert code == 0 and "wrote base.yaml" in out and "io-port" in (tmp_path / "base.yaml").read_text()
 
 
-def test_user_errors(runs, capsys):
+def test_user_errors(runs, harness_cli):
     with pytest.raises(HarnessError):
-        harness(["gaps", "no-such-run"], capsys)
+        harness_cli(["gaps", "no-such-run"])
     with pytest.raises(HarnessError):
-        harness(["gaps", "diff", "r1"], capsys)
+        harness_cli(["gaps", "diff", "r1"])
     with pytest.raises(HarnessError) as e:
-        harness(["gaps", "accept", "r1", "--out", "x.yaml"], capsys)     # two guests, one file
+        harness_cli(["gaps", "accept", "r1", "--out", "x.yaml"])     # two guests, one file
     assert "--guest" in e.value.fix

@@ -1,7 +1,7 @@
-from harness.backends.events import GAP, VmEvent
 from harness.gaps.ledger import build_ledger, gap_id, gaps_from_events, merge_run_ledger
-from harness.gaps.record import FATE_CONTINUED, FATE_STOPPED, GapRecord, IO_PORT, MTRR_PROBE, TSC_MSR
-from harness.runner.result import MilestoneHit
+from harness.model.events import GAP, VmEvent
+from harness.model.gap import FATE_CONTINUED, FATE_STOPPED, GapRecord, IO_PORT, MTRR_PROBE, TSC_MSR
+from harness.model.result import MilestoneHit
 
 T0 = 500.0
 MILESTONES = [MilestoneHit("entry", 0.05, 0.05, 15), MilestoneHit("handoff", 0.2, 0.15, 35),
@@ -58,15 +58,15 @@ def test_gap_id_stable_and_distinct():
 
 
 def test_gaps_from_events_skips_garbage_and_fills_time():
-    evs = [VmEvent(GAP, 7.0, GapRecord(IO_PORT, "0x510").to_dict()), VmEvent(GAP, 8.0, {"bogus": 1}),
+    evs = [VmEvent(GAP, 7.0, GapRecord(IO_PORT, "0x510").to_json()), VmEvent(GAP, 8.0, {"bogus": 1}),
            VmEvent("exit-counts", 9.0, {"counts": {}})]
     recs = gaps_from_events(evs)
     assert len(recs) == 1 and recs[0].first_t == 7.0
 
 
 def test_run_ledger_merges_cells():
-    g = GapRecord(TSC_MSR, "0x10", access="read", count=2, phase="boot", policy="gp").to_dict()
-    h = GapRecord(TSC_MSR, "0x10", access="read", count=3, phase="entry", policy="zero").to_dict()
+    g = GapRecord(TSC_MSR, "0x10", access="read", count=2, phase="boot", policy="gp").to_json()
+    h = GapRecord(TSC_MSR, "0x10", access="read", count=3, phase="entry", policy="zero").to_json()
     run = merge_run_ledger([("c1", "fixture-pvh", "fixture", [g]), ("c2", "fixture-mb", "fixture", [h])])
     assert len(run) == 1
     e = run[0]

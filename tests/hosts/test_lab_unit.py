@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness.assets.lab import LAB_ERROR_PREFIX, LAB_PARAMS, init_script, lab_params
-from harness.backends import events as ev
-from harness.backends.base import BootRequest
+from harness.model import events as ev
+from harness.model.session import BootRequest
 from harness.errors import ConfigError
 from harness.hosts.lab import ClockSync, LabSession, Share, _kvm_ready_s, qemu_argv
 
@@ -95,8 +95,8 @@ def test_session_cuts_the_console_at_the_agents_count_and_rebases_event_times(tm
     session = LabSession(_request(tmp_path), lab, "7", ClockSync(offset_s=100.0, rtt_s=0.001))
     lab.session = session
     session.on_console(b"Linux version 6.1\n")
-    event = ev.VmEvent(ev.GAP, 5.0, {"kind": "msr-read", "key": "0x10", "first_t": 5.0}).to_json() + "\n"
-    start = ev.VmEvent(ev.VM_START, 1.0, {"host": {"kvm_module": "kvm_amd"}}).to_json() + "\n"
+    event = ev.VmEvent(ev.GAP, 5.0, {"kind": "msr-read", "key": "0x10", "first_t": 5.0}).to_line() + "\n"
+    start = ev.VmEvent(ev.VM_START, 1.0, {"host": {"kvm_module": "kvm_amd"}}).to_line() + "\n"
     half = len(start) // 2
     session.on_events(start[:half].encode())          # a line split across two reads
     session.on_events((start[half:] + event).encode())
@@ -180,7 +180,7 @@ def test_report_pairs_builtin_with_qemu_only_on_the_same_host_and_names_the_host
     from harness.report.backend_diff import _pairs, compare_pair
     from harness.report.hosts import render_markdown
     from harness.report.summary import md
-    from harness.runner.result import CellResult, MilestoneHit
+    from harness.model.result import CellResult, MilestoneHit
 
     def result(backend: str, times: list[float], host: str) -> CellResult:
         names = ["kernel", "userspace", "login"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from harness.kvm.rawboot import GUEST_LOAD, real_mode_entry  # noqa: F401  (re-exported for tests)
+from harness.boot.raw import GUEST_LOAD, real_mode_entry  # noqa: F401  (re-exported for tests)
 
 HAVE_AS = shutil.which("as") is not None and shutil.which("objcopy") is not None
 
@@ -136,7 +136,7 @@ class GuestRun:
 def run_guest(source: str, bits: int = 16, *, io: FakeBus | None = None, mmio: FakeBus | None = None,
               timeout: float = 10.0, memory: int = 4 << 20, **config: Any) -> GuestRun:
     from harness.kvm.machine import Machine, MachineConfig
-    from harness.kvm.rawboot import load_raw
+    from harness.boot.raw import load_raw
     from harness.memory import GuestRam
     config.setdefault("irqchip", False)
     config.setdefault("pit", config["irqchip"])
@@ -182,7 +182,7 @@ def drill_guest(source: str, bits: int = 64, *, io: FakeBus | None = None, paylo
     from harness.kvm import ffi as k
     from harness.kvm import insn
     from harness.kvm.machine import Machine, MachineConfig
-    from harness.kvm.rawboot import load_raw
+    from harness.boot.raw import load_raw
     from harness.kvm.rescue import RESCUABLE
     from harness.kvm.runloop import STOP_HALT, install_kick_handler
     from harness.memory import GuestRam
@@ -249,7 +249,7 @@ def running_machine(code: bytes, mode: str = "protected32", *, io: Any = None, m
     """A started Machine (in-kernel irqchip + PIT by default) running `code`; stopped and closed
     on exit. Yields the machine; the caller polls its fake devices."""
     from harness.kvm.machine import Machine, MachineConfig
-    from harness.kvm.rawboot import load_raw
+    from harness.boot.raw import load_raw
     from harness.memory import GuestRam
     config.setdefault("irqchip", True)
     config.setdefault("pit", True)

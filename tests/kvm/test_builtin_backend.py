@@ -11,11 +11,12 @@ import pytest
 
 from kvm_guests import needs_as, needs_kvm
 from kvm_guests import assemble
-from harness.backends import events as ev
-from harness.backends.base import BootRequest, get_backend
 from harness.backends.builtin import BuiltinBackend, read_summary
 from harness.backends.builtin_vm import request_from_json, request_to_json
+from harness.backends.registry import get_backend
 from harness.errors import BackendUnavailable
+from harness.model import events as ev
+from harness.model.session import BootRequest
 
 HELLO = """
     mov ax, cs

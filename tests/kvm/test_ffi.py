@@ -112,3 +112,18 @@ def test_hot_path_offsets_match_struct():
     assert ffi.offsetof("struct kvm_run", "exit_reason") == 8
     assert ffi.offsetof("struct kvm_run", "io") == 32
     assert _cffi_offset("kvm_run", "s.regs.regs.rip") == runloop._RIP_OFFSET
+
+
+def test_cached_declarations_match_a_fresh_parse(tmp_path, monkeypatch):
+    """The out-of-line module in the cache lays out every struct exactly as parsing CDEF does."""
+    import cffi
+    from harness.kvm import ffi as kffi
+    fresh = cffi.FFI()
+    fresh.cdef(kffi.CDEF)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    cached = kffi._load_ffi()
+    assert type(cached).__module__ == "_cffi_backend" and list((tmp_path / "cffi").glob("_harness_kvm_*.py"))
+    for name in ("struct kvm_run", "struct kvm_regs", "struct kvm_sregs", "struct kvm_xsave", "struct kvm_cpuid2",
+                 "struct kvm_msr_filter", "struct kvm_vcpu_events", "struct kvm_xcrs"):
+        assert cached.sizeof(name) == fresh.sizeof(name), name
+    assert cached.offsetof("struct kvm_run", "s") == fresh.offsetof("struct kvm_run", "s")

@@ -15,7 +15,7 @@ pytestmark = [needs_kvm, needs_as]
 
 def _machine(source, bits=16, io=None, **config):
     from harness.kvm.machine import Machine, MachineConfig
-    from harness.kvm.rawboot import load_raw
+    from harness.boot.raw import load_raw
     from harness.memory import GuestRam
     ram = GuestRam(4 << 20)
     config.setdefault("irqchip", False)

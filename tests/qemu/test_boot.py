@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends import events as ev
-from harness.backends.base import BootRequest
 from harness.backends.qemu import QemuBackend
+from harness.model import events as ev
+from harness.model.session import BootRequest
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None or shutil.which("apt-get") is None,

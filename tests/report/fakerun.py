@@ -9,11 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.backends.events import EXIT_COUNTS, GAP, VM_START, EventWriter, VmEvent
-from harness.gaps.record import (FATE_CONTINUED, FATE_STOPPED, GapRecord, HOST_EMULATION_FAILURE, I8042_WAIT,
-                                 IO_PORT, MTRR_PROBE, PCI_CONFIG, REP_STRING_IO, TSC_MSR)
-from harness.runner.result import (CellResult, Failure, MilestoneHit, NearMiss, Phase, cell_slug,
-                                   write_json_atomic, write_result)
+from harness.model.events import EXIT_COUNTS, GAP, VM_START, EventWriter, VmEvent
+from harness.model.gap import (FATE_CONTINUED, FATE_STOPPED, GapRecord, HOST_EMULATION_FAILURE, I8042_WAIT,
+                               IO_PORT, MTRR_PROBE, PCI_CONFIG, REP_STRING_IO, TSC_MSR)
+from harness.model.files import write_json_atomic
+from harness.model.result import CellResult, Failure, MilestoneHit, NearMiss
+from harness.model.rundir import RunDir
 
 VM_T0 = 1000.0   # the VM's start on the (fake) monotonic clock
 
@@ -50,14 +51,14 @@ def make_cell(run_dir: Path, guest: str = "fixture-pvh", backend: str = "builtin
     """Write one finished cell (result JSON, console.log, events.jsonl) and return its CellResult."""
     from harness.gaps.baseline import compare
     from harness.gaps.ledger import build_ledger
-    from harness.report.profile import phases_from_snapshots
+    from harness.gaps.phases import phases_from_snapshots
 
     times = list(times or DEFAULT_TIMES)
     reached = len(FIXTURE_LINES) if reached is None else reached
     base_id = f"{guest}@{backend}/{profile}/{policy}/1c/64M"
     # like harness.runner.execute: repeats are "<id>#rN" with their work dir in cells/<slug>-rN
     cell_id = f"{base_id}#r{repeat_index}" if repeat_index else base_id
-    work = run_dir / "cells" / (cell_slug(base_id) + (f"-r{repeat_index}" if repeat_index else ""))
+    work = RunDir(run_dir).workdir(base_id, repeat_index)
     work.mkdir(parents=True, exist_ok=True)
     console = b"SeaBIOS-free boot\r\n"
     milestones, prev = [], 0.0
@@ -74,7 +75,7 @@ def make_cell(run_dir: Path, guest: str = "fixture-pvh", backend: str = "builtin
     w.emit(VmEvent(VM_START, VM_T0, {"host": {"kvm": "kvm_pvm"}}))
     recs = gaps if gaps is not None else fixture_gaps(policy)
     for g in recs:
-        w.emit(VmEvent(GAP, g.first_t or VM_T0, g.to_dict()))
+        w.emit(VmEvent(GAP, g.first_t or VM_T0, g.to_json()))
     snaps = []
     end = (times[reached - 1] if reached else 0.1) + 0.1
     k = 1
@@ -104,14 +105,14 @@ def make_cell(run_dir: Path, guest: str = "fixture-pvh", backend: str = "builtin
         outcome=outcome, reason="" if outcome == "pass" else f"{outcome}: waiting for {near.waiting_for if near else '?'}",
         started_at=started_at, duration_s=(times[reached - 1] if reached else 0.0) + 0.05,
         milestones=milestones, expected_milestones=expected, phases=phases, failure=failure, near_miss=near,
-        gaps=[g.to_dict() for g in ledger],
+        gaps=[g.to_json() for g in ledger],
         gap_diff=compare(ledger, expected_gaps if expected_gaps is not None else []).to_dict(),
         exit_counts=dict(snaps[-1].data["counts"]) if snaps else {},
         flight_recorder=[{"rip": 0x100500 + i, "reason": "io", "port": "0x64"} for i in range(3)]
         if outcome != "pass" else [],
         console_log=str((work / "console.log").relative_to(run_dir)),
         attempts=attempts, repeat_index=repeat_index)
-    write_result(run_dir, res)
+    RunDir(run_dir).write_result(res)
     return res
 
 

@@ -1,9 +1,10 @@
 import pytest
 
-from harness.backends.events import EXIT_COUNTS, GAP, VmEvent
-from harness.report.profile import RegressionPolicy, compare_cell, milestone_stats, phases_from_snapshots
+from harness.gaps.phases import phases_from_snapshots
+from harness.model.events import EXIT_COUNTS, GAP, VmEvent
+from harness.model.result import CellResult, MilestoneHit
+from harness.report.profile import compare_cell, milestone_stats
 from harness.report.stats import mann_whitney_greater, spread
-from harness.runner.result import CellResult, MilestoneHit
 
 T0 = 100.0
 

@@ -50,8 +50,8 @@ def test_expected_outcome_is_not_a_failure(tmp_path):
     run = make_run(tmp_path / "r")
     res = make_cell(run, guest="linux-amd64-pvh", outcome="gap", reached=2)
     res.params["expect"] = "gap"
-    from harness.runner.result import write_result
-    write_result(run, res)
+    from harness.model.rundir import RunDir
+    RunDir(run).write_result(res)
     root = ET.parse(write_reports(run)["junit"]).getroot()
     assert root.get("failures") == "0"
 
@@ -188,8 +188,8 @@ def test_summary_neutralises_markdown_from_guests(tmp_path):
     run = make_run(tmp_path / "r")
     res = make_cell(run, outcome="fail", reached=2)
     res.reason = "panic | [click](http://evil) <b>x</b>\nsecond line"
-    from harness.runner.result import write_result
-    write_result(run, res)
+    from harness.model.rundir import RunDir
+    RunDir(run).write_result(res)
     summary = write_reports(run)["summary"].read_text()
     row = next(line for line in summary.splitlines() if line.startswith("| fixture-pvh"))
     assert r"panic \| \[click\](http://evil) \<b\>x\</b\> second line" in row

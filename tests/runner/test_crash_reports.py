@@ -142,7 +142,7 @@ def test_accepted_warnings_are_known_on_the_next_run(tmp_path):
 def test_boot_summary_prints_guest_text_as_text(capsys):
     from harness.cli.boot_cmd import _summary
     from harness.console.crashes import ConsoleReport
-    from harness.runner.result import CellResult, MilestoneHit
+    from harness.model.result import CellResult, MilestoneHit
     r = CellResult("c", "g", "builtin", {}, "fail", reason="BUG: Dentry still in use [unmount of tmpfs] [/x]",
                    milestones=[MilestoneHit("kernel", 1.0, 1.0, 0, "line [/b] x")],
                    crash=ConsoleReport("BUG: Dentry still in use [unmount of tmpfs]", "crash", "bug", "block"),

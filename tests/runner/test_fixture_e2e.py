@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.kvm.system import kvm_module
 from runner_repo import REPO, harness
 
 pytestmark = [pytest.mark.slow, pytest.mark.kvm,
@@ -76,6 +77,6 @@ def test_real_run_reports_every_probe_under_its_kind(tmp_path: Path):
     assert [m["name"] for m in cell["milestones"]] == ["entry", "handoff", "probes", "login"]
     assert [p["name"] for p in cell["phases"]] == ["entry", "handoff", "probes", "login"]
     assert cell["boot_timer"], "the fixture marks each milestone on the boot-timer port"
-    assert cell["host"].get("kvm_module") or cell["host"].get("module"), cell["host"]
+    assert cell["host"]["kvm_module"] == kvm_module(), cell["host"]
     html = (out / "index.html").read_text()
     assert "fixture-pvh@builtin" in html and "rep-string-io" in html

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from runner_repo import REPO, harness, make_repo
 
-from harness.runner.result import load_results
+from harness.model.rundir import RunDir
 
 
 def cells_of(run: Path) -> dict[str, dict]:
@@ -69,7 +69,7 @@ def test_kill_minus_9_keeps_finished_cells_and_resume_completes(tmp_path: Path):
     assert 2 <= len(finished) < 6
     for path in finished:                      # every result file is whole: written atomically
         assert json.loads(path.read_text())["outcome"] == "pass"
-    assert len(load_results(run)) == len(finished)
+    assert len(RunDir(run).results()) == len(finished)
     resumed = harness("run", "--report-dir", str(run), "--resume", "--no-live", cwd=repo)
     assert resumed.returncode == 0, resumed.stdout
     assert len(cells_of(run)) == 6

@@ -72,7 +72,7 @@ def test_run_without_pairs_is_a_one_line_error(tmp_path: Path):
 
 
 def test_guest_failure_on_builtin_that_passes_on_qemu_suspects_the_hypervisor(tmp_path: Path):
-    from harness.report.culprit import run_culprits
+    from harness.report.culprits import run_culprits
     run = make_run(tmp_path / "r")
     make_cell(run, backend="builtin", outcome="timeout", reached=2, times=[0.10, 0.40, 0.0, 0.0],
               gaps=fixture_gaps())

@@ -1,9 +1,9 @@
 """Culprit classes: harness (infrastructure), hypervisor (stopped by / after a refused gap), guest."""
 from __future__ import annotations
 
-from harness.gaps.record import FATE_GP_INJECTED, FATE_STOPPED
-from harness.report.culprit import CERTAIN, GUEST, HARNESS, HYPERVISOR, SUSPECTED, classify, culprit_of
-from harness.runner.result import CellResult, Failure, MilestoneHit
+from harness.model.gap import FATE_GP_INJECTED, FATE_STOPPED
+from harness.gaps.culprit import CERTAIN, GUEST, HARNESS, HYPERVISOR, SUSPECTED, classify, culprit_of
+from harness.model.result import CellResult, Failure, MilestoneHit
 
 
 def result(outcome: str, gaps=(), milestones=("entry", "probes"), failure=None, reason="why") -> CellResult:

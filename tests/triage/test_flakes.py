@@ -15,7 +15,8 @@ from harness.report.flakes import CONFIRMED, FLAKY, UNCONFIRMED, flake_stats, re
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guestfile import load_guests
 from harness.runner.matrix import load_matrix
-from harness.runner.result import CellResult, load_results
+from harness.model.result import CellResult
+from harness.model.rundir import RunDir
 
 
 def res(outcome: str, tries: list[str] | None = None, repeat: int = 0) -> CellResult:
@@ -94,7 +95,7 @@ def test_retry_failures_option_retries_until_the_budget(tmp_path: Path):
     run = repo / "reports" / "r"
     proc = harness("run", "--retry-failures", "2", "--report-dir", str(run), "--no-live", cwd=repo)
     assert proc.returncode == 1
-    by_id = {r.cell_id.split("@")[0]: r for r in load_results(run)}
+    by_id = {r.cell_id.split("@")[0]: r for r in RunDir(run).results()}
     assert [t["outcome"] for t in by_id["bad01"].tries] == ["fail", "fail", "fail"] and by_id["bad01"].attempts == 3
     assert [t["outcome"] for t in by_id["g00"].tries] == ["pass"]
 

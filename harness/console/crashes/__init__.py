@@ -10,10 +10,11 @@ with the ones its dashboards show.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from harness.console.crashes import bsd, linux
+from harness.model.result import ConsoleReport
 from harness.console.crashes.rules import (CRASH, WARNING, FrameSyntax, ReportKind, TitleRule, Titled, rx,
                                            title_report)
 
@@ -28,28 +29,6 @@ MAX_REPORT_LINES = 4000    # title rules read at most this many lines of a repor
 
 __all__ = ["CRASH", "WARNING", "ConsoleReport", "FAMILIES", "find_reports", "reports_in_console", "crash_of",
            "spotter", "classify_line", "headline"]
-
-
-@dataclass
-class ConsoleReport:
-    """One report found in a console (a crash, or a warning the boot survived)."""
-    title: str
-    severity: str                 # crash | warning
-    kind: str                     # the table entry that found it (bug, warning, panic, uvm-fault, ...)
-    block: str                    # the report's text, first line to end of backtrace
-    line: str = ""                # its first line from the header on, as printed (numbers kept)
-    clean_offset: int = 0         # where its first line starts in the clean console text
-    corrupted: bool = False       # the report is damaged (interleaved or truncated): the title is a best effort
-    follow_up: bool = False       # printed because of an earlier report (panic_on_warn, Fatal exception)
-    alt_titles: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ConsoleReport":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from harness.devices.virtio.device import VirtioDevice
 from harness.devices.virtio.disk import SECTOR, CowDisk
 from harness.devices.virtio.queue import Virtqueue, VirtqueueError
-from harness.gaps.record import VIRTIO_QUEUE, GapRecord
+from harness.model.gap import VIRTIO_QUEUE, GapRecord
 
 DEVICE_ID = 2
 # feature bits (5.2.3)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from harness.devices.virtio.device import VirtioDevice
 from harness.devices.virtio.queue import Virtqueue
-from harness.gaps.record import GapRecord
+from harness.model.gap import GapRecord
 
 DEVICE_ID = 3
 RECEIVEQ, TRANSMITQ = 0, 1

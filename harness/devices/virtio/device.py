@@ -4,7 +4,7 @@ A `VirtioDevice` owns its queues, its feature bits and its configuration space; 
 (mmio.py, pci.py) owns the registers and calls in here. Device types (blk.py, console.py, rng.py)
 implement `process(queue_index)` and the config fields they model.
 
-Gaps, under their own kinds (harness.gaps.record):
+Gaps, under their own kinds (harness.model.gap):
   virtio-feature  the driver acknowledged a feature bit we did not offer (key: device/bit), once
   virtio-config   the driver touched a config offset we do not model (key: device/offset), once
   virtio-queue    a malformed ring: the device sets DEVICE_NEEDS_RESET, stops, and says why
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from harness.devices.virtio.queue import Virtqueue, VirtqueueError
 from harness.errors import GuestMemoryError
-from harness.gaps.record import (FATE_STOPPED, VIRTIO_CONFIG, VIRTIO_FEATURE, VIRTIO_QUEUE,
+from harness.model.gap import (FATE_STOPPED, VIRTIO_CONFIG, VIRTIO_FEATURE, VIRTIO_QUEUE,
                                  GapRecord)
 
 # device status bits (2.1)

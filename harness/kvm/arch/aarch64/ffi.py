@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import cffi
 
+from harness.arch.aarch64 import regs as arm
 from harness.kvm import ffi as generic
 from harness.kvm.ffi import _IOC_READ, _IOC_WRITE, _ioc
 
@@ -147,8 +148,8 @@ def sys_reg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
             | op0 << 14 | op1 << 11 | crn << 7 | crm << 3 | op2)
 
 
-REG_MPIDR_EL1 = sys_reg(3, 0, 0, 0, 5)
-REG_ESR_EL1 = sys_reg(3, 0, 5, 2, 0)
-REG_FAR_EL1 = sys_reg(3, 0, 6, 0, 0)
-REG_VBAR_EL1 = sys_reg(3, 0, 12, 0, 0)
-REG_SCTLR_EL1 = sys_reg(3, 0, 1, 0, 0)
+REG_MPIDR_EL1 = sys_reg(*arm.MPIDR_EL1)
+REG_ESR_EL1 = sys_reg(*arm.ESR_EL1)
+REG_FAR_EL1 = sys_reg(*arm.FAR_EL1)
+REG_VBAR_EL1 = sys_reg(*arm.VBAR_EL1)
+REG_SCTLR_EL1 = sys_reg(*arm.SCTLR_EL1)

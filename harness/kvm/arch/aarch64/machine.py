@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from harness.backends import events as ev
+from harness.model import events as ev
 from harness.errors import ConfigError
-from harness.gaps.record import GapRecord
+from harness.model.gap import GapRecord
 from harness.kvm.arch.aarch64.runloop import BLIND_SPOTS, Aarch64VcpuLoop, kick_until_powered_on
 from harness.kvm.arch.aarch64.vm import Aarch64Vm
 from harness.kvm.flight import FlightRecorder
-from harness.kvm.gapsink import GapSink
+from harness.model.gapsink import GapSink
 from harness.kvm.machine import Machine
 from harness.kvm.runloop import RunConfig, StopInfo, install_kick_handler
 from harness.kvm.system import KVM_PATH

@@ -21,9 +21,9 @@ import threading
 import time
 from typing import Any
 
-from harness.backends import events as ev
-from harness.gaps import record as gaps
-from harness.gaps.record import GapRecord
+from harness.model import events as ev
+from harness.model import gap as gaps
+from harness.model.gap import GapRecord
 from harness.kvm.arch.aarch64 import ffi as a
 from harness.kvm.arch.aarch64.ffi import EXIT_NAMES
 from harness.kvm.ffi import libc

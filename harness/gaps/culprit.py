@@ -9,8 +9,9 @@ party is the hypervisor under test, and the evidence for it is the gap ledger:
                 injected for an MSR) in the phase it failed in (suspected: `harness gaps bisect
                 CELL` says which gap decides);
 - `guest`       the guest failed (panic, oops, a command's check, a timeout) with no refused access
-                before it, and (in a report: `run_culprits`) it does not pass on QEMU in the same
-                run; if it does, the hypervisor is suspected.
+                before it, and (in a report: harness.report.culprits.run_culprits) it does not pass
+                on QEMU in the same run; if it does, the hypervisor is suspected.
+The cell's own culprit is classified once, when the cell ends (the runner stores it).
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from harness.gaps.baseline import GapDiff
-from harness.gaps.record import FATE_GP_INJECTED, FATE_STOPPED
-from harness.runner.result import ERROR, GAP, PASS, CellResult
+from harness.model.gap import FATE_GP_INJECTED, FATE_STOPPED
+from harness.model.result import ERROR, GAP, PASS, CellResult
 
 GUEST, HYPERVISOR, HARNESS = "guest", "hypervisor", "harness"
 PARTIES = (GUEST, HYPERVISOR, HARNESS)
@@ -91,25 +92,3 @@ def culprit_of(result: CellResult) -> Culprit | None:
     if isinstance(result.culprit, dict) and result.culprit.get("party") in PARTIES:
         return Culprit.from_json(result.culprit)
     return classify(result)
-
-
-def run_culprits(run: Any) -> dict[str, Culprit | None]:
-    """Every cell's culprit (by cell key), with the run's differential evidence added.
-
-    A built-in cell that would be the guest's fault, while the same guest passes on a QEMU
-    backend in the same run, points at the hypervisor under test (suspected; the first gap only
-    the built-in cell had is named). One function, so the reports all say the same.
-    """
-    from harness.report.backend_diff import backend_diffs
-    out = {c.key: culprit_of(c.result) for c in run.cells}
-    key_of = {c.result.cell_id: c.key for c in run.cells}
-    for pair in backend_diffs(run):
-        key = key_of.get(pair.cell_a)
-        culprit = out.get(key) if key else None
-        if culprit is None or culprit.party != GUEST or pair.divergence is None or pair.divergence.outcome_b != PASS:
-            continue
-        d = pair.divergence
-        where = f"first divergence at milestone {d.milestone!r}" if d.milestone else "same milestones"
-        out[key] = Culprit(HYPERVISOR, f"{d.outcome_a} on {pair.backend_a}, passes on {pair.backend_b} in the same "
-                           f"run ({where}): {culprit.why}"[:300], SUSPECTED, d.first_gap_only_a)
-    return out

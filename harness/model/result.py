@@ -1,24 +1,13 @@
-"""The result of one cell, written atomically as JSON the moment the cell finishes.
+"""The result of one cell (schema: docs/results-schema.md), its parts, and the outcomes.
 
-Layout of a run directory (reports/<run-id>/):
-    run.json                      run metadata (matrix file, tier, shard, host, start time)
-    cells/<cell-slug>.json        one CellResult each (schema: docs/results-schema.md)
-    cells/<cell-slug>/            the cell's work dir: console.log, console.timing.jsonl,
-                                  events.jsonl, summary.json, backend.stderr.log
-Reports (harness.report) are built from these files alone, so a killed run still reports
-every cell that finished.
+The runner writes one the moment its cell finishes, into the run directory (harness.model.rundir).
 """
 from __future__ import annotations
 
-import json
-import os
-import re
-import tempfile
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from harness.console.crashes import ConsoleReport
+from harness.model.record import JsonRecord
 
 SCHEMA_VERSION = 1
 
@@ -28,7 +17,7 @@ OUTCOMES = (PASS, FAIL, GAP, TIMEOUT, ERROR)
 
 
 @dataclass
-class MilestoneHit:
+class MilestoneHit(JsonRecord):
     name: str
     t: float                 # seconds since VM start
     since_previous: float    # seconds since the previous milestone (or VM start)
@@ -37,7 +26,7 @@ class MilestoneHit:
 
 
 @dataclass
-class Phase:
+class Phase(JsonRecord):
     """The stretch of boot that ends at a milestone."""
     name: str                                  # the milestone that ends it
     start: float
@@ -47,7 +36,7 @@ class Phase:
 
 
 @dataclass
-class NearMiss:
+class NearMiss(JsonRecord):
     """Why a timeout happened, as far as the console tells."""
     waiting_for: str              # milestone name
     pattern: str
@@ -58,7 +47,7 @@ class NearMiss:
 
 
 @dataclass
-class Failure:
+class Failure(JsonRecord):
     kind: str                     # panic | oops | bug | ddb | triple-fault | reboot-loop | hang | reset | ...
     message: str
     t: float | None = None
@@ -66,13 +55,25 @@ class Failure:
 
 
 @dataclass
-class WarningDiff:
+class ConsoleReport(JsonRecord):
+    """One report found in a console (a crash, or a warning the boot survived); found and titled
+    by harness.console.crashes, kept here because a cell result carries it."""
+    title: str
+    severity: str                 # crash | warning
+    kind: str                     # the table entry that found it (bug, warning, panic, uvm-fault, ...)
+    block: str                    # the report's text, first line to end of backtrace
+    line: str = ""                # its first line from the header on, as printed (numbers kept)
+    clean_offset: int = 0         # where its first line starts in the clean console text
+    corrupted: bool = False       # the report is damaged (interleaved or truncated): the title is a best effort
+    follow_up: bool = False       # printed because of an earlier report (panic_on_warn, Fatal exception)
+    alt_titles: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WarningDiff(JsonRecord):
     """The warning titles of a cell against its guest's warning baseline."""
     new: list[str] = field(default_factory=list)      # no baseline entry matches: a regression
     known: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"new": list(self.new), "known": list(self.known)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "WarningDiff":
@@ -81,7 +82,7 @@ class WarningDiff:
 
 
 @dataclass
-class CellResult:
+class CellResult(JsonRecord):
     cell_id: str
     guest: str
     backend: str
@@ -98,7 +99,7 @@ class CellResult:
     warnings: list[ConsoleReport] = field(default_factory=list)       # reports the boot survived
     warning_diff: WarningDiff = field(default_factory=WarningDiff)
     near_miss: NearMiss | None = None
-    gaps: list[dict[str, Any]] = field(default_factory=list)          # GapRecord.to_dict(), phases assigned
+    gaps: list[dict[str, Any]] = field(default_factory=list)          # GapRecord.to_json(), phases assigned
     gap_diff: dict[str, Any] = field(default_factory=dict)            # vs expected gaps: new / fixed / known
     exit_counts: dict[str, int] = field(default_factory=dict)
     boot_timer: list[dict[str, Any]] = field(default_factory=list)    # guest marks {t, value}
@@ -112,70 +113,35 @@ class CellResult:
     console_log: str = ""                  # path relative to the run directory
     attempts: int = 1
     repeat_index: int = 0
-    # issue 14: each a small record's to_json() (harness.report.culprit.Culprit, runner.known_issues.KnownIssue,
-    # runner.flakes.Try, runner.guest_shell.CommandResult), kept as plain dicts so old readers ignore them
+    # issue 14: each a small record's to_json() (harness.gaps.culprit.Culprit, harness.model.verdict.KnownIssue,
+    # harness.model.tries.Try, harness.model.guest.CommandResult), kept as plain dicts so old readers ignore them
     culprit: dict[str, Any] | None = None
     known_issue: dict[str, Any] | None = None
     tries: list[dict[str, Any]] = field(default_factory=list)      # every attempt's outcome, oldest first
     commands: list[dict[str, Any]] = field(default_factory=list)   # commands run after the prompt
     schema_version: int = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CellResult":
+    def from_json(cls, data: dict[str, Any]) -> "CellResult":
         data = dict(data)
-        data["milestones"] = [MilestoneHit(**m) for m in data.get("milestones", [])]
-        data["phases"] = [Phase(**p) for p in data.get("phases", [])]
+        data["milestones"] = [MilestoneHit.from_json(m) for m in data.get("milestones", [])]
+        data["phases"] = [Phase.from_json(p) for p in data.get("phases", [])]
         if data.get("failure"):
-            data["failure"] = Failure(**data["failure"])
+            data["failure"] = Failure.from_json(data["failure"])
         if data.get("near_miss"):
-            data["near_miss"] = NearMiss(**data["near_miss"])
+            data["near_miss"] = NearMiss.from_json(data["near_miss"])
         if data.get("crash"):
             data["crash"] = ConsoleReport.from_json(data["crash"])
         data["warnings"] = [ConsoleReport.from_json(w) for w in data.get("warnings", [])]
         data["warning_diff"] = WarningDiff.from_json(data.get("warning_diff"))
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return super().from_json(data)
 
 
-def cell_slug(cell_id: str) -> str:
-    """A file-name-safe, still readable form of a cell id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", cell_id).strip("_")
+def ended_as_expected(result: CellResult) -> bool:
+    """Passed, or ended the way the matrix said it would (an override such as `expect: gap`).
 
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def write_result(run_dir: Path, result: CellResult) -> Path:
-    path = run_dir / "cells" / f"{cell_slug(result.cell_id)}.json"
-    write_json_atomic(path, result.to_dict())
-    return path
-
-
-def load_results(run_dir: Path) -> list[CellResult]:
-    """Every finished cell of a run (temporary files of a killed writer are ignored)."""
-    cells = run_dir / "cells"
-    out = []
-    for path in sorted(cells.glob("*.json")) if cells.is_dir() else []:
-        try:
-            out.append(CellResult.from_dict(json.loads(path.read_text())))
-        except (ValueError, TypeError, KeyError):
-            continue
-    return out
+    The one definition: the CLI's exit code, the live summary, junit.xml, results.json, the
+    summary and the HTML report all use it (a pass under `expect: gap` is good news, not a failure).
+    """
+    expect = result.params.get("expect") if isinstance(result.params, dict) else None
+    return result.outcome == PASS or (bool(expect) and result.outcome == expect)

@@ -6,8 +6,11 @@ per cell by `key_tuple()`, counts repeats, and assigns the boot phase from miles
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import dataclass, field
 from typing import Any
+
+from harness.model.record import JsonRecord
 
 # Kinds, named after what the guest did. Add new kinds here, never ad hoc strings elsewhere.
 MSR_READ = "msr-read"
@@ -39,16 +42,22 @@ KINDS = (MSR_READ, MSR_WRITE, MTRR_PROBE, TSC_MSR, IO_PORT, REP_STRING_IO, MMIO,
          VIRTIO_FEATURE, VIRTIO_CONFIG, VIRTIO_QUEUE)
 
 # Gap policies: how the built-in hypervisor answers an MSR it does not provide (a matrix axis).
-GAP_POLICIES = ("gp", "zero", "emulate")   # inject #GP | read 0, ignore writes | answer as hardware
+GAP_POLICIES = {
+    "gp": "inject #GP (what a CPU without the MSR does)",
+    "zero": "reads return 0, writes are ignored",
+    "emulate": "answer as hardware would: the real TSC, MTRRcap, stored MTRRs/PAT, other MSRs read back what was written",
+}
 
 # What happened to the guest after the gap.
 FATE_CONTINUED = "continued"   # the guest went on (value answered, write ignored, rescue applied)
 FATE_GP_INJECTED = "gp-injected"
 FATE_STOPPED = "stopped"       # the VM could not go on
+# A stronger fate wins when repeats of one gap are merged.
+FATE_RANK = {FATE_CONTINUED: 0, FATE_GP_INJECTED: 1, FATE_STOPPED: 2}
 
 
 @dataclass
-class GapRecord:
+class GapRecord(JsonRecord):
     kind: str                     # one of KINDS
     key: str                      # MSR index "0x10", port "0x3fa", address "0xfed00000", mnemonic "xrstor"
     first_rip: int | None = None
@@ -67,23 +76,30 @@ class GapRecord:
     def key_tuple(self) -> tuple[str, str, str]:
         return (self.kind, self.key, self.access)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GapRecord":
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+    def copy(self) -> "GapRecord":
+        """An independent copy (lists and detail not shared): later merges must not reach it."""
+        return GapRecord.from_json(copy.deepcopy(self.to_json()))
 
     def merge(self, other: "GapRecord") -> None:
-        """Fold a repeat of the same gap into this record."""
+        """Fold a repeat of the same gap into this record: the one merge rule (the VMM's GapSink,
+        the QEMU backend and the ledger all use it). Counts add up; the first few distinct values
+        are kept; the earliest sighting gives first_t and, when it has one, first_rip; the stronger
+        fate wins; policy and detail keys this record lacks are taken from the repeat."""
         self.count += other.count
         for v in other.values:
             if len(self.values) >= self.MAX_VALUES:
                 break
             if v not in self.values:
                 self.values.append(v)
-        if other.fate == FATE_STOPPED:
-            self.fate = FATE_STOPPED
         if other.first_t is not None and (self.first_t is None or other.first_t < self.first_t):
-            self.first_t, self.first_rip = other.first_t, other.first_rip
+            self.first_t = other.first_t
+            if other.first_rip is not None:
+                self.first_rip = other.first_rip
+        if self.first_rip is None:
+            self.first_rip = other.first_rip
+        if FATE_RANK.get(other.fate, 0) > FATE_RANK.get(self.fate, 0):
+            self.fate = other.fate
+        if not self.policy and other.policy:
+            self.policy = other.policy
+        for k, v in other.detail.items():
+            self.detail.setdefault(k, v)

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from harness import layout
+from harness.arch.x86_64.regs import CR0_ET, CR0_PE, RFLAGS_FIXED
+from harness.boot.entry import EntryState, Segment
 from harness.errors import KernelImageError
 from harness.memory import GuestRam
 
-GUEST_LOAD = 0x10000          # 64 KiB: above the IVT/BDA, below BOOT_STACK... real-mode reachable via CS=0x1000
-RAW_MAX = 0x80000             # must stay below the EBDA
-REAL_STACK = 0xFFF0           # SS=0, SP: top of the first 64 KiB segment
-
-from harness.boot.entry import EntryState, Segment
+GUEST_LOAD = layout.RAW_IMAGE_LOAD
+RAW_MAX = layout.RAW_IMAGE_MAX
+REAL_STACK = layout.RAW_REAL_STACK
 
 
 def _seg(selector: int, base: int, limit: int, type_: int, db: int = 0, g: int = 0, s: int = 1) -> Any:
@@ -31,7 +31,7 @@ def real_mode_entry(rip: int = GUEST_LOAD) -> Any:
     segs["cs"] = _seg(cs_base >> 4, cs_base, 0xFFFF, 0xB)
     segs["tr"] = _seg(0, 0, 0xFFFF, 0xB, s=0)
     segs["ldt"] = _seg(0, 0, 0xFFFF, 0x2, s=0)
-    return EntryState(mode="real16", rip=rip - cs_base, gprs={"rsp": REAL_STACK, "rflags": 0x2}, cr0=0x10, cr3=0,
+    return EntryState(mode="real16", rip=rip - cs_base, gprs={"rsp": REAL_STACK, "rflags": RFLAGS_FIXED}, cr0=CR0_ET, cr3=0,
                       cr4=0, efer=0, gdt_base=0, gdt_limit=0xFFFF, idt_base=0, idt_limit=0x3FF, segments=segs)
 
 
@@ -43,14 +43,15 @@ def protected_entry(ram: GuestRam, rip: int = GUEST_LOAD) -> Any:
     segs["cs"] = _seg(0x08, 0, 0xFFFFFFFF, 0xB, db=1, g=1)
     segs["tr"] = _seg(0, 0, 0xFFFF, 0xB, s=0)
     segs["ldt"] = _seg(0, 0, 0xFFFF, 0x2, s=0)
-    return EntryState(mode="protected32", rip=rip, gprs={"rsp": layout.BOOT_STACK_TOP, "rflags": 0x2}, cr0=0x11,
+    return EntryState(mode="protected32", rip=rip, gprs={"rsp": layout.BOOT_STACK_TOP, "rflags": RFLAGS_FIXED},
+                      cr0=CR0_PE | CR0_ET,
                       cr3=0, cr4=0, efer=0, gdt_base=layout.GDT_ADDR, gdt_limit=len(gdt) * 8 - 1, idt_base=0,
                       idt_limit=0, segments=segs)
 
 
 def load_raw(ram: GuestRam, image: Path | bytes, mode: str = "real16") -> tuple[Any, dict[str, Any]]:
     """Copy a flat image to GUEST_LOAD; return (EntryState, info) like a loader's BootPlan."""
-    data = image if isinstance(image, bytes) else _read(image)
+    data = image if isinstance(image, bytes) else read_image(image)
     if not data:
         raise KernelImageError("raw guest image is empty", "give a flat binary to load at 0x10000")
     if len(data) > RAW_MAX:
@@ -72,7 +73,7 @@ def _entry_for(ram: GuestRam, mode: str) -> Any:
     return make(ram, GUEST_LOAD, rsp=layout.BOOT_STACK_TOP)
 
 
-def _read(path: Path) -> bytes:
+def read_image(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:

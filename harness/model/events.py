@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness.model.files import LineTail
+from harness.model.record import JsonRecord
+
 # Event types
 VM_START = "vm-start"            # first KVM_RUN / QEMU started; data: {host: {...}}
-GAP = "gap"                      # data: GapRecord.to_dict()
+GAP = "gap"                      # data: GapRecord.to_json()
 TRIPLE_FAULT = "triple-fault"    # data: {rip, flight_recorder}
 RESET = "reset"                  # guest asked for a reset (8042 0xFE, port 0xCF9, QEMU reset)
 SHUTDOWN = "shutdown"            # guest powered off
@@ -31,13 +34,18 @@ CPU_ON = "cpu-on"                # a secondary vCPU left power-off (PSCI CPU_ON)
 
 
 @dataclass
-class VmEvent:
+class VmEvent(JsonRecord):
     type: str
     t: float
     data: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), default=str)
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "VmEvent":
+        return cls(str(data["type"]), float(data["t"]), data.get("data") or {})
+
+    def to_line(self) -> str:
+        """One line of an events file."""
+        return json.dumps(self.to_json(), separators=(",", ":"), default=str)
 
 
 class EventWriter:
@@ -47,32 +55,21 @@ class EventWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def emit(self, event: VmEvent) -> None:
-        os.write(self._fd, (event.to_json() + "\n").encode())
+        os.write(self._fd, (event.to_line() + "\n").encode())
 
     def close(self) -> None:
         os.close(self._fd)
 
 
 class EventReader:
-    """Tails an events file; `poll()` returns the complete lines appended since the last call."""
+    """Tails an events file; `poll()` returns the events appended since the last call."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._offset = 0
-        self._partial = b""
+        self._tail = LineTail(self.path)
 
     def poll(self) -> list[VmEvent]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        return list(_parse(lines))
+        return list(_parse(self._tail.lines()))
 
 
 def _parse(lines: list[bytes]) -> Iterator[VmEvent]:
@@ -80,7 +77,6 @@ def _parse(lines: list[bytes]) -> Iterator[VmEvent]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-            yield VmEvent(obj["type"], float(obj["t"]), obj.get("data", {}))
-        except (ValueError, KeyError):
+            yield VmEvent.from_json(json.loads(line))
+        except (ValueError, KeyError, TypeError):
             continue  # a torn line from a killed writer is not an event
