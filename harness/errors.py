@@ -6,6 +6,11 @@ non-zero (see harness.cli.main).
 """
 from __future__ import annotations
 
+from typing import Any, Iterable, Mapping, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
 
 class HarnessError(Exception):
     """A problem the user can fix. `fix` says how, in one line."""
@@ -43,3 +48,17 @@ class BackendUnavailable(HarnessError):
 
 class GuestMemoryError(HarnessError):
     """A guest-supplied or loader-computed address falls outside guest RAM."""
+
+
+def lookup(table: Mapping[K, V], key: K, what: str, *, where: str = "", names: Iterable[Any] | None = None,
+           error: type[HarnessError] = ConfigError) -> V:
+    """`table[key]`, or one `error` naming the key and the names the table knows: the one keyed
+    lookup of every registry (backends, boot loaders, CPU profiles, gap policies, recipes, labs...).
+
+    `what` names the table's keys ("boot method"); `where` is where a reader adds one (or lists
+    them); `names` overrides the listed names (sorted, or with an extra such as "auto")."""
+    try:
+        return table[key]
+    except KeyError:
+        known = ", ".join(str(n) for n in (table if names is None else names)) or "none"
+        raise error(f"unknown {what} {key!r}", f"use one of: {known}" + (f" ({where})" if where else "")) from None

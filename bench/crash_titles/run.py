@@ -79,7 +79,7 @@ def replay_cell(console: corpus.Console, work: Path, warnings: str = "fail") -> 
     guest_file.write_text(GUEST.format(family=console.family, recording=recording, warnings=warnings))
     cell = Cell(load_guest(guest_file), "replay", "host", "emulate", 1, 64, "bench", retries=0)
     result = run_cell(cell, RunOptions(run_dir=work / "run" / name))
-    return result.to_dict()
+    return result.to_json()
 
 
 def parser_title(console: corpus.Console) -> str | None:

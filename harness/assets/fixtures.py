@@ -24,7 +24,7 @@ from pathlib import Path
 
 from harness import layout
 from harness.arch.x86_64 import regs as x86_regs
-from harness.errors import AssetError, HarnessError
+from harness.errors import AssetError, HarnessError, lookup
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES_DIR = REPO_ROOT / "fixtures"
@@ -130,10 +130,7 @@ def fixture_names() -> list[str]:
 
 
 def _info(name: str) -> FixtureInfo:
-    try:
-        return FIXTURES[name]
-    except KeyError:
-        raise AssetError(f"unknown fixture {name!r}", f"use one of: {', '.join(fixture_names())}") from None
+    return lookup(FIXTURES, name, "fixture", names=fixture_names(), error=AssetError)
 
 
 def source_digest(info: FixtureInfo) -> str:

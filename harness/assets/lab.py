@@ -91,12 +91,8 @@ def generator_sha256() -> str:
 
 
 def lab_params(arch: str) -> LabParams:
-    from harness.errors import ConfigError
-    try:
-        return LAB_PARAMS[arch]
-    except KeyError:
-        raise ConfigError(f"no lab is defined for arch {arch!r}",
-                          f"use one of {', '.join(LAB_PARAMS)} (harness/assets/lab.py)") from None
+    from harness.errors import lookup
+    return lookup(LAB_PARAMS, arch, "lab arch", where="harness/assets/lab.py")
 
 
 # -- the init script ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from harness.assets import initramfs
 from harness.assets.cache import AssetCache, CacheEntry, sha256_file, sha256_text
 from harness.assets.debian import Apt, DebPackage, extract, inspect_deb
-from harness.errors import AssetError
+from harness.errors import AssetError, lookup
 from harness.model.tiers import NIGHTLY, QUICK
 
 _KERNEL_PKG = r"linux-image-\d+\.\d+\.\d+-\d+-cloud-{arch}(-unsigned)?"
@@ -54,11 +54,7 @@ def _recipe(name: str, description: str, arch: str, kind: str, tier: str = QUICK
 
 
 def get_recipe(name: str) -> Recipe:
-    try:
-        return RECIPES[name]
-    except KeyError:
-        raise AssetError(f"no asset recipe called {name!r}",
-                         f"use one of: {', '.join(sorted(RECIPES))} (harness assets list)") from None
+    return lookup(RECIPES, name, "asset recipe", where="harness assets list", names=sorted(RECIPES), error=AssetError)
 
 
 def build_asset(name: str, *, cache: AssetCache | None = None, rebuild: bool = False) -> CacheEntry:

@@ -38,7 +38,7 @@ from harness.backends.base import Backend, ProcessSession
 from harness.backends.debugopts import OPTION_KEY as DEBUG_OPTION_KEY
 from harness.backends.debugopts import QEMU_DEFAULT_PORT, DebugOptions
 from harness.backends.qemu_gaps import parse_kvm_failure, parse_log_line
-from harness.errors import AssetError, BackendUnavailable, ConfigError
+from harness.errors import AssetError, BackendUnavailable, ConfigError, lookup
 from harness.model import events as ev
 from harness.model.files import LineTail, write_json_atomic
 from harness.model.gap import GapRecord
@@ -274,11 +274,7 @@ class QemuSession(ProcessSession):
 
 # -- helpers ----------------------------------------------------------------------------------------
 def _binary(arch: str) -> str:
-    try:
-        return BINARIES[arch]
-    except KeyError:
-        raise ConfigError(f"the QEMU backend has no emulator for arch {arch!r}",
-                          f"use one of {', '.join(BINARIES)}") from None
+    return lookup(BINARIES, arch, "QEMU emulator arch")
 
 
 def _host_arch() -> str:

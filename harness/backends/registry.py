@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, lookup
 
 if TYPE_CHECKING:
     from harness.backends.base import Backend
@@ -57,7 +57,4 @@ def get_backend(name: str, host: str = NATIVE) -> "Backend":
             raise ConfigError(f"backend {name!r} cannot run on host {host!r}",
                               f"host: {host} serves {served}; use host: native for {name}")
         return hosted.load()
-    entry = BACKENDS.get(name)
-    if entry is None:
-        raise ConfigError(f"unknown backend {name!r}", f"use one of {', '.join(BACKENDS)}")
-    return entry.load()
+    return lookup(BACKENDS, name, "backend").load()

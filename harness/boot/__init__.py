@@ -20,7 +20,7 @@ from harness.boot.entry import EntryState, Segment
 from harness.boot.image import (ELF_MAGIC, is_bzimage, parse_elf, read_initrd, read_kernel,
                                 extract_vmlinux)
 from harness.boot.plan import BootPlan
-from harness.errors import ConfigError, KernelImageError
+from harness.errors import KernelImageError, lookup
 from harness.memory import GuestRam
 
 __all__ = ["BootPlan", "EntryState", "Segment", "LOADERS", "METHODS", "load", "detect_method"]
@@ -129,9 +129,7 @@ def load(method: str, mem: GuestRam, kernel: Path, initrd: Path | None, cmdline:
     kernel = Path(kernel)
     if method == AUTO:
         method = detect_method(kernel)
-    loader = LOADERS.get(method)
-    if loader is None:
-        raise ConfigError(f"unknown boot method {method!r}", f"use one of: {AUTO}, {', '.join(LOADERS)}")
+    loader = lookup(LOADERS, method, "boot method", names=(AUTO, *LOADERS))
     data = loader.read(kernel, mem.size)
     initrd_data = read_initrd(Path(initrd), mem.size) if initrd is not None else None
     plan = loader.load(LoadInput(mem, data, initrd_data, cmdline, kernel.name,

@@ -15,7 +15,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from harness.arch.x86_64 import regs
-from harness.errors import ConfigError
+from harness.errors import lookup
 from harness.model.gap import (FATE_CONTINUED, FATE_GP_INJECTED, GAP_POLICIES, MSR_READ, MSR_WRITE, MTRR_PROBE,
                                TSC_MSR, GapRecord)
 from harness.kvm import ffi as k
@@ -35,8 +35,7 @@ WATCHED_RANGES = ((regs.MSR_TSC, 1), (regs.MSR_MTRRCAP, 1),
 
 
 def check_policy(policy: str) -> str:
-    if policy not in POLICIES:
-        raise ConfigError(f"unknown gap policy {policy!r}", f"use one of {', '.join(POLICIES)}")
+    lookup(GAP_POLICIES, policy, "gap policy")
     return policy
 
 

@@ -143,5 +143,10 @@ def ended_as_expected(result: CellResult) -> bool:
     The one definition: the CLI's exit code, the live summary, junit.xml, results.json, the
     summary and the HTML report all use it (a pass under `expect: gap` is good news, not a failure).
     """
-    expect = result.params.get("expect") if isinstance(result.params, dict) else None
-    return result.outcome == PASS or (bool(expect) and result.outcome == expect)
+    return outcome_as_expected(result.outcome, result.params)
+
+
+def outcome_as_expected(outcome: str, params: Any) -> bool:
+    """`ended_as_expected` for one outcome of a cell with these params (one try of it, say)."""
+    expect = params.get("expect") if isinstance(params, dict) else None
+    return outcome == PASS or (bool(expect) and outcome == expect)

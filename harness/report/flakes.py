@@ -16,23 +16,18 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 from harness.report.profile import base_cell_id, repeat_groups
-from harness.model.result import ERROR, PASS, CellResult
+from harness.model.result import ERROR, CellResult, outcome_as_expected
 from harness.model.tries import passed_on_retry, tries_of
 
 MIN_FAILURES = 2
 CONFIRMED, UNCONFIRMED, FLAKY = "confirmed", "unconfirmed", "flaky"
 
 
-def _try_ok(outcome: str, expect: str | None) -> bool:
-    return outcome == PASS or (bool(expect) and outcome == expect)
-
-
 def _outcomes(group: Iterable[CellResult]) -> list[tuple[str, bool]]:
     """(outcome, ended as expected) of every non-error try: infrastructure errors say nothing of the guest."""
     out = []
     for r in group:
-        expect = r.params.get("expect") if isinstance(r.params, dict) else None
-        out += [(t.outcome, _try_ok(t.outcome, expect)) for t in tries_of(r) if t.outcome != ERROR]
+        out += [(t.outcome, outcome_as_expected(t.outcome, r.params)) for t in tries_of(r) if t.outcome != ERROR]
     return out
 
 

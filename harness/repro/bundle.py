@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 from harness.assets.cache import AssetCache, sha256_file
 from harness.assets.pinned import cached_blob
 from harness.errors import AssetError, ConfigError
+from harness.model.files import atomic_file
 from harness.repro.source import ASSET_DIR, CELL_DIR_NAME, MANIFEST_NAME, RESULT_NAME, ReproSource
 from harness.runner.repro_record import harness_version
 
@@ -39,23 +38,14 @@ def make_bundle(source: ReproSource, out: Path, with_assets: bool = False) -> di
                 "harness": {"recorded": source.record.get("harness"), "bundled_by": harness_version()},
                 "host": {"cell": source.result.get("host", {}), "run": _run_host(source)},
                 "assets": {role: {k: v for k, v in a.items() if k != "file"} for role, a in assets.items()}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            _add_bytes(tar, MANIFEST_NAME, json.dumps(manifest, indent=1, default=str).encode())
-            _add_bytes(tar, RESULT_NAME, json.dumps(source.result, indent=1, default=str).encode())
-            _add_bytes(tar, "flight-recorder.json",
-                       json.dumps(source.result.get("flight_recorder", []), indent=1).encode())
-            tar.add(source.workdir, arcname=CELL_DIR_NAME, filter=_regular_files_only)
-            for role, asset in assets.items():
-                if asset.get("member"):
-                    tar.add(asset["file"], arcname=asset["member"])
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
+        _add_bytes(tar, MANIFEST_NAME, json.dumps(manifest, indent=1, default=str).encode())
+        _add_bytes(tar, RESULT_NAME, json.dumps(source.result, indent=1, default=str).encode())
+        _add_bytes(tar, "flight-recorder.json", json.dumps(source.result.get("flight_recorder", []), indent=1).encode())
+        tar.add(source.workdir, arcname=CELL_DIR_NAME, filter=_regular_files_only)
+        for role, asset in assets.items():
+            if asset.get("member"):
+                tar.add(asset["file"], arcname=asset["member"])
     return manifest
 
 

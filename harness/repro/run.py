@@ -71,7 +71,7 @@ def reproduce(source: ReproSource, times: int, run_dir: Path, *, echo: Callable[
         options = RunOptions(run_dir=run_dir, echo=echo, repeat_index=i,
                              pinned_assets=dict(source.record.get("assets") or {}),
                              pinned_commit=(source.record.get("harness") or {}).get("commit"), **run_options)
-        result = run_cell(cell, options).to_dict()
+        result = run_cell(cell, options).to_json()
         got = gap_keys(result)
         run = ReproRun(i + 1, result, decisive(result) == want, got - want_gaps, want_gaps - got)
         runs.append(run)

@@ -17,7 +17,7 @@ def test_build_of_unknown_asset_is_a_one_line_error(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     assert main(["assets", "build", "no-such-asset"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: no asset recipe called 'no-such-asset'") and "Traceback" not in err
+    assert err.startswith("error: unknown asset recipe 'no-such-asset'") and "Traceback" not in err
 
 
 def test_fetch_unknown_guest(tmp_path, monkeypatch, capsys):

@@ -12,7 +12,7 @@ import pytest
 
 from builders import fake_bzimage
 from harness.model import events as ev
-from harness.backends.base import BootRequest
+from harness.model.session import BootRequest
 from harness.backends.builtin_vm import ChildVm
 from harness.boot.bzimage import BP_ACPI_RSDP_ADDR
 from harness import layout

@@ -126,7 +126,7 @@ def test_listen_addresses_default_to_loopback_and_bad_ones_are_one_line_errors()
 
 
 def test_qemu_backends_map_the_same_flags_to_qemus_own_stub(tmp_path):
-    from harness.backends.base import BootRequest
+    from harness.model.session import BootRequest
     from harness.backends.qemu import QemuBackend
     opts = DebugOptions(listen="127.0.0.1:4321", wait=True, on_failure=True).to_options()
     req = BootRequest(cell_id="c", guest="g", family="linux", arch="x86_64", boot="pvh", kernel=tmp_path / "k",

@@ -23,7 +23,7 @@ def recorded(tmp_path: Path, through_cli: bool = False) -> tuple[Path, Path, dic
     from harness.runner.matrix import load_matrix
     guests = load_guests(repo / "guests")
     (cell,) = load_matrix(repo / "matrix.yaml", guests).cells(guests)
-    result = run_cell(cell, RunOptions(run_dir=tmp_path / "run")).to_dict()
+    result = run_cell(cell, RunOptions(run_dir=tmp_path / "run")).to_json()
     return repo, tmp_path / "run" / Path(result["console_log"]).parent, result
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.errors import ConfigError
+from harness.errors import lookup
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,7 @@ PROFILES: dict[str, tuple[str, ...]] = {
 
 
 def check_profile(name: str) -> tuple[str, ...]:
-    if name not in PROFILES:
-        raise ConfigError(f"unknown CPU profile {name!r}", f"use one of {', '.join(PROFILES)}")
-    return PROFILES[name]
+    return lookup(PROFILES, name, "CPU profile")
 
 
 def _matches(entry: dict[str, int], feat: Feature) -> bool:

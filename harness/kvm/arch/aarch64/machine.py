@@ -61,7 +61,7 @@ class Aarch64KvmMachine(Machine):
         self.emit(ev.VmEvent(ev.CPU_ON, t, {"vcpu": index, "source": "psci-cpu-on"}))
 
     def _on_new_gap(self, gap: GapRecord) -> None:
-        self.emit(ev.VmEvent(ev.GAP, time.monotonic(), gap.to_dict()))
+        self.emit(ev.VmEvent(ev.GAP, time.monotonic(), gap.to_json()))
 
     @property
     def set_irq(self) -> Callable[[int, int], None]:
@@ -85,7 +85,7 @@ class Aarch64KvmMachine(Machine):
         info = self._stop_info
         return {"stop": {"reason": info.reason, "vcpu": info.vcpu, "detail": info.detail} if info else None,
                 "exit_counts": self.exit_counts(), "flight_recorder": self.recorder.dump(),
-                "gaps": [g.to_dict() for g in self.gaps.records()], "masked_cpuid": [],
+                "gaps": [g.to_json() for g in self.gaps.records()], "masked_cpuid": [],
                 "cpu_profile": self.config.cpu_profile, "gap_policy": self.config.gap_policy,
                 "msr_routing": {}, "coalesced_serial": False, "user_time_s": self.user_time_s(),
                 "arch": "aarch64", "ipa_bits": self.vm.ipa_bits or 40, "blind_spots": list(BLIND_SPOTS),
