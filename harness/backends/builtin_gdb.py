@@ -14,9 +14,9 @@ import threading
 import time
 from typing import Any
 
-from harness.model import events as ev
 from harness.backends.debugopts import DebugOptions
 from harness.errors import BackendUnavailable
+from harness.model import events as ev
 
 HOLD_SIGNAL = signal.SIGUSR2
 

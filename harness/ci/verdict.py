@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.model.verdict import cell_ok
 from harness.report.results import expected_cells
 from harness.report.run import load_run
-from harness.model.verdict import cell_ok
 
 
 def verdict(run_dir: Path) -> tuple[bool, str]:

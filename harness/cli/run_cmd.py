@@ -24,8 +24,8 @@ from harness.hosts.select import HOSTS
 from harness.model.result import PASS
 from harness.model.rundir import RunDir
 from harness.model.tiers import QUICK, TIERS
-from harness.runner.guestfile import load_guests
 from harness.model.verdict import cell_ok, known_issue_note
+from harness.runner.guestfile import load_guests
 from harness.runner.matrix import Cell, load_matrix, parse_shard, select_shard
 
 PYTEST_USAGE_ERROR = 4   # pytest.ExitCode.USAGE_ERROR

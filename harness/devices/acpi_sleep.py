@@ -8,9 +8,9 @@ register's WAK_STS (bit 7) reads 0 and is write-1-to-clear.
 """
 from __future__ import annotations
 
-from harness.model.events import SHUTDOWN, VmEvent
 from harness.devices.context import DeviceContext
 from harness.firmware.acpi import S5_SLP_TYP    # the \_S5 package the DSDT gives OSPM
+from harness.model.events import SHUTDOWN, VmEvent
 from harness.model.gap import IO_PORT, GapRecord
 
 SLP_EN = 1 << 5

@@ -7,11 +7,11 @@ from typing import Any
 
 from harness.assets.lab import lab_params
 from harness.backends.base import Backend
-from harness.model.session import BootRequest
 from harness.backends.builtin import BuiltinBackend
 from harness.backends.qemu import QemuBackend
 from harness.errors import BackendUnavailable, HarnessError
 from harness.hosts.lab import LabError, LabSession, check_qemu
+from harness.model.session import BootRequest
 
 
 class LabBuiltinBackend(BuiltinBackend):

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.assets.lab import LAB_ERROR_PREFIX, LabParams, generator_sha256, lab_params
-from harness.model import events as ev
 from harness.backends.base import BackendSession, _die_with_parent
-from harness.model.session import BootRequest, SessionSummary
 from harness.errors import HarnessError
+from harness.model import events as ev
+from harness.model.session import BootRequest, SessionSummary
 
 READY_TIMEOUT_S = 120.0       # lab boot under TCG on a loaded 2-core machine; measured ~5-10 s idle
 WEDGE_S = 30.0                # no word from the agent for this long: the lab is wedged

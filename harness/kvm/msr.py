@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 from harness.arch.x86_64 import regs
 from harness.errors import lookup
-from harness.model.gap import (FATE_CONTINUED, FATE_GP_INJECTED, GAP_POLICIES, MSR_READ, MSR_WRITE, MTRR_PROBE,
-                               TSC_MSR, GapRecord)
 from harness.kvm import ffi as k
 from harness.kvm.ffi import ffi
 from harness.kvm.system import ioctl
+from harness.model.gap import (FATE_CONTINUED, FATE_GP_INJECTED, GAP_POLICIES, MSR_READ, MSR_WRITE, MTRR_PROBE,
+                               TSC_MSR, GapRecord)
 
 if TYPE_CHECKING:
     from harness.kvm.vcpu import Vcpu

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harness.model.result import CellResult
 from harness.report.hosts import host_of
 from harness.report.run import CellView, RunData
-from harness.model.result import CellResult
 
 REFERENCE_PREFIX = "qemu"
 BUILTIN = "builtin"

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
-from harness.report.profile import base_cell_id, repeat_groups
 from harness.model.result import ERROR, CellResult, outcome_as_expected
 from harness.model.tries import passed_on_retry, tries_of
+from harness.report.profile import base_cell_id, repeat_groups
 
 MIN_FAILURES = 2
 CONFIRMED, UNCONFIRMED, FLAKY = "confirmed", "unconfirmed", "flaky"

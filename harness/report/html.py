@@ -23,12 +23,12 @@ from typing import Any, Iterable
 
 from harness.console.clean import strip_escapes
 from harness.gaps.baseline import GapDiff
+from harness.gaps.culprit import Culprit
 from harness.model.files import write_atomic
 from harness.model.result import OUTCOMES, Phase, ended_as_expected
-from harness.report.diff import RunDiff
-from harness.gaps.culprit import Culprit
-from harness.model.verdict import cell_ok, known_issue_note
 from harness.model.tries import passed_on_retry
+from harness.model.verdict import cell_ok, known_issue_note
+from harness.report.diff import RunDiff
 from harness.report.run import CellView, RunData
 
 # Console bytes embedded per cell (the tail): enough to see a boot, small enough that a page of a

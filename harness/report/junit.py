@@ -10,14 +10,14 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from harness.model.files import atomic_file
-from harness.model.result import ERROR
 from harness.gaps.culprit import GUEST, Culprit
+from harness.model.files import atomic_file
+from harness.model.guest import CommandResult
+from harness.model.result import ERROR
+from harness.model.tries import passed_on_retry, tries_of
+from harness.model.verdict import cell_ok, known_issue_note
 from harness.report.culprits import run_culprits
 from harness.report.results import cell_new_gaps
-from harness.model.guest import CommandResult
-from harness.model.verdict import cell_ok, known_issue_note
-from harness.model.tries import passed_on_retry, tries_of
 from harness.report.run import CellView, RunData
 
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")

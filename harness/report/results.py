@@ -6,16 +6,16 @@ from collections import Counter
 from typing import Any
 
 from harness.gaps.baseline import GapDiff
+from harness.gaps.culprit import Culprit
 from harness.gaps.ledger import gap_id, merge_run_ledger
 from harness.gaps.runs import cell_gaps
 from harness.model.result import OUTCOMES, CellResult
-from harness.gaps.culprit import Culprit
+from harness.model.verdict import cell_ok, known_issue_status
+from harness.report.crashes import crash_index
 from harness.report.culprits import run_culprits
 from harness.report.diff import RunDiff
 from harness.report.profile import milestone_stats, repeat_groups
 from harness.report.run import CellView, RunData
-from harness.report.crashes import crash_index
-from harness.model.verdict import cell_ok, known_issue_status
 
 __all__ = ["build_results", "cell_ok", "cell_new_gaps"]
 

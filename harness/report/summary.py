@@ -9,11 +9,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from harness.gaps.culprit import Culprit
 from harness.model.files import write_atomic
 from harness.model.result import OUTCOMES
-from harness.gaps.culprit import Culprit
-from harness.report.diff import RunDiff
 from harness.model.verdict import cell_ok
+from harness.report.diff import RunDiff
 from harness.report.results import cell_new_gaps
 from harness.report.run import RunData
 

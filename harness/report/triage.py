@@ -10,11 +10,11 @@ from collections import Counter
 from typing import Any
 
 from harness.gaps.culprit import PARTIES
+from harness.model.result import PASS, CellResult
+from harness.model.verdict import KnownIssue, cell_ok, known_issue_status
 from harness.report.culprits import run_culprits
 from harness.report.flakes import flake_stats
 from harness.report.run import RunData
-from harness.model.verdict import KnownIssue, cell_ok, known_issue_status
-from harness.model.result import PASS, CellResult
 
 
 def _culprits(run: RunData) -> list[dict[str, Any]]:

@@ -14,10 +14,10 @@ from typing import Any, Callable
 import yaml
 
 from harness.assets.pinned import resolve_pinned
-from harness.repro.source import ReproSource
-from harness.runner.matrix import Cell
-from harness.runner.execute import RunOptions, run_cell
 from harness.model.result import PASS, TIMEOUT
+from harness.repro.source import ReproSource
+from harness.runner.execute import RunOptions, run_cell
+from harness.runner.matrix import Cell
 
 
 def decisive(result: dict[str, Any]) -> str:

@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 from harness.errors import HarnessError
 from harness.model.gap import MSR_READ, MSR_WRITE, MTRR_PROBE, TSC_MSR
+from harness.model.result import PASS, CellResult
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.matrix import Cell
-from harness.model.result import PASS, CellResult
 
 MSR_KINDS = (MSR_READ, MSR_WRITE, MTRR_PROBE, TSC_MSR)   # the gaps a policy answers
 TARGETS = ("emulate", "zero")

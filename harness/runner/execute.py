@@ -21,19 +21,19 @@ from harness.console.patterns import banner_pattern, failure_patterns
 from harness.console.stream import ConsoleStream
 from harness.console.watcher import ConsoleWatcher, WatchConfig, WatchOutcome
 from harness.errors import HarnessError
+from harness.gaps.culprit import classify
 from harness.model import events as ev
 from harness.model.gap import GapRecord
+from harness.model.guest import CommandResult
+from harness.model.repro import host_kind
 from harness.model.result import ERROR, FAIL, PASS, CellResult, Failure
 from harness.model.rundir import RunDir, repeat_id
 from harness.model.session import BootRequest, SessionSummary
-from harness.gaps.culprit import classify
-from harness.model.guest import CommandResult
+from harness.model.tries import Try
 from harness.runner.crash_report import add_console_reports
 from harness.runner.guest_shell import after_prompt, apply_commands
-from harness.model.repro import host_kind
-from harness.runner.repro_record import keep_guest_file, repro_record
 from harness.runner.matrix import Cell
-from harness.model.tries import Try
+from harness.runner.repro_record import keep_guest_file, repro_record
 from harness.runner.tries import another_try
 
 Progress = Callable[[dict], None]

@@ -16,9 +16,9 @@ from harness.arch.x86_64.cpuid import PROFILES as CPU_PROFILE_TABLE
 from harness.errors import ConfigError
 from harness.model.gap import GAP_POLICIES
 from harness.model.tiers import QUICK, TIERS, tiers_run_by
+from harness.model.verdict import KnownIssue
 from harness.runner import yamlfile as y
 from harness.runner.guestfile import BACKENDS, GuestSpec
-from harness.model.verdict import KnownIssue
 from harness.runner.known_issues import parse_known_issue
 
 CPU_PROFILES = tuple(CPU_PROFILE_TABLE)

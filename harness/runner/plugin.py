@@ -24,9 +24,9 @@ from harness.errors import HarnessError
 from harness.model.result import PASS, CellResult
 from harness.model.rundir import RUN_DIR_ENV, RunDir, repeat_id
 from harness.model.tiers import QUICK, TIERS
+from harness.model.verdict import EXPIRED, KNOWN, known_issue_note, known_issue_status
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guestfile import load_guests
-from harness.model.verdict import EXPIRED, KNOWN, known_issue_note, known_issue_status
 from harness.runner.matrix import Cell, load_matrix, select_shard
 
 

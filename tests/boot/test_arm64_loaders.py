@@ -9,8 +9,8 @@ from arm64_builders import arm64_image, needs_cross, netbsd_elf, pe_header
 from fdt_check import dtc_decompile, fdtget, needs_dtc
 
 from harness import layout
-from harness.assets.cache import AssetCache
 from harness.arch.aarch64.regs import PSTATE_EL1H_DAIF
+from harness.assets.cache import AssetCache
 from harness.boot.arm64 import LEGACY_TEXT_OFFSET, detect_aarch64_method, load_aarch64
 from harness.boot.fdt import Aarch64Machine
 from harness.errors import HarnessError, KernelImageError

@@ -11,11 +11,11 @@ import subprocess
 import pytest
 
 from builders import fake_bzimage
-from harness.model import events as ev
-from harness.model.session import BootRequest
+from harness import layout
 from harness.backends.builtin_vm import ChildVm
 from harness.boot.bzimage import BP_ACPI_RSDP_ADDR
-from harness import layout
+from harness.model import events as ev
+from harness.model.session import BootRequest
 
 pytestmark = [pytest.mark.kvm, pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
                                                   reason="needs a usable /dev/kvm")]

@@ -13,8 +13,8 @@ import pytest
 from debug_support import KVM_OK
 from harness.backends.debugopts import DebugOptions, parse_listen
 from harness.errors import ConfigError
-from harness.kvm.gdbstub import checksum, escape_binary, stop_reply, unescape_binary
 from harness.kvm.debugger import StopEvent
+from harness.kvm.gdbstub import checksum, escape_binary, stop_reply, unescape_binary
 
 # Real mode at 0x1000: mov ax, 0x1234 (3 bytes); nop; mov [0x800], ax (3 bytes); hlt
 CODE = bytes.fromhex("b83412" "90" "a30008" "f4")

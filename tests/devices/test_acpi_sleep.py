@@ -1,8 +1,8 @@
 from harness import layout
-from harness.model.events import SHUTDOWN
 from harness.devices import build_x86_devices
 from harness.devices.acpi_sleep import SLP_EN, SLP_TYP_SHIFT
 from harness.firmware.acpi import S5_SLP_TYP
+from harness.model.events import SHUTDOWN
 from harness.model.gap import IO_PORT
 
 

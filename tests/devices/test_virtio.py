@@ -18,8 +18,8 @@ from harness.devices.virtio.disk import CowDisk, prepare_image
 from harness.devices.virtio.mmio import VirtioMmio
 from harness.devices.virtio.pci import VirtioPci
 from harness.devices.virtio.rng import VirtioRng
-from harness.model.gap import VIRTIO_CONFIG, VIRTIO_FEATURE, VIRTIO_QUEUE
 from harness.memory import GuestRam
+from harness.model.gap import VIRTIO_CONFIG, VIRTIO_FEATURE, VIRTIO_QUEUE
 
 from virtio_driver import DATA_BASE, VERSION_1, MmioDriver, PciModernDriver
 

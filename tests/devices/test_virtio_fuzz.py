@@ -18,8 +18,8 @@ from harness.devices.virtio.disk import CowDisk
 from harness.devices.virtio.mmio import VirtioMmio
 from harness.devices.virtio.pci import VirtioPci
 from harness.devices.virtio.rng import VirtioRng
-from harness.model.gap import VIRTIO_QUEUE
 from harness.memory import GuestRam
+from harness.model.gap import VIRTIO_QUEUE
 
 from virtio_driver import DATA_BASE, MmioDriver, PciModernDriver
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from harness.assets.lab import LAB_ERROR_PREFIX, LAB_PARAMS, init_script, lab_params
-from harness.model import events as ev
-from harness.model.session import BootRequest
 from harness.errors import ConfigError
 from harness.hosts.lab import ClockSync, LabSession, Share, _kvm_ready_s, qemu_argv
+from harness.model import events as ev
+from harness.model.session import BootRequest
 
 REPO = Path(__file__).resolve().parents[2]
 

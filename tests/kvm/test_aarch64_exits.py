@@ -6,19 +6,19 @@ from __future__ import annotations
 import pytest
 
 from harness import layout
-from harness.model import events as ev
 from harness.boot.fdt import Aarch64Machine
 from harness.devices.aarch64 import build_aarch64_devices
 from harness.devices.context import DeviceContext
-from harness.model import gap as gaps
 from harness.kvm.arch.aarch64 import ffi as a
 from harness.kvm.arch.aarch64.ffi import ffi
 from harness.kvm.arch.aarch64.runloop import MMIO_NO_SYNDROME, Aarch64VcpuLoop
 from harness.kvm.arch.aarch64.vm import irq_line
 from harness.kvm.flight import FlightRecorder
-from harness.model.gapsink import GapSink
 from harness.kvm.runloop import STOP_EMULATION_FAILURE, STOP_RESET, STOP_SHUTDOWN, STOP_UNKNOWN_EXIT, RunConfig
 from harness.memory import GuestRam
+from harness.model import events as ev
+from harness.model import gap as gaps
+from harness.model.gapsink import GapSink
 
 PC = layout.A64_RAM_START + 0x1000
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.model.events import EXIT_COUNTS, GAP, VM_START, EventWriter, VmEvent
+from harness.model.files import write_json_atomic
 from harness.model.gap import (FATE_CONTINUED, FATE_STOPPED, GapRecord, HOST_EMULATION_FAILURE, I8042_WAIT,
                                IO_PORT, MTRR_PROBE, PCI_CONFIG, REP_STRING_IO, TSC_MSR)
-from harness.model.files import write_json_atomic
 from harness.model.result import CellResult, Failure, MilestoneHit, NearMiss
 from harness.model.rundir import RunDir
 

@@ -11,8 +11,8 @@ import yaml
 from harness.gaps.baseline import write_baseline
 from harness.report import write_reports
 from harness.report.crashes import crash_index
-from harness.report.summary import md
 from harness.report.run import load_run
+from harness.report.summary import md
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guestfile import load_guest
 from harness.runner.matrix import Cell

@@ -1,8 +1,8 @@
 """Culprit classes: harness (infrastructure), hypervisor (stopped by / after a refused gap), guest."""
 from __future__ import annotations
 
-from harness.model.gap import FATE_GP_INJECTED, FATE_STOPPED
 from harness.gaps.culprit import CERTAIN, GUEST, HARNESS, HYPERVISOR, SUSPECTED, classify, culprit_of
+from harness.model.gap import FATE_GP_INJECTED, FATE_STOPPED
 from harness.model.result import CellResult, Failure, MilestoneHit
 
 

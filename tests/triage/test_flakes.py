@@ -9,14 +9,14 @@ import pytest
 
 from runner_repo import PANICKING, PASSING, harness, make_repo
 
+from harness.model.result import CellResult
+from harness.model.rundir import RunDir
 from harness.report import write_reports
 from harness.report.diff import diff_results
 from harness.report.flakes import CONFIRMED, FLAKY, UNCONFIRMED, flake_stats, regression_call
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guestfile import load_guests
 from harness.runner.matrix import load_matrix
-from harness.model.result import CellResult
-from harness.model.rundir import RunDir
 
 
 def res(outcome: str, tries: list[str] | None = None, repeat: int = 0) -> CellResult:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from harness.console.crashes import bsd, linux
-from harness.model.result import ConsoleReport
 from harness.console.crashes.rules import (CRASH, WARNING, FrameSyntax, ReportKind, TitleRule, Titled, rx,
                                            title_report)
+from harness.model.result import ConsoleReport
 
 # What a warning report does to its cell: recorded only; fails the cell when its title is not in
 # the guest's baseline; fails the cell at once (the harness's panic_on_warn).

@@ -11,17 +11,17 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from harness.model import events as ev
 from harness.errors import ConfigError
-from harness.model.gap import GapRecord
 from harness.kvm.arch.aarch64.runloop import BLIND_SPOTS, Aarch64VcpuLoop, kick_until_powered_on
 from harness.kvm.arch.aarch64.vm import Aarch64Vm
 from harness.kvm.flight import FlightRecorder
-from harness.model.gapsink import GapSink
 from harness.kvm.machine import Machine
 from harness.kvm.runloop import RunConfig, StopInfo, install_kick_handler
 from harness.kvm.system import KVM_PATH
 from harness.memory import GuestRam
+from harness.model import events as ev
+from harness.model.gap import GapRecord
+from harness.model.gapsink import GapSink
 
 @dataclass
 class Aarch64MachineConfig:

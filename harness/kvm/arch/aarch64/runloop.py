@@ -21,15 +21,15 @@ import threading
 import time
 from typing import Any
 
-from harness.model import events as ev
-from harness.model import gap as gaps
-from harness.model.gap import GapRecord
 from harness.kvm.arch.aarch64 import ffi as a
 from harness.kvm.arch.aarch64.ffi import EXIT_NAMES
 from harness.kvm.ffi import libc
 from harness.kvm.ffi import ffi as x86_ffi
 from harness.kvm.runloop import (STOP_EMULATION_FAILURE, STOP_ERROR, STOP_REQUESTED, RunConfig, StopInfo,
                                  VcpuLoop)
+from harness.model import events as ev
+from harness.model import gap as gaps
+from harness.model.gap import GapRecord
 
 BLIND_SPOTS = ("unknown system-register traps (KVM injects UNDEF in the kernel)",
                "HVC/SMC outside PSCI and SMCCC arch calls (KVM answers NOT_SUPPORTED in the kernel)")
