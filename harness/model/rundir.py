@@ -102,6 +102,11 @@ class RunDir:
         raise HarnessError(f"{name} is not a run directory (no cells/ or run.json there or under {base}/)",
                            f"pass a path like {base}/<run-id>; `ls {base}` lists the runs")
 
+    @classmethod
+    def containing(cls, path: Path) -> "RunDir":
+        """The run a cell's result file or work directory (cells/<slug>.json, cells/<slug>/) is in."""
+        return cls(Path(path).resolve().parent.parent)
+
     def exists(self) -> bool:
         return self.path.is_dir() and (self.cells_dir.is_dir() or self.run_json.is_file())
 

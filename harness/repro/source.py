@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.runner.repro_record import GUEST_DIR
+from harness.model.rundir import RunDir
 from harness.runner.guestfile import GuestSpec, load_guest
 from harness.runner.matrix import Cell
+from harness.runner.repro_record import GUEST_DIR
 
 RESULT_NAME, MANIFEST_NAME, CELL_DIR_NAME, ASSET_DIR = "result.json", "manifest.json", "cell", "assets"
 
@@ -78,22 +79,21 @@ def _read_result(path: Path) -> dict[str, Any]:
 
 
 def _workdir_of_result(path: Path, result: dict[str, Any]) -> Path:
-    """The run directory is two levels up from cells/SLUG.json; console_log names the work dir in it."""
-    run_dir = path.resolve().parent.parent
-    return run_dir / Path(result.get("console_log") or "").parent
+    """The work dir in the result's run that its console_log names."""
+    return RunDir.containing(path).path / Path(result.get("console_log") or "").parent
 
 
 def _from_cell_dir(workdir: Path) -> ReproSource:
-    cells = workdir.resolve().parent
-    own = f"{cells.name}/{workdir.resolve().name}/"
-    for candidate in sorted(cells.glob("*.json")):
+    run = RunDir.containing(workdir)
+    own = f"{workdir.resolve().relative_to(run.path)}/"
+    for candidate in run.result_files():
         try:
             result = json.loads(candidate.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(result, dict) and str(result.get("console_log", "")).startswith(own):
             return _checked(ReproSource(str(workdir), result, workdir.resolve()))
-    raise ConfigError(f"{workdir}: no result file in {cells} belongs to this cell directory",
+    raise ConfigError(f"{workdir}: no result file in {run.cells_dir} belongs to this cell directory",
                       "give a cell directory of a finished cell (reports/R/cells/SLUG)")
 
 

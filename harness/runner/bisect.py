@@ -13,12 +13,12 @@ It lives in the runner, not in harness.gaps, because it boots cells.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.errors import HarnessError
+from harness.model.files import write_json_atomic
 from harness.model.gap import MSR_READ, MSR_WRITE, MTRR_PROBE, TSC_MSR
 from harness.model.result import PASS, CellResult
 from harness.runner.execute import RunOptions, run_cell
@@ -119,5 +119,5 @@ def bisect_cell(cell: Cell, out_dir: Path, targets: tuple[str, ...] = TARGETS,
 
 def write_report(report: BisectReport, out_dir: Path) -> Path:
     path = out_dir / "bisect.json"
-    path.write_text(json.dumps(report.to_json(), indent=1))
+    write_json_atomic(path, report.to_json())
     return path
