@@ -300,6 +300,7 @@ def _child(what: str | list[str], workdir: str, in_r: int, out_w: int, err_w: in
         os.dup2(err_w, 2)
         os.closerange(3, 1024)
         os.chdir(workdir)
+        os.environ["TMPDIR"] = workdir   # temporary files (QEMU's snapshot=on overlay) go with the cell
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if isinstance(what, list):
             os.execv(what[0], what)
