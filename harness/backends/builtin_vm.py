@@ -75,7 +75,7 @@ class ChildVm:
         cfg = MachineConfig(vcpus=req.vcpus, cpu_profile=req.cpu_profile, gap_policy=req.gap_policy,
                             coalesce_serial=bool(opts.get("coalesce_serial", False)),
                             rescue=bool(opts.get("rescue", True)),
-                            gap_overrides=gap_overrides(opts))
+                            gap_overrides=gap_overrides(opts), host_quirks=tuple(req.host_quirks))
         self.machine = Machine(self.ram, self.devices.io_bus, self.devices.mmio_bus, cfg, emit=self.emit)
         firmware = install_firmware(req, self.ram, self.devices, self.machine)
         entry, self.boot_info = load_guest(req, self.ram, firmware.rsdp_address, self.devices)
@@ -162,7 +162,8 @@ class ChildVm:
         if error:
             extra["error"] = error
         summary = SessionSummary(exit_code=code, exit_counts=ms.get("exit_counts", {}),
-                                 flight_recorder=ms.get("flight_recorder", []), host=self.host,
+                                 flight_recorder=ms.get("flight_recorder", []),
+                                 host={**self.host, "workarounds": ms.get("host_workarounds", {})},
                                  command=[sys.executable, "-m", "harness.backends.builtin_vm"] + sys.argv[1:],
                                  extra=extra)
         write_json_atomic(self.request.summary_path, summary.to_json())

@@ -114,10 +114,14 @@ class QemuBackend(Backend):
             if request.cmdline:
                 argv += ["-append", request.cmdline]
         if request.disk is not None:
-            argv += _disk_args(request, machine, disk_overlay or request.workdir / "disk.qcow2")
+            argv += _disk_args(request, machine, self.drive_source(request, disk_overlay))
         argv += DebugOptions.from_options(opts).qemu_args()
         argv += [str(a) for a in opts.get("extra_args", [])]
         return argv
+
+    def drive_source(self, request: BootRequest, overlay: Path | None) -> str:
+        """The -drive file part: the qcow2 overlay start() makes over the read-only image."""
+        return f"file={overlay or request.workdir / 'disk.qcow2'},format=qcow2"
 
     # -- running ------------------------------------------------------------------------------
     def start(self, request: BootRequest) -> "QemuSession":
@@ -332,15 +336,15 @@ def _firmware(request: BootRequest) -> str | None:
     return ""  # x86: QEMU's built-in SeaBIOS, no -bios needed
 
 
-def _disk_args(request: BootRequest, machine: str, overlay: Path) -> list[str]:
+def _disk_args(request: BootRequest, machine: str, source: str) -> list[str]:
     iface = (request.options or {}).get("disk_interface")
     if iface is None:
         iface = "virtio-mmio" if machine.startswith("microvm") else "virtio"
-    drive = ["-drive", f"file={overlay},format=qcow2,if=none,id=hd0"]
+    drive = ["-drive", f"{source},if=none,id=hd0"]
     devices = {"virtio": "virtio-blk-pci,drive=hd0", "virtio-mmio": "virtio-blk-device,drive=hd0",
                "nvme": "nvme,drive=hd0,serial=harness0", "usb": "usb-storage,drive=hd0"}
     if iface == "ide":
-        return ["-drive", f"file={overlay},format=qcow2,if=ide,index=0,media=disk"]
+        return ["-drive", f"{source},if=ide,index=0,media=disk"]
     if iface == "usb":
         return ["-device", "qemu-xhci", *drive, "-device", devices["usb"]]
     if iface not in devices:

@@ -103,6 +103,7 @@ class Agent:
         self.running = True
         self.last_beat = 0.0
         self.shell: tuple[int, int] | None = None   # (pid, pidfd) of `harness lab shell`'s sh
+        self.quirks: list[str] = []   # of this lab's KVM (harness.hosts.quirks), given to every VMM child
 
     def send(self, msg: dict) -> None:
         write_all(self.ctl, (json.dumps(msg, separators=(",", ":")) + "\n").encode())
@@ -216,7 +217,7 @@ class Agent:
         spec_path = f"{workdir}/builtin-spec.json"
         if spec is not None:
             with open(spec_path, "w") as f:
-                json.dump({**spec, "workdir": workdir}, f)
+                json.dump({**spec, "workdir": workdir, "host_quirks": self.quirks}, f)
         events = f"{workdir}/events.jsonl"
         os.mkfifo(events)
         events_rd = os.open(events, os.O_RDONLY | os.O_NONBLOCK)
@@ -299,6 +300,7 @@ def _child(what: str | list[str], workdir: str, in_r: int, out_w: int, err_w: in
         os.dup2(err_w, 2)
         os.closerange(3, 1024)
         os.chdir(workdir)
+        os.environ["TMPDIR"] = workdir   # temporary files (QEMU's snapshot=on overlay) go with the cell
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if isinstance(what, list):
             os.execv(what[0], what)
@@ -340,10 +342,10 @@ def _remove_tree(path: str) -> None:
     os.rmdir(path)
 
 
-def lab_facts(import_s: float) -> dict:
+def lab_facts(import_s: float, quirks: list[str]) -> dict:
     from harness.kvm.system import host_info
     info = host_info()
-    return {"kvm": info, "kernel_release": os.uname().release, "uptime_s": _uptime("/proc/uptime"),
+    return {"kvm": info, "quirks": quirks, "kernel_release": os.uname().release, "uptime_s": _uptime("/proc/uptime"),
             "kvm_ready_uptime_s": _uptime("/run/kvm-ready"), "import_s": round(import_s, 3),
             "python": sys.version.split()[0], "nested_paging": _nested_paging()}
 
@@ -388,13 +390,26 @@ def warm_up() -> None:
         ffi.typeof(spelling)
 
 
+def host_quirks() -> list[str]:
+    """This lab's KVM quirks; a probe that cannot run is no reason to refuse the lab (none found)."""
+    if os.uname().machine != "x86_64":
+        return []   # the probes are x86 guests
+    from harness.hosts.quirks import probe_host_quirks
+    try:
+        return probe_host_quirks()
+    except Exception as exc:  # noqa: BLE001 - reported, and the lab stays usable
+        print(f"lab agent: host quirk probe failed: {exc}", file=sys.stderr)
+        return []
+
+
 def main() -> int:
     ports = find_ports()
     t0 = time.monotonic()
     warm_up()
     import_s = time.monotonic() - t0
     agent = Agent(ports)
-    agent.send({"type": "ready", "t": time.monotonic(), "facts": lab_facts(import_s)})
+    agent.quirks = host_quirks()
+    agent.send({"type": "ready", "t": time.monotonic(), "facts": lab_facts(import_s, agent.quirks)})
     agent.last_beat = time.monotonic()
     agent.serve()
     return 0

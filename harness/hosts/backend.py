@@ -57,9 +57,6 @@ class LabQemuBackend(QemuBackend):
         super().__init__(accel="kvm")
 
     def check(self, request: BootRequest) -> None:
-        if request.disk is not None:
-            raise BackendUnavailable("qemu-kvm in the lab boots direct kernels only (no disk overlay there yet)",
-                                     "run this guest with host: native")
         if request.arch != "x86_64":
             raise BackendUnavailable(f"the x86-64 lab cannot run an {request.arch} guest on KVM", "use qemu-tcg")
         try:
@@ -67,6 +64,13 @@ class LabQemuBackend(QemuBackend):
         except HarnessError as exc:
             raise BackendUnavailable(exc.problem, exc.fix) from None
         self.build_argv(request)   # option and boot-method errors, before a lab is started
+
+    def drive_source(self, request: BootRequest, overlay: Any) -> str:
+        """In the lab the image is on a read-only share and nothing runs qemu-img there: QEMU's own
+        temporary overlay (snapshot=on, in the cell's work dir: the agent's TMPDIR) takes the writes.
+        9p has no OFD locks, and the share is read-only anyway: no image locking."""
+        fmt = (request.options or {}).get("disk_format", "raw")
+        return f"file={request.disk},format={fmt},snapshot=on,file.locking=off"
 
     def start(self, request: BootRequest) -> LabSession:
         from harness.backends.qemu import qemu_version

@@ -472,7 +472,7 @@ class Lab:
                 "cold_start_s": self.facts.get("cold_start_s"),
                 "kvm_ready_s": self.facts.get("kvm_ready_s"),
                 "kernel_uptime_at_kvm_s": self.facts.get("kvm_ready_uptime_s"), "agent_import_s": self.facts.get("import_s"),
-                "cells_served": self.cells_served}
+                "quirks": self.facts.get("quirks", []), "cells_served": self.cells_served}
 
 
 class LabSession(BackendSession):
@@ -617,10 +617,7 @@ class LabSession(BackendSession):
                                  command=["lab:", *(data.get("command") or [])],
                                  stderr_tail=msg.get("stderr", "")[-4000:], extra=extra)
         from harness.model.files import write_json_atomic
-        write_json_atomic(self.request.summary_path, {
-            "exit_code": summary.exit_code, "exit_counts": summary.exit_counts,
-            "flight_recorder": summary.flight_recorder, "host": summary.host, "command": summary.command,
-            "stderr_tail": summary.stderr_tail, "extra": summary.extra})
+        write_json_atomic(self.request.summary_path, summary.to_json())
         return summary
 
 

@@ -162,11 +162,7 @@ class Rescuer:
         if regs["rcx"] & 0xFFFFFFFF != 0:
             raise RescueFailed("only XCR0")
         value = (regs["rdx"] & 0xFFFFFFFF) << 32 | (regs["rax"] & 0xFFFFFFFF)
-        xcrs = ffi.new("struct kvm_xcrs *")
-        xcrs.nr_xcrs = 1
-        xcrs.xcrs[0].xcr = 0
-        xcrs.xcrs[0].value = value
-        ioctl(self.vcpu.fd, k.KVM_SET_XCRS, xcrs, what="KVM_SET_XCRS")  # KVM refuses invalid values: no rescue
+        self.vcpu.set_xcr0(value)   # KVM refuses invalid values: no rescue
         if self.get_xcr0() != value:
             raise RescueFailed(f"KVM_SET_XCRS did not take: XCR0 reads back {self.get_xcr0():#x}, wrote {value:#x}")
 
@@ -242,12 +238,7 @@ class Rescuer:
 
     # -- state ---------------------------------------------------------------------------------
     def get_xcr0(self) -> int:
-        xcrs = ffi.new("struct kvm_xcrs *")
-        ioctl(self.vcpu.fd, k.KVM_GET_XCRS, xcrs, what="KVM_GET_XCRS")
-        for i in range(min(xcrs.nr_xcrs, 16)):
-            if xcrs.xcrs[i].xcr == 0:
-                return int(xcrs.xcrs[i].value)
-        return 0x3
+        return self.vcpu.get_xcr0()
 
     def get_xsave(self) -> bytes:
         buf = ffi.new("struct kvm_xsave *")

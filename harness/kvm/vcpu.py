@@ -129,6 +129,23 @@ class Vcpu:
         st.mp_state = state
         ioctl(self.fd, k.KVM_SET_MP_STATE, st, what="KVM_SET_MP_STATE")
 
+    def get_xcr0(self) -> int:
+        """XCR0 as KVM holds it for this vCPU (what it loads on entry and sizes CPUID.(0xD,0) by)."""
+        xcrs = ffi.new("struct kvm_xcrs *")
+        ioctl(self.fd, k.KVM_GET_XCRS, xcrs, what="KVM_GET_XCRS")
+        for i in range(min(xcrs.nr_xcrs, 16)):
+            if xcrs.xcrs[i].xcr == 0:
+                return int(xcrs.xcrs[i].value)
+        return 0x3
+
+    def set_xcr0(self, value: int) -> None:
+        """KVM refuses (EINVAL) a value the vCPU's CPUID does not allow: set CPUID first."""
+        xcrs = ffi.new("struct kvm_xcrs *")
+        xcrs.nr_xcrs = 1
+        xcrs.xcrs[0].xcr = 0
+        xcrs.xcrs[0].value = value
+        ioctl(self.fd, k.KVM_SET_XCRS, xcrs, what="KVM_SET_XCRS")
+
     def set_cpuid(self, entries: list[dict[str, int]]) -> None:
         buf = ffi.new("char[]", ffi.sizeof("struct kvm_cpuid2") + len(entries) * ffi.sizeof("struct kvm_cpuid_entry2"))
         cpuid = ffi.cast("struct kvm_cpuid2 *", buf)

@@ -29,6 +29,7 @@ class BootRequest(JsonRecord):
     gap_policy: str = "emulate"
     workdir: Path = Path(".")
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific section of the guest file
+    host_quirks: list[str] = field(default_factory=list)   # of the KVM it runs on (the lab agent probes them)
 
     @property
     def events_path(self) -> Path:

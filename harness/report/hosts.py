@@ -24,7 +24,9 @@ def host_kinds(results: list[CellResult]) -> dict[str, dict[str, Any]]:
         lab = r.host.get("lab") or {}
         out[host] = {"kvm": lab.get("kind") or r.host.get("kvm_module") or r.host.get("accel") or "-",
                      "cpu_model": lab.get("cpu_model") or r.host.get("cpu_model") or "-",
-                     "kernel": lab.get("lab_kernel") or r.host.get("kernel_release") or "-"}
+                     "kernel": lab.get("lab_kernel") or r.host.get("kernel_release") or "-",
+                     # what the host's KVM gets wrong and the VMM worked around (harness.hosts.quirks)
+                     "quirks": ", ".join(lab.get("quirks") or r.host.get("quirks") or []) or "-"}
     return out
 
 
@@ -32,7 +34,7 @@ def render_markdown(results: list[CellResult], md: Any) -> list[str]:
     out: list[str] = []
     kinds = host_kinds(results)
     if kinds:
-        out += ["", "## Hosts", "", "| host | KVM | CPU | kernel |", "|---|---|---|---|"]
+        out += ["", "## Hosts", "", "| host | KVM | CPU | kernel | quirks |", "|---|---|---|---|---|"]
         for host, k in sorted(kinds.items()):
-            out.append(f"| {md(host)} | {md(k['kvm'])} | {md(k['cpu_model'])} | {md(k['kernel'])} |")
+            out.append(f"| {md(host)} | {md(k['kvm'])} | {md(k['cpu_model'])} | {md(k['kernel'])} | {md(k['quirks'])} |")
     return out

@@ -141,3 +141,16 @@ def test_kvm_internal_error_becomes_a_stopped_host_emulation_gap():
     assert gap.detail["insn"] == "lock cmpxchg16b xmmword ptr [rsi]"
     assert parse_kvm_failure("qemu-system-x86_64: some other error") is None
     assert decode_x86("") == ""
+
+
+def test_qemu_kvm_in_the_lab_takes_disk_writes_in_its_own_snapshot_overlay(tmp_path):
+    """In the lab the image sits on a read-only 9p share and nothing runs qemu-img there: the drive
+    is the image itself with snapshot=on (QEMU's temporary overlay in the agent's TMPDIR, the cell's
+    work dir) and no image locking (9p has no OFD locks)."""
+    from harness.hosts.backend import LabQemuBackend
+    r = req(tmp_path, disk=Path("/lab/in/7/disk-root.ext4"), options={"disk_format": "raw"})
+    argv = LabQemuBackend().build_argv(r)
+    assert after(argv, "-drive") == "file=/lab/in/7/disk-root.ext4,format=raw,snapshot=on,file.locking=off,if=none,id=hd0"
+    assert after(argv, "-device") == "virtio-blk-pci,drive=hd0"
+    native = qemu.QemuBackend("kvm").build_argv(r, disk_overlay=tmp_path / "disk.qcow2")
+    assert after(native, "-drive") == f"file={tmp_path / 'disk.qcow2'},format=qcow2,if=none,id=hd0"

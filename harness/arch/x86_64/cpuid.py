@@ -114,6 +114,12 @@ def apply_profile(entries: list[dict[str, int]], profile: str, vcpu_index: int =
     return out, masked
 
 
+def offered_xcr0(entries: list[dict[str, int]]) -> int:
+    """The XCR0 bits a CPUID table offers the guest: CPUID.(0xD,0) EDX:EAX, 0 without that leaf."""
+    leaf = next((e for e in entries if e["function"] == 0xD and e["index"] == 0), None)
+    return 0 if leaf is None else leaf["edx"] << 32 | leaf["eax"]
+
+
 def describe(entries: list[dict[str, int]]) -> dict[str, Any]:
     """Which known features a CPUID table offers (for the summary / experiments)."""
     have = [name for name, feat in FEATURES.items() if any(_matches(e, feat) and e[feat.reg] >> feat.bit & 1
