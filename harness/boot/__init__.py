@@ -116,7 +116,8 @@ LOADERS: dict[str, Loader] = {
 }
 METHODS = tuple(m for m in LOADERS if m != "raw")    # what `boot: auto` can detect
 AUTO = "auto"
-# Boot methods no loader here serves: QEMU boots them (harness.backends.qemu).
+# Boot methods no x86 loader here serves: QEMU boots them (harness.backends.qemu); an aarch64
+# guest's `image` (and `netbsd`) the built-in VMM loads with harness.boot.arm64 (A64_METHODS).
 QEMU_ONLY_METHODS = {"firmware": "the machine's firmware boots the disk (SeaBIOS, UEFI)",
                      "image": "a Linux-style arm64 Image"}
 ALL_METHODS = (*LOADERS, *QEMU_ONLY_METHODS, AUTO)   # what a guest file's `boot:` may say
