@@ -73,10 +73,12 @@ class ChildVm:
         self.devices = build_devices(self)
         opts = req.options or {}
         cfg = MachineConfig(vcpus=req.vcpus, cpu_profile=req.cpu_profile, gap_policy=req.gap_policy,
-                            coalesce_serial=bool(opts.get("coalesce_serial", False)),
+                            coalesce_serial=opts.get("coalesce_serial", False),
                             rescue=bool(opts.get("rescue", True)),
                             gap_overrides=gap_overrides(opts), host_quirks=tuple(req.host_quirks))
         self.machine = Machine(self.ram, self.devices.io_bus, self.devices.mmio_bus, cfg, emit=self.emit)
+        if self.machine.serial_mode == "polled":   # batching follows the guest's TX mode
+            self.devices.uart.on_tx_interrupt_enable = lambda enabled: self.machine.batch_serial(not enabled)
         firmware = install_firmware(req, self.ram, self.devices, self.machine)
         entry, self.boot_info = load_guest(req, self.ram, firmware.rsdp_address, self.devices)
         self.boot_info["firmware"] = firmware.info()
@@ -157,7 +159,8 @@ class ChildVm:
         extra = {"gaps": ms.get("gaps", []), "masked_cpuid": ms.get("masked_cpuid", []),
                  "boot": self.boot_info, "stop": ms.get("stop"), "cpu_profile": self.request.cpu_profile,
                  "gap_policy": self.request.gap_policy, "msr_routing": ms.get("msr_routing"),
-                 "coalesced_serial": ms.get("coalesced_serial"), "user_time_s": ms.get("user_time_s"),
+                 "coalesced_serial": ms.get("coalesced_serial"), "serial_mode": ms.get("serial_mode"),
+                 "serial_batch_toggles": ms.get("serial_batch_toggles"), "user_time_s": ms.get("user_time_s"),
                  "guest_stop_event": self.guest_stop_event, "vcpus": ms.get("vcpus", [])}
         if error:
             extra["error"] = error

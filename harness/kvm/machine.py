@@ -37,6 +37,17 @@ DRAIN_PERIOD_S = 0.02      # coalesced serial output is replayed at least this o
 XSETBV_NOT_SEEN = "xsetbv-not-seen-by-kvm"
 
 
+SERIAL_MODES = {True: "on", False: "off", "on": "on", "off": "off", "polled": "polled"}
+
+
+def serial_coalescing(value: bool | str) -> str:
+    try:
+        return SERIAL_MODES[value]
+    except (KeyError, TypeError):
+        raise ConfigError(f"coalesce_serial {value!r} is not a serial batching mode",
+                          "use true, false or polled") from None
+
+
 @dataclass
 class MachineConfig:
     vcpus: int = 1
@@ -47,7 +58,10 @@ class MachineConfig:
     # COM1 THR writes through the coalesced PIO ring: far fewer exits, but the guest's REP OUTS to
     # the UART and its THRE interrupts become invisible/late, so the backend turns it on per guest
     # (option coalesce_serial) rather than by default. Without it output is one exit per byte.
-    coalesce_serial: bool = True
+    # "polled": batch only while the guest has the THR-empty interrupt off (a kernel's polled
+    # console, e.g. Linux's printk), and let every write exit while it transmits by interrupt,
+    # so THRE timing stays exact where a driver waits for it. True = "on", False = "off".
+    coalesce_serial: bool | str = True
     rescue: bool = True
     kvm_path: str = KVM_PATH
     gap_overrides: dict[int, str] = field(default_factory=dict)   # MSR index -> policy, beside gap_policy
@@ -75,7 +89,11 @@ class Machine:
         self.recorder = FlightRecorder()
         self.msr_policy = msr.MsrPolicy(cfg.gap_policy, cfg.gap_overrides)
         self.msr_status = msr.install(self.vm)
-        self.coalesced_serial = cfg.coalesce_serial and self.vm.coalesce(layout.COM1_PORT, 1, pio=True)
+        self.serial_mode = serial_coalescing(cfg.coalesce_serial)
+        self.coalesced_serial = self.serial_mode != "off" and self.vm.coalesce(layout.COM1_PORT, 1, pio=True)
+        if not self.coalesced_serial:
+            self.serial_mode = "off"
+        self.serial_batch_toggles = 0   # "polled": how often the guest switched its TX mode
         self.cpuid_entries, self.masked = self._cpuid_table()
         self.run_cfg = RunConfig(io_bus=io_bus, mmio_bus=mmio_bus, msr=self.msr_policy, gaps=self.gaps,
                                  recorder=self.recorder, emit=self.emit, rescue=cfg.rescue,
@@ -155,6 +173,21 @@ class Machine:
     def drain(self) -> None:
         self.vm.drain_ring(self.io_bus.write, self.mmio_bus.write)
 
+    def batch_serial(self, on: bool) -> None:
+        """"polled" mode: the UART's THRE interrupt went off (batch THR writes) or on (every write
+        exits again). Called from the vCPU thread handling the IER write; the ring was drained
+        before that exit was handled, so no batched byte is replayed after a later write."""
+        if self.serial_mode != "polled":
+            return
+        registered = (layout.COM1_PORT, 1, True) in self.vm.coalesced
+        if on and not registered:
+            self.vm.coalesce(layout.COM1_PORT, 1, pio=True)
+        elif not on and registered:
+            self.vm.uncoalesce(layout.COM1_PORT, 1, pio=True)
+        else:
+            return
+        self.serial_batch_toggles += 1
+
     def wait(self, timeout: float | None = None) -> StopInfo | None:
         """The StopInfo of the vCPU that ended the run, or None if still running after `timeout`."""
         if not self._done.wait(timeout):
@@ -205,7 +238,8 @@ class Machine:
                 "gaps": [g.to_json() for g in self.gaps.records()],
                 "masked_cpuid": list(self.masked), "cpu_profile": self.config.cpu_profile,
                 "gap_policy": self.config.gap_policy, "msr_routing": dict(self.msr_status),
-                "coalesced_serial": self.coalesced_serial, "user_time_s": self.user_time_s(),
+                "coalesced_serial": self.coalesced_serial, "serial_mode": self.serial_mode,
+                "serial_batch_toggles": self.serial_batch_toggles, "user_time_s": self.user_time_s(),
                 "vcpus": self.vcpu_state(), "host_workarounds": dict(self.workarounds)}
 
     def close(self) -> None:

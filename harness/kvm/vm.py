@@ -113,6 +113,13 @@ class Vm:
             self._map_ring(self.vcpus[0])
         return True
 
+    def uncoalesce(self, addr: int, size: int, pio: bool) -> None:
+        """Writes to a zone coalesce() registered exit again (ones already in the ring stay there)."""
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *")
+        zone.addr, zone.size, zone.pio = addr, size, 1 if pio else 0
+        ioctl(self.fd, k.KVM_UNREGISTER_COALESCED_MMIO, zone, what="KVM_UNREGISTER_COALESCED_MMIO")
+        self.coalesced.remove((addr, size, pio))
+
     def drain_ring(self, pio_write: Callable[[int, int, int], Any], mmio_write: Callable[[int, int, int], Any]) -> int:
         """Replay coalesced writes in guest order. Returns how many were replayed."""
         ring = self.ring

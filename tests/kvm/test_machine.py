@@ -98,6 +98,20 @@ def test_more_vcpus_than_kvm_allows_is_a_config_error():
         _machine("hlt", vcpus=100000, irqchip=True)
 
 
+# The string at DS:SI to COM1 one OUT per byte, then a write to port 0x10 (the test's marker).
+PUTS = f"""
+puts:
+    mov dx, {layout.COM1_PORT}
+1:  lodsb
+    test al, al
+    jz 2f
+    out dx, al
+    jmp 1b
+2:  mov dx, 0x10
+    out dx, al
+    ret
+"""
+
 SERIAL = f"""
     mov dx, {layout.COM1_PORT + 3}
     mov al, 0x80
@@ -114,15 +128,9 @@ SERIAL = f"""
     mov ax, cs
     mov ds, ax
     mov si, offset msg
-    mov dx, {layout.COM1_PORT}
-1:  lodsb
-    test al, al
-    jz 2f
-    out dx, al
-    jmp 1b
-2:  mov dx, 0x10
-    out dx, al
+    call puts
     hlt
+{PUTS}
 msg: .asciz "coalesced serial output, replayed in order through the UART\\n"
 """
 
@@ -176,3 +184,75 @@ def test_periodic_drain_flushes_output_of_a_spinning_guest():
     assert out == b"OK"                  # no exit after the writes: the drainer thread replayed them
     m.stop()
     m.close()
+
+
+# Three lines: polled (IER = 0), by interrupt (IER.THRI on), polled again; port 0x10 marks each end.
+SERIAL_MODES = f"""
+    mov ax, cs
+    mov ds, ax
+    mov si, offset polled
+    call puts
+    mov dx, {layout.COM1_PORT + 1}
+    mov al, 0x02
+    out dx, al              # IER: THR-empty interrupt on
+    mov si, offset irq
+    call puts
+    mov dx, {layout.COM1_PORT + 1}
+    xor al, al
+    out dx, al              # IER: off again
+    mov si, offset again
+    call puts
+    hlt
+{PUTS}
+polled: .asciz "batched while the guest polls\\n"
+irq:    .asciz "one exit per byte by interrupt\\n"
+again:  .asciz "batched again\\n"
+"""
+
+
+def test_polled_serial_batches_only_while_the_thre_interrupt_is_off():
+    """coalesce_serial: polled batches the kernel's polled console but lets every THR write of an
+    interrupt-driven transmitter exit, so its THRE interrupts come on time; output stays in order."""
+    from harness.devices.bus import Bus
+    from harness.devices.context import DeviceContext
+    from harness.devices.uart16550 import Uart16550
+    out = bytearray()
+    io = Bus("io")
+    uart = Uart16550(DeviceContext(set_irq=lambda g, lvl: None, emit=lambda e: None), layout.COM1_IRQ, out.extend)
+    io.register(layout.COM1_PORT, 8, uart, "com1")
+    marks = []
+    counts = []
+    m = _machine(SERIAL_MODES, io=io, coalesce_serial="polled")
+    uart.on_tx_interrupt_enable = lambda enabled: m.batch_serial(not enabled)   # as builtin_vm wires it
+
+    class Marker:
+        def read(self, offset, size):
+            return 0
+
+        def write(self, offset, size, value):
+            marks.append(bytes(out))
+            counts.append(m.loops[0].counts[2])   # io exits so far
+
+    io.register(0x10, 1, Marker(), "marker")
+    try:
+        if not m.coalesced_serial:
+            pytest.skip("this KVM has no coalesced PIO")
+        m.start()
+        assert m.wait(10).reason == "halt"
+        summary = m.summary()
+    finally:
+        m.close()
+    polled, irq, again = b"batched while the guest polls\n", b"one exit per byte by interrupt\n", b"batched again\n"
+    assert bytes(out) == polled + irq + again
+    assert marks == [polled, polled + irq, polled + irq + again]   # each line out before its marker
+    assert counts[0] <= 1                                 # the marker itself: no exit per byte
+    assert counts[1] - counts[0] >= len(irq) + 1          # IER write + every byte
+    assert counts[2] - counts[1] <= 3                     # IER write + marker
+    assert summary["serial_mode"] == "polled" and summary["serial_batch_toggles"] == 2
+
+
+def test_an_unknown_serial_mode_is_a_config_error():
+    from harness.errors import ConfigError
+    with pytest.raises(ConfigError) as exc:
+        _machine("hlt", coalesce_serial="sometimes")
+    assert "coalesce_serial 'sometimes'" in exc.value.problem and "polled" in exc.value.fix
