@@ -342,10 +342,10 @@ def _remove_tree(path: str) -> None:
     os.rmdir(path)
 
 
-def lab_facts(import_s: float, quirks: list[str]) -> dict:
+def lab_facts(import_s: float, quirks: list[str], quirk_probe: str) -> dict:
     from harness.kvm.system import host_info
     info = host_info()
-    return {"kvm": info, "quirks": quirks, "kernel_release": os.uname().release, "uptime_s": _uptime("/proc/uptime"),
+    return {"kvm": info, "quirks": quirks, "quirk_probe": quirk_probe, "kernel_release": os.uname().release, "uptime_s": _uptime("/proc/uptime"),
             "kvm_ready_uptime_s": _uptime("/run/kvm-ready"), "import_s": round(import_s, 3),
             "python": sys.version.split()[0], "nested_paging": _nested_paging()}
 
@@ -390,16 +390,17 @@ def warm_up() -> None:
         ffi.typeof(spelling)
 
 
-def host_quirks() -> list[str]:
-    """This lab's KVM quirks; a probe that cannot run is no reason to refuse the lab (none found)."""
+def host_quirks() -> tuple[list[str], str]:
+    """This lab's KVM quirks and how the probe went ("ok", or why it found nothing). A probe that
+    cannot run is no reason to refuse the lab; its reason is a lab fact (result.host.lab.quirk_probe)."""
     if os.uname().machine != "x86_64":
-        return []   # the probes are x86 guests
+        return [], "not probed: the probes are x86 guests"
     from harness.hosts.quirks import probe_host_quirks
     try:
-        return probe_host_quirks()
+        return probe_host_quirks(), "ok"
     except Exception as exc:  # noqa: BLE001 - reported, and the lab stays usable
         print(f"lab agent: host quirk probe failed: {exc}", file=sys.stderr)
-        return []
+        return [], f"failed: {type(exc).__name__}: {exc}"
 
 
 def main() -> int:
@@ -408,8 +409,8 @@ def main() -> int:
     warm_up()
     import_s = time.monotonic() - t0
     agent = Agent(ports)
-    agent.quirks = host_quirks()
-    agent.send({"type": "ready", "t": time.monotonic(), "facts": lab_facts(import_s, agent.quirks)})
+    agent.quirks, quirk_probe = host_quirks()
+    agent.send({"type": "ready", "t": time.monotonic(), "facts": lab_facts(import_s, agent.quirks, quirk_probe)})
     agent.last_beat = time.monotonic()
     agent.serve()
     return 0

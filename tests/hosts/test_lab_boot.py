@@ -82,7 +82,7 @@ def test_real_linux_reaches_login_on_the_builtin_vmm_in_the_lab(tmp_path: Path):
     assert "@builtin+lab/" in result.cell_id
     # The lab's KVM never sees a guest's XSETBV (QEMU TCG's SVM): the agent's probe finds it, the
     # VMM presets XCR0, and Linux's XSAVE sizes agree (before: "size 2696 != kernel_size 576").
-    assert lab["quirks"] == [XSETBV_NOT_SEEN]
+    assert lab["quirk_probe"] == "ok" and lab["quirks"] == [XSETBV_NOT_SEEN], lab
     assert XSETBV_NOT_SEEN in result.host["workarounds"]
     assert b"XSAVE consistency problem" not in console
 

@@ -82,3 +82,13 @@ def test_offered_xcr0_reads_leaf_0xd_and_is_zero_without_it():
     assert offered_xcr0([{"function": 0xD, "index": 0, "eax": 0x207, "edx": 0x1, "ebx": 0, "ecx": 0}]) == 0x1_0000_0207
     assert offered_xcr0([{"function": 0xD, "index": 1, "eax": 0xF, "edx": 0, "ebx": 0, "ecx": 0}]) == 0
     assert offered_xcr0([]) == 0
+
+
+def test_a_probe_that_cannot_run_leaves_the_lab_usable_and_says_why(monkeypatch):
+    from harness.hosts import agent, quirks
+
+    def broken(kvm_path=None):
+        raise OSError("KVM_CREATE_VM: no such device")
+    monkeypatch.setattr(quirks, "probe_host_quirks", broken)
+    monkeypatch.setattr(agent.os, "uname", lambda: type("U", (), {"machine": "x86_64"})())
+    assert agent.host_quirks() == ([], "failed: OSError: KVM_CREATE_VM: no such device")
