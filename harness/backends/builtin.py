@@ -87,6 +87,10 @@ class BuiltinBackend(Backend):
             raise BackendUnavailable(f"the built-in VMM runs {host_arch} guests on this {host_arch} host, "
                                      f"not {request.arch}",
                                      "use the qemu-tcg backend for this cell, or host: lab (the lab of its arch)")
+        from harness.backends.debugopts import DebugOptions
+        if request.arch == "aarch64" and DebugOptions.from_options(request.options).enabled:
+            raise BackendUnavailable("the built-in gdb stub serves x86-64 guests only (its aarch64 half is not "
+                                     "written yet)", "debug this guest on qemu-tcg (--backend qemu-tcg --gdb PORT)")
         methods = AARCH64_BOOT_METHODS if request.arch == "aarch64" else supported_boot_methods()
         if request.boot not in methods:
             raise BackendUnavailable(f"the built-in VMM cannot boot {request.boot!r} guests",

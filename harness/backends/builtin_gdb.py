@@ -8,17 +8,33 @@ console showed: panic pattern, hang); detaching or killing in gdb then ends the 
 """
 from __future__ import annotations
 
+import functools
+import os
 import signal
 import sys
 import threading
 import time
 from typing import Any
 
-from harness.backends.debugopts import DebugOptions
-from harness.errors import BackendUnavailable
+from harness.backends.debugopts import DebugOptions, listen_error
 from harness.model import events as ev
 
 HOLD_SIGNAL = signal.SIGUSR2
+
+
+@functools.lru_cache(maxsize=1)
+def int3_breakpoints_work() -> bool:
+    """Does an INT3 under KVM_GUESTDBG_USE_SW_BP in 64-bit ring 0 (as in a kernel) leave KVM_RUN
+    as a #BP exit, or as kvm_pvm's emulation failure (which the stub takes as its breakpoint),
+    rather than reach the guest (whose missing IDT then makes it a triple fault)? Measured on a
+    scratch VM (harness.kvm.debugregs.probe; the long-mode entry is the raw loader's)."""
+    from harness.boot.raw import load_raw
+    from harness.kvm import ffi as k
+    from harness.kvm.debugregs import probe
+    code = b"\x90\xcc\xf4"                # nop; int3; hlt
+    reason = probe(code, enter=lambda vcpu, ram: vcpu.set_entry(load_raw(ram, code, mode="long64")[0]),
+                   sw_breakpoints=True)
+    return reason in (k.KVM_EXIT_DEBUG, k.KVM_EXIT_INTERNAL_ERROR)
 
 
 class ChildDebugger:
@@ -28,15 +44,17 @@ class ChildDebugger:
         self.child = child
         self.held = False
         machine = child.machine
-        self.debugger = Debugger(machine.loops, child.ram, wait_at_start=options.wait,
+        # HARNESS_GDB_BREAKPOINTS=trap: software breakpoints as the lab must plant them (a port-read
+        # trap, harness.kvm.debugregs.TRAP_INSN) on any host: for tests, and hosts whose INT3 misbehaves.
+        int3 = os.environ.get("HARNESS_GDB_BREAKPOINTS") != "trap" and int3_breakpoints_work()
+        self.debugger = Debugger(machine.loops, child.ram, wait_at_start=options.wait, int3_breakpoints=int3,
                                  hold_failures=options.on_failure, on_stop=self._stopped, on_resume=self._resumed)
         machine.run_cfg.debugger = self.debugger
         host, port = options.address()
         try:
             self.server = GdbServer(self.debugger, host, port, Hooks(kill=self._end, detach=self._detached))
         except OSError as exc:
-            raise BackendUnavailable(f"the gdb stub cannot listen on {host}:{port}: {exc.strerror or exc}",
-                                     "pick another port (--gdb PORT; --gdb 0 takes any free one)") from None
+            raise listen_error(host, port, exc) from None
         self._sigabrt = SIGABRT
 
     def start(self) -> None:
@@ -44,7 +62,8 @@ class ChildDebugger:
         self.server.start()
         print(f"gdb stub listening on {host}:{port}", file=sys.stderr, flush=True)
         self.child.emit(ev.VmEvent(ev.DEBUG_LISTEN, time.monotonic(),
-                                   {"host": host, "port": port, "data_breakpoints": self.debugger.data_breakpoints}))
+                                   {"host": host, "port": port, "data_breakpoints": self.debugger.data_breakpoints,
+                                    "exec_breakpoints": self.debugger.exec_breakpoints}))
         signal.signal(HOLD_SIGNAL, lambda signum, frame: self.hold())
 
     def hold(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from harness.errors import ConfigError
+from harness.errors import BackendUnavailable, ConfigError
 
 OPTION_KEY = "debug"
 QEMU_DEFAULT_PORT = 1234      # QEMU needs a fixed port; the built-in stub takes any free one (0)
@@ -28,6 +28,13 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not 0 <= number <= 65535:
         raise ConfigError(f"--gdb {text!r}: port {number} out of range", "use a port between 1 and 65535 (0: any)")
     return host or DEFAULT_HOST, number
+
+
+def listen_error(host: str, port: int, exc: OSError) -> BackendUnavailable:
+    """The one-line error for a --gdb address that cannot be listened on (in use, not ours)."""
+    why = str(exc.strerror or exc).split(" (while attempting")[0]   # socket.create_server repeats the address
+    return BackendUnavailable(f"the gdb stub cannot listen on {host}:{port}: {why}",
+                              "pick another port (--gdb PORT; --gdb 0 takes any free one)")
 
 
 @dataclass

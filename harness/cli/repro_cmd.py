@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.cli.boot_cmd import add_debug_arguments, debug_run_options, refuse_debugging_in_lab
+from harness.cli.boot_cmd import add_debug_arguments, debug_run_options
 from harness.errors import ConfigError
 from harness.repro.run import ReproRun, decisive
 
@@ -52,7 +52,6 @@ def cmd_repro(args: argparse.Namespace) -> int:
             if imported:
                 print(f"bundle assets put into the cache: {', '.join(imported)}", file=sys.stderr)
         rec = source.record
-        refuse_debugging_in_lab(rec["cell"].get("host", "native"), args)
         recorded_host = rec.get("host_kind") or host_kind(source.result.get("host", {}))
         print(f"recorded: {source.result['cell_id']} on {recorded_host or 'unknown host'}, harness "
               f"{(rec.get('harness') or {}).get('commit') or '?'}\n  {decisive(source.result)}", file=sys.stderr)

@@ -5,10 +5,12 @@ everything that imports lazily once, when the lab boots, then forks one child pe
 cell in a warm lab pays neither Python's start-up nor its imports under TCG. Only standard
 library modules and the VMM's own are imported here (no rich, pexpect, yaml or report code).
 
-Three virtio-serial ports connect it to the host (harness.hosts.lab):
-  harness.control   JSON lines both ways: ready/beat/pong/started/exited up, ping/run/stop/quit down
+Four virtio-serial ports connect it to the host (harness.hosts.lab):
+  harness.control   JSON lines both ways: ready/beat/pong/started/exited up, ping/run/stop/hold/quit down
   harness.console   the VMM child's stdout (the guest console) up; the guest's UART input down
   harness.events    the child's events.jsonl lines up (the events file is a FIFO the agent drains)
+  harness.gdb       debugger connections, framed (harness.hosts.gdbmux): each one the agent
+                    relays to the gdb stub the cell's child serves on the lab's loopback
 The agent is single-threaded (a fork server must be) and multiplexes with select(). It writes
 every byte of a cell to the ports before it reports `exited` with the byte counts, so the host
 can cut each port's stream at exactly the cell's end. Times in messages and events are the lab's
@@ -23,7 +25,9 @@ import signal
 import sys
 import time
 
-PORT_NAMES = ("harness.control", "harness.console", "harness.events")
+from harness.hosts.gdbmux import AgentRelay, loopback_up
+
+PORT_NAMES = ("harness.control", "harness.console", "harness.events", "harness.gdb")
 PORTS_DIR = "/sys/class/virtio-ports"
 CELLS_DIR = "/run/cells"
 BEAT_S = 1.0
@@ -98,6 +102,7 @@ class Agent:
         self.ctl = os.open(ports["harness.control"], os.O_RDWR)
         self.con = os.open(ports["harness.console"], os.O_RDWR)
         self.evt = os.open(ports["harness.events"], os.O_RDWR)
+        self.gdb = AgentRelay(os.open(ports["harness.gdb"], os.O_RDWR), write_all)
         self.ctl_buf = b""
         self.cell: Cell | None = None
         self.running = True
@@ -114,6 +119,7 @@ class Agent:
             fds = [self.ctl] if self.shell else [self.ctl, self.con]   # the shell reads the console itself
             if self.shell:
                 fds.append(self.shell[1])
+            fds += self.gdb.fds()
             c = self.cell
             if c is not None:
                 fds += [c.out_fd, c.err_fd, c.events_rd, c.pidfd]
@@ -131,6 +137,7 @@ class Agent:
                 self._input()
             if self.shell and self.shell[1] in readable:
                 self._shell_exited()
+            self.gdb.readable(readable)
             c = self.cell
             if c is None:
                 continue
@@ -170,6 +177,14 @@ class Agent:
             if c is not None and c.id == str(msg.get("id")) and c.stop_deadline is None:
                 _kill_group(c.pid, signal.SIGTERM)
                 c.stop_deadline = time.monotonic() + STOP_GRACE_S
+        elif kind == "hold":   # --gdb-on-failure: the runner saw a failure; the child stops for the debugger
+            c = self.cell
+            if c is not None and c.id == str(msg.get("id")) and c.stop_deadline is None:
+                from harness.backends.builtin_gdb import HOLD_SIGNAL
+                try:
+                    os.kill(c.pid, HOLD_SIGNAL)
+                except ProcessLookupError:
+                    pass   # it ended meanwhile: its `exited` is on its way
         elif kind == "shell" and self.cell is None and self.shell is None:
             self._start_shell()
         elif kind == "quit":
@@ -283,6 +298,7 @@ class Agent:
         for fd in (c.out_fd, c.err_fd, c.in_fd, c.events_rd, c.pidfd):
             os.close(fd)
         _remove_tree(c.workdir)
+        self.gdb.close_all("the cell ended")
         self.cell = None
         self.send({"type": "exited", "id": c.id, "code": c.code, "console_bytes": c.console_bytes,
                    "events_bytes": c.events_bytes, "summary": summary, "files": files, "t": time.monotonic(),
@@ -410,7 +426,9 @@ def main() -> int:
     import_s = time.monotonic() - t0
     agent = Agent(ports)
     agent.quirks, quirk_probe = host_quirks()
-    agent.send({"type": "ready", "t": time.monotonic(), "facts": lab_facts(import_s, agent.quirks, quirk_probe)})
+    facts = lab_facts(import_s, agent.quirks, quirk_probe)
+    facts["loopback_error"] = loopback_up()    # gdb stubs in the lab listen on its 127.0.0.1
+    agent.send({"type": "ready", "t": time.monotonic(), "facts": facts})
     agent.last_beat = time.monotonic()
     agent.serve()
     return 0

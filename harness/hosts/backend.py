@@ -6,11 +6,15 @@ import shutil
 from typing import Any
 
 from harness.assets.lab import lab_params
-from harness.backends.base import Backend
+from harness.backends.base import Backend, BackendSession
 from harness.backends.builtin import BuiltinBackend
+from harness.backends.debugopts import DebugOptions
 from harness.backends.qemu import QemuBackend
 from harness.errors import BackendUnavailable, HarnessError
+from harness.hosts.gdbbridge import GdbBridge, RspActivity
+from harness.hosts.gdbmux import LAB_STUB_HOST, LAB_STUB_PORT
 from harness.hosts.lab import LabError, LabSession, check_qemu
+from harness.model import events as ev
 from harness.model.session import BootRequest
 
 
@@ -26,19 +30,47 @@ class LabBuiltinBackend(BuiltinBackend):
             raise BackendUnavailable(exc.problem, exc.fix) from None
 
     def start(self, request: BootRequest) -> LabSession:
-        from harness.hosts.pool import lab_for
         request.workdir.mkdir(parents=True, exist_ok=True)
         request.summary_path.unlink(missing_ok=True)
+        return run_in_lab(request)
+
+
+def run_in_lab(request: BootRequest, **run: Any) -> LabSession:
+    """Start `request` in the warm lab of its arch (Lab.run's keywords in `run`). A --gdb address
+    is listened on first, so a port in use fails before any lab starts."""
+    from harness.hosts.pool import lab_for
+    gdb = GdbBridge.for_request(request.options)
+    try:
         lab = lab_for(request.arch)
-        try:
-            return lab.run(request)
-        except LabError:
-            lab.kill()   # a lab that cannot start a cell is replaced for the retry
-            raise
+    except BaseException:
+        if gdb is not None:
+            gdb.close()
+        raise
+    try:
+        return lab.run(request, gdb=gdb, **run)
+    except LabError:
+        lab.kill()   # a lab that cannot start a cell is replaced for the retry
+        raise
 
 
 class LabQemuSession(LabSession):
     """QEMU with `-accel kvm` in the lab: the same KVM as the built-in VMM there (the differential)."""
+
+    def hold_for_debugger(self) -> None:
+        """QEMU keeps a failed guest itself (-action ...=pause): only wait for its end."""
+        BackendSession.hold_for_debugger(self)
+
+    def watch_gdb(self, wait: bool) -> None:
+        """QEMU's stub in the lab: announce the bridge's address; its stops and resumes are read
+        from the packets (its QMP stays in the lab), as QMP's STOP/RESUME are natively."""
+        assert self.gdb is not None
+        host, port = self.gdb.address
+        kinds = {"stop": ev.DEBUG_STOP, "resume": ev.DEBUG_RESUME}
+        self.gdb.activity = RspActivity(lambda what: self.emit_host_event({"stub": "qemu"}, kinds[what]))
+        self.emit_host_event({"host": host, "port": port, "stub": "qemu",
+                              "lab_stub": f"{LAB_STUB_HOST}:{LAB_STUB_PORT}"}, ev.DEBUG_LISTEN)
+        if wait:
+            self.emit_host_event({"why": "start", "stub": "qemu"}, ev.DEBUG_STOP)
 
     def summary_data(self, exited: dict[str, Any]) -> dict[str, Any]:
         from harness.backends.qemu_gaps import parse_log_line
@@ -74,9 +106,7 @@ class LabQemuBackend(QemuBackend):
 
     def start(self, request: BootRequest) -> LabSession:
         from harness.backends.qemu import qemu_version
-        from harness.hosts.pool import lab_for
         request.workdir.mkdir(parents=True, exist_ok=True)
-        lab = lab_for(request.arch)
         built: list[list[str]] = []
 
         def command(lab_request: BootRequest) -> list[str]:
@@ -85,17 +115,16 @@ class LabQemuBackend(QemuBackend):
             built.append(argv)
             return argv
 
-        try:
-            session = lab.run(request, command, collect=("qemu.log",), session_class=LabQemuSession)
-        except LabError:
-            lab.kill()
-            raise
+        session = run_in_lab(request, command=command, collect=("qemu.log",), session_class=LabQemuSession)
+        lab = session.lab
         session.argv = built[0]
         session.qemu_host = {"qemu_version": qemu_version(built[0][0]), "accel": "kvm", "binary": built[0][0],
                              "machine": built[0][built[0].index("-M") + 1]}
         with contextlib.suppress(OSError, ValueError):
             session.emit_host_event({"host": {**session.qemu_host, "host": "lab", "lab": lab.describe()},
                                      "command": built[0]})
+            if session.gdb is not None:
+                session.watch_gdb(DebugOptions.from_options(request.options).wait)
         return session
 
 

@@ -9,7 +9,8 @@ four read-only 9p shares and nothing else (docs/hosts.md says why):
   /lab/in       a per-lab inbox: each cell's kernel and initrd, copied in by the host, removed after
 No home directory, no /etc, no credentials; the lab's own / is its initramfs and a tmpfs.
 
-Three virtio-serial ports carry a cell (see the agent's docstring). The host cuts each port's
+Four virtio-serial ports carry a cell (see the agent's docstring); the fourth, harness.gdb,
+carries debugger connections to the VMM's stub in the lab (harness.hosts.gdbbridge). The host cuts each port's
 stream at the byte counts the agent reports at the cell's end, so no byte is lost or given to
 the wrong cell, and within a port the order is the order the child wrote. Times: before each
 cell the host pings the agent three times and keeps the sample with the smallest round trip;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import queue
@@ -40,12 +42,15 @@ from harness.backends.base import BackendSession, _die_with_parent
 from harness.errors import HarnessError
 from harness.model import events as ev
 from harness.model.session import BootRequest, SessionSummary
+from harness.backends.debugopts import OPTION_KEY as DEBUG_OPTION_KEY
+from harness.hosts.gdbbridge import GdbBridge
+from harness.hosts.gdbmux import LAB_STUB_HOST, LAB_STUB_PORT, FrameError, FrameReader
 
 READY_TIMEOUT_S = 120.0       # lab boot under TCG on a loaded 2-core machine; measured ~5-10 s idle
 WEDGE_S = 30.0                # no word from the agent for this long: the lab is wedged
 STOP_TIMEOUT_S = 15.0         # after `stop`, the agent must report `exited` within this
 PING_SAMPLES = 3
-PORTS = ("control", "console", "events")
+PORTS = ("control", "console", "events", "gdb")
 LAB_CELLS_DIR = "/run/cells"    # the agent's CELLS_DIR
 
 
@@ -202,6 +207,9 @@ class Lab:
         self._lock = threading.Lock()
         self._seq = 0
         self._threads: list[threading.Thread] = []
+        self._gdb_conns = itertools.count(1)      # never reused in a lab: a late frame reaches nobody
+        self._gdb_reader = FrameReader()
+        self._gdb_lock = threading.Lock()
 
     # -- start ----------------------------------------------------------------------------
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> "Lab":
@@ -228,7 +236,7 @@ class Lab:
         try:
             self._connect(t0 + 10.0)
             for name, target in (("control", self._read_control), ("console", self._read_console),
-                                 ("events", self._read_events)):
+                                 ("events", self._read_events), ("gdb", self._read_gdb)):
                 t = threading.Thread(target=target, name=f"lab-{name}", daemon=True)
                 t.start()
                 self._threads.append(t)
@@ -343,6 +351,20 @@ class Lab:
                 session.on_events(chunk)
         self._died("the lab closed its events port")
 
+    def _read_gdb(self) -> None:
+        for chunk in _chunks(self.socks["gdb"]):
+            bridge = self.session.gdb if self.session is not None else None
+            try:
+                frames = self._gdb_reader.feed(chunk)
+            except FrameError:
+                if bridge is not None:
+                    bridge.drop_all()
+                continue
+            for frame in frames:
+                if bridge is not None:
+                    bridge.on_frame(frame)
+        self._died("the lab closed its gdb port")
+
     def _monitor(self) -> None:
         while self.dead is None:
             time.sleep(0.5)
@@ -371,6 +393,13 @@ class Lab:
         except OSError as exc:
             self._died(f"cannot write to the lab's control port: {exc}")
 
+    def send_gdb(self, data: bytes) -> None:
+        with self._gdb_lock:
+            try:
+                self.socks["gdb"].sendall(data)
+            except OSError as exc:
+                self._died(f"cannot write to the lab's gdb port: {exc}")
+
     def sync_clock(self) -> ClockSync:
         best = ClockSync()
         for _ in range(PING_SAMPLES):
@@ -384,17 +413,29 @@ class Lab:
         return best
 
     def run(self, request: BootRequest, command: Callable[[BootRequest], list[str]] | None = None,
-            collect: tuple[str, ...] = (), session_class: type["LabSession"] | None = None) -> "LabSession":
+            collect: tuple[str, ...] = (), session_class: type["LabSession"] | None = None,
+            gdb: GdbBridge | None = None) -> "LabSession":
         """Start a cell: the VMM child for `request`, or (qemu-kvm) the argv `command` builds
-        from the request as the lab sees it; `collect` names files of its workdir to bring back."""
-        if self.dead:
-            raise LabError(f"the lab is gone: {self.dead}", "the next cell starts a new lab")
+        from the request as the lab sees it; `collect` names files of its workdir to bring back;
+        `gdb` carries debuggers to the stub in the lab (closed with the cell, or here on failure)."""
+        try:
+            if self.dead:
+                raise LabError(f"the lab is gone: {self.dead}", "the next cell starts a new lab")
+            return self._run(request, command, collect, session_class or LabSession, gdb)
+        except BaseException:
+            if gdb is not None:
+                gdb.close()
+            raise
+
+    def _run(self, request: BootRequest, command: Callable[[BootRequest], list[str]] | None,
+             collect: tuple[str, ...], session_class: type["LabSession"], gdb: GdbBridge | None) -> "LabSession":
         self._drain_control()
         clock = self.sync_clock()
         self._seq += 1
         lab_id = str(self._seq)
         lab_request = self._stage_inputs(request, lab_id)
-        session = (session_class or LabSession)(request, self, lab_id, clock)
+        session = session_class(request, self, lab_id, clock)
+        session.gdb = gdb.start(self.send_gdb, lambda: next(self._gdb_conns)) if gdb is not None else None
         self.session = session
         session.start_time = time.monotonic()
         if command is None:
@@ -430,6 +471,10 @@ class Lab:
             except OSError:
                 shutil.copyfile(src, dst)
             moved[key] = Path(f"/lab/in/{lab_id}/{dst.name}")
+        debug = (request.options or {}).get(DEBUG_OPTION_KEY)
+        if debug:   # the stub in the lab listens on the lab's loopback; the bridge has the user's address
+            moved["options"] = {**request.options,
+                                DEBUG_OPTION_KEY: {**debug, "listen": f"{LAB_STUB_HOST}:{LAB_STUB_PORT}"}}
         return dataclasses.replace(request, **moved)
 
     def unstage(self, lab_id: str) -> None:
@@ -484,6 +529,7 @@ class LabSession(BackendSession):
         request.workdir.mkdir(parents=True, exist_ok=True)
         self.lab, self.lab_id, self.clock = lab, lab_id, clock
         self.lab_pid: int | None = None
+        self.gdb: GdbBridge | None = None          # --gdb: the debugger's way to the stub in the lab
         self._console_r, self._console_w = os.pipe()
         self._console = _CellStream()
         self._events = _CellStream()
@@ -523,10 +569,19 @@ class LabSession(BackendSession):
         if self._exited is not None:
             self._console.done.wait(5.0)
             self._events.done.wait(5.0)
+        if self.gdb is not None:
+            self.gdb.close()
         self._finish_streams()
         self.lab.session = None
         self.lab.unstage(self.lab_id)
         return self._summary()
+
+    def hold_for_debugger(self) -> None:
+        """--gdb-on-failure: the agent stops the child's vCPUs for the debugger (as BuiltinSession's
+        signal does natively); then wait for the child's end (gdb's kill or detach)."""
+        if self._exited is None and self._failure is None:
+            self.lab.send({"type": "hold", "id": self.lab_id})
+        super().hold_for_debugger()
 
     # -- from the lab's reader threads -----------------------------------------------------------
     def on_console(self, chunk: bytes) -> None:
@@ -561,9 +616,16 @@ class LabSession(BackendSession):
             self._events_file.emit(ev.VmEvent(ev.BACKEND_ERROR, time.monotonic(), {"message": f"lab: {why}"}))
         self._close_console()
 
-    def emit_host_event(self, data: dict[str, Any]) -> None:
-        """A VM_START of the host's own (for children that write no events, e.g. QEMU)."""
-        self._events_file.emit(ev.VmEvent(ev.VM_START, time.monotonic(), data))
+    def emit_host_event(self, data: dict[str, Any], kind: str = ev.VM_START) -> None:
+        """An event of the host's own (for children that write no events, e.g. QEMU): VM_START,
+        and the debugger's DEBUG_LISTEN / DEBUG_STOP / DEBUG_RESUME."""
+        self._events_file.emit(ev.VmEvent(kind, time.monotonic(), data))
+
+    def gdb_listen_data(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Where a debugger connects: the bridge's address on this machine, not the stub's in the lab."""
+        assert self.gdb is not None
+        host, port = self.gdb.address
+        return {**data, "host": host, "port": port, "lab_stub": f"{data.get('host')}:{data.get('port')}"}
 
     def summary_data(self, exited: dict[str, Any]) -> dict[str, Any]:
         """The child's own summary (the VMM child writes one; see LabQemuSession for QEMU)."""
@@ -581,6 +643,8 @@ class LabSession(BackendSession):
             data["first_t"] = self.clock.to_host(data["first_t"])
         if obj.get("type") == ev.VM_START:
             data.setdefault("host", {})["lab"] = self.lab.describe()
+        if obj.get("type") == ev.DEBUG_LISTEN and self.gdb is not None:
+            data = self.gdb_listen_data(data)
         with contextlib.suppress(OSError, ValueError):
             self._events_file.emit(ev.VmEvent(obj.get("type", "?"), obj["t"], data))
 

@@ -11,7 +11,9 @@ Breakpoints:
              kvm_pvm cannot emulate INT3 in ring 0 and ends KVM_RUN with an emulation failure on it
              instead of KVM_EXIT_DEBUG: an emulation failure on one of our planted 0xCC bytes is
              taken as that breakpoint (the run loop asks `owns_breakpoint`).
-  hardware   DR0-DR3 through KVM_SET_GUEST_DEBUG (execute, write, access).
+  hardware   DR0-DR3 through KVM_SET_GUEST_DEBUG (execute, write, access). On a host whose
+             execute breakpoints never fire (measured: debugregs.exec_breakpoints_work; the lab)
+             a hardware breakpoint is an INT3 like a software one, so it needs mapped memory.
   watch      a write watchpoint on a host that reports no data breakpoints (measured by
              debugregs.data_breakpoints_work) is served by single-stepping and comparing the
              watched bytes after every instruction: slow, but it stops right after the write, as
@@ -71,6 +73,7 @@ class _VcpuState:
 class Debugger:
     def __init__(self, loops: list["VcpuLoop"], ram: "GuestRam", *, wait_at_start: bool = False,
                  hold_failures: bool = False, data_breakpoints: bool | None = None,
+                 exec_breakpoints: bool | None = None, int3_breakpoints: bool = True,
                  on_stop: Callable[[StopEvent], None] | None = None,
                  on_resume: Callable[[], None] | None = None) -> None:
         self.loops = loops
@@ -78,6 +81,10 @@ class Debugger:
         self.wait_at_start = wait_at_start
         self.hold_failures = hold_failures
         self.data_breakpoints = dr.data_breakpoints_work() if data_breakpoints is None else data_breakpoints
+        self.exec_breakpoints = dr.exec_breakpoints_work() if exec_breakpoints is None else exec_breakpoints
+        # what a software breakpoint plants: INT3 where it exits (measured by the caller, whose
+        # floor has the long-mode loader: harness.backends.builtin_gdb.int3_breakpoints_work)
+        self.patch = INT3 if int3_breakpoints else dr.TRAP_INSN
         self.on_stop = on_stop or (lambda event: None)
         self.on_resume = on_resume or (lambda: None)
         self._interrupt_event = (SIGINT, "interrupt", False)
@@ -124,6 +131,23 @@ class Debugger:
             self.park(loop, StopEvent(SIGTRAP, index, "watch", hit.addr))
             return
         self.park(loop, StopEvent(SIGTRAP, index, "step", pc))
+
+    def io_trap(self, loop: "VcpuLoop") -> bool:
+        """Port I/O at TRAP_PORT: one of our trap breakpoints (where INT3 never exits)? Then stop
+        there; on resume, drop the port read KVM still means to complete (AL, RIP + 2)."""
+        if self.patch != dr.TRAP_INSN or not self.software:
+            return False
+        rip = loop.vcpu.get_regs()["rip"]
+        linear = self._linear_rip(loop, rip)
+        phys = loop.vcpu.translate(linear)      # a breakpoint set by either address
+        if not any(bp.phys == phys for bp in self.software.values()):
+            return False
+        # gdb resumes silently from a "swbreak" where it knows no breakpoint: one set by physical
+        # address (before the guest mapped the code) stops as a plain SIGTRAP at the virtual one.
+        why = "swbreak" if linear in self.software else "trap"
+        self.park(loop, StopEvent(SIGTRAP, loop.vcpu.index, why))
+        self._drop_pending_io(loop, rip)
+        return True
 
     def owns_breakpoint(self, loop: "VcpuLoop", rip: int) -> bool:
         """An emulation failure at `rip`: is it one of our INT3s (kvm_pvm's way of reporting them)?"""
@@ -210,11 +234,13 @@ class Debugger:
     def add_software(self, index: int, linear: int) -> bool:
         if linear in self.software:
             return True
+        if (linear & (PAGE - 1)) + len(self.patch) > PAGE:
+            return False          # a 2-byte trap across a page: its halves may be anywhere
         phys = self.translate(index, linear)
         if phys is None:
             return False
-        original = self.ram.read(phys, 1)
-        self.ram.write(phys, INT3)
+        original = self.ram.read(phys, len(self.patch))
+        self.ram.write(phys, self.patch)
         self.software[linear] = SoftBreakpoint(linear, phys, original)
         return True
 
@@ -225,6 +251,8 @@ class Debugger:
         return True
 
     def add_hardware(self, index: int, addr: int, rw: int, length: int) -> bool:
+        if rw == dr.RW_EXEC and not self.exec_breakpoints:
+            return self.add_software(index, addr)   # an INT3 (hidden from reads) where DR0-DR3 never fire
         if rw != dr.RW_EXEC and not self.data_breakpoints:
             if rw != dr.RW_WRITE:
                 return False          # a read can't be seen by comparing memory: refused, not faked
@@ -240,6 +268,8 @@ class Debugger:
         return False
 
     def remove_hardware(self, addr: int, rw: int, length: int) -> bool:
+        if rw == dr.RW_EXEC and not self.exec_breakpoints:
+            return self.remove_software(addr)
         for watch in list(self.stepped):
             if rw == dr.RW_WRITE and watch.addr == addr and watch.length == length:
                 self.stepped.remove(watch)
@@ -284,11 +314,8 @@ class Debugger:
                 raise GuestMemoryError(f"{at:#x} is not mapped guest memory", "")
             chunk = data[done:done + size]
             self.ram.write(phys, chunk)
-            for i in range(size):   # a write over a planted INT3 updates the original, keeps the INT3
-                bp = self.software.get(at + i)
-                if bp is not None:
-                    bp.original = chunk[i:i + 1]
-                    self.ram.write(bp.phys, INT3)
+            for bp in self.software.values():   # a write over a planted breakpoint updates its original
+                self._rewrite_original(bp, at, chunk)
             done += size
 
     # -- internals ---------------------------------------------------------------------------------
@@ -329,9 +356,37 @@ class Debugger:
             return data
         out = bytearray(data)
         for linear, bp in self.software.items():
-            if addr <= linear < addr + len(out):
-                out[linear - addr] = bp.original[0]
+            for i, byte in enumerate(bp.original):
+                if addr <= linear + i < addr + len(out):
+                    out[linear + i - addr] = byte
         return bytes(out)
+
+    def _rewrite_original(self, bp: SoftBreakpoint, addr: int, chunk: bytes) -> None:
+        """`chunk` was written at `addr`: the bytes of it under `bp` are its original now; the patch stays."""
+        covered = [i for i in range(len(bp.original)) if addr <= bp.linear + i < addr + len(chunk)]
+        if covered:
+            original = bytearray(bp.original)
+            for i in covered:
+                original[i] = chunk[bp.linear + i - addr]
+            bp.original = bytes(original)
+            self.ram.write(bp.phys, self.patch)
+
+    def _drop_pending_io(self, loop: "VcpuLoop", trap_rip: int) -> None:
+        """KVM completes a port read at the next KVM_RUN (AL, RIP past the instruction) unless RIP
+        moved meanwhile: move it, enter with immediate_exit (the completion is dropped, nothing
+        runs), and put back the RIP the debugger left (gdb may have set one)."""
+        from harness.kvm import ffi as k
+        from harness.kvm.system import ioctl
+        vcpu = loop.vcpu
+        rip = vcpu.get_regs()["rip"]
+        vcpu.set_regs({"rip": trap_rip + len(self.patch)})
+        vcpu.run.immediate_exit = 1
+        try:
+            ioctl(vcpu.fd, k.KVM_RUN, 0, what="KVM_RUN")
+        except OSError:
+            pass            # EINTR: the entry was cut short, as asked
+        vcpu.run.immediate_exit = 0
+        vcpu.set_regs({"rip": rip})
 
 
 def _pages(addr: int, length: int) -> list[tuple[int, int]]:

@@ -3,8 +3,12 @@
 KVM_SET_GUEST_DEBUG puts a vCPU under the host debugger's control: single-step (every instruction
 ends in KVM_EXIT_DEBUG), software breakpoints (the guest's #BP exits instead of being delivered),
 and hardware breakpoints from `debugreg[0..3]` + a DR7 value (exits on #DB). KVM_GET_DEBUGREGS is
-the guest's own view of DR0-DR3/DR6/DR7. `data_breakpoints_work()` measures on a scratch VM whether
-this host reports data (write) breakpoints at all: kvm_pvm's batch emulation does not.
+the guest's own view of DR0-DR3/DR6/DR7. `data_breakpoints_work()` and `exec_breakpoints_work()`
+and (harness.backends.builtin_gdb) `int3_breakpoints_work()` measure on a scratch VM whether this host reports data (write) and
+execute breakpoints and INT3s at all: kvm_pvm's batch emulation reports execute breakpoints, and
+INT3 as an emulation failure, but no data breakpoints; the lab (kvm_amd nested in QEMU TCG, whose
+SVM arms no DR7 of a nested guest and delivers its INT3 to the guest itself) reports none of
+them, so the debugger plants TRAP_INSN there instead.
 """
 from __future__ import annotations
 
@@ -87,20 +91,43 @@ def _enter_real_mode_at(vcpu: Any, linear: int) -> None:
     vcpu.set_regs({**vcpu.get_regs(), "rip": linear, "rflags": RFLAGS_FIXED})
 
 
+# Where an INT3 never reaches KVM (the lab: QEMU TCG checks SVM's INTn intercept for INT3, not
+# the #BP exception intercept kvm_amd sets, so the nested guest takes its own #BP), a software
+# breakpoint is `in al, TRAP_PORT` instead: port I/O that no KVM device claims always exits to
+# user space, where the run loop hands it to the debugger (harness.kvm.debugger.io_trap).
+TRAP_PORT = 0xEF
+TRAP_INSN = bytes((0xE4, TRAP_PORT))           # in al, imm8
+
+
 @functools.lru_cache(maxsize=1)
 def data_breakpoints_work() -> bool:
     """Does a DR0 write breakpoint (through KVM_SET_GUEST_DEBUG) stop a guest on this host? Measured."""
+    return probe(_PROBE_CODE, hw_slots=[HwSlot(_PROBE_DATA, RW_WRITE, 2), None, None, None]) == k.KVM_EXIT_DEBUG
+
+
+@functools.lru_cache(maxsize=1)
+def exec_breakpoints_work() -> bool:
+    """Does a DR0 execute breakpoint (on the probe's second instruction) stop a guest here? Measured."""
+    return probe(_PROBE_CODE, hw_slots=[HwSlot(_PROBE_LOAD + 3, RW_EXEC, 1), None, None, None]) == k.KVM_EXIT_DEBUG
+
+
+def probe(code: bytes, enter: Any = None, **debug: Any) -> int:
+    """The first exit of a scratch guest running `code` (real mode at _PROBE_LOAD, or wherever
+    `enter(vcpu, ram)` put it: the loaders sit above this floor) under KVM_SET_GUEST_DEBUG `debug`."""
     from harness import layout
     from harness.kvm.vm import Vm
     from harness.memory import GuestRam
     ram = GuestRam(2 * layout.MiB)
-    vm = Vm(ram, irqchip=False)
+    vm = Vm(ram, irqchip=False)     # no in-kernel LAPIC: a HLT exits to user space
     try:
         vcpu = vm.create_vcpu()
-        ram.write(_PROBE_LOAD, _PROBE_CODE)
-        _enter_real_mode_at(vcpu, _PROBE_LOAD)
-        set_guest_debug(vcpu.fd, hw_slots=[HwSlot(_PROBE_DATA, RW_WRITE, 2), None, None, None])
+        if enter is None:
+            ram.write(_PROBE_LOAD, code)
+            _enter_real_mode_at(vcpu, _PROBE_LOAD)
+        else:
+            enter(vcpu, ram)
+        set_guest_debug(vcpu.fd, **debug)
         ioctl(vcpu.fd, k.KVM_RUN, 0, what="KVM_RUN")
-        return int(vcpu.run.exit_reason) == k.KVM_EXIT_DEBUG
+        return int(vcpu.run.exit_reason)
     finally:
         vm.close()

@@ -20,7 +20,7 @@ from typing import Callable
 from harness.errors import GuestMemoryError
 from harness.kvm import debugregs as dr
 from harness.kvm import gdbtarget
-from harness.kvm.debugger import CONTINUE, STAY, STEP, Debugger, StopEvent
+from harness.kvm.debugger import CONTINUE, INT3, STAY, STEP, Debugger, StopEvent
 
 MAX_PACKET = 0x4000
 MAX_MEMORY_READ = 0x2000          # per m packet; gdb asks again for the rest
@@ -357,6 +357,8 @@ class GdbServer:
             d = self.debugger
             out = (f"vCPUs: {len(d.vcpu_indexes())}; memory: guest-{'physical' if d.phys_mode else 'virtual'}; "
                    f"data breakpoints: {'debug registers' if d.data_breakpoints else 'single-step emulation (this host reports none)'}; "
+                   f"execute breakpoints: {'debug registers' if d.exec_breakpoints else 'software (this host reports none)'}; "
+                   f"software breakpoints as: {'INT3' if d.patch == INT3 else 'in al, TRAP_PORT (INT3 never exits here)'}; "
                    f"software breakpoints: {len(d.software)}; hardware slots used: "
                    f"{sum(s is not None for s in d.hardware)}/4; stepped watchpoints: {len(d.stepped)}\n")
         else:

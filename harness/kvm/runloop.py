@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 from harness.arch.x86_64.regs import STAC, with_ac
 from harness.kvm import ffi as k
 from harness.kvm import insn
+from harness.kvm.debugregs import TRAP_PORT
 from harness.kvm.ffi import EXIT_NAMES, libc, ffi
 from harness.kvm.flight import FlightRecorder
 from harness.kvm.msr import MsrPolicy
@@ -180,6 +181,8 @@ class VcpuLoop:
                     drain(io_write, mmio_write)
             if reason == exit_io:
                 direction, size, port, count, off = io_unpack(buf, 32)
+                if port == TRAP_PORT and cfg.debugger is not None and cfg.debugger.io_trap(self):
+                    continue   # a debugger's breakpoint where INT3 never exits (harness.kvm.debugregs)
                 rip = u64(buf, _RIP_OFFSET)[0] if sync else 0
                 record((exit_io, port, rip, monotonic(), index))
                 if rip not in io_rips:  # first exit from this instruction: is it REP INS/OUTS?

@@ -14,13 +14,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 KVM_OK = os.access("/dev/kvm", os.R_OK | os.W_OK)
 GDB = shutil.which("gdb")
+QEMU_X86 = shutil.which("qemu-system-x86_64")
 
 
 class Boot:
     """`harness boot ARGS` running; stderr lines collected by a thread."""
 
-    def __init__(self, *args: str, cwd: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "harness", "boot", *args], cwd=cwd, env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
@@ -63,11 +64,53 @@ class Boot:
         return self.proc.returncode, "".join(self.stdout), "".join(self.stderr)
 
 
-def gdb_batch(*commands: str, symbols: Path | None = None, timeout: float = 60) -> str:
+# gdb waits 2 s for a reply by default: short for a stub answering from Python under TCG in the lab,
+# two virtualization levels down, on a loaded machine.
+LAB_REMOTE_TIMEOUT_S = 60
+
+
+def gdb_batch(*commands: str, symbols: Path | None = None, timeout: float = 60,
+              remote_timeout: float | None = None) -> str:
     argv = [GDB, "-batch", "-nx", "-ex", "set confirm off", "-ex", "set pagination off"]
+    if remote_timeout is not None:
+        argv += ["-ex", f"set remotetimeout {remote_timeout:g}"]
     if symbols is not None:
         argv += ["-ex", f"file {symbols}"]
     for c in commands:
         argv += ["-ex", c]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     return proc.stdout + proc.stderr
+
+
+VMLINUX_TO_ELF = Path(sys.executable).parent / "vmlinux-to-elf"
+
+
+def kernel_with_symbols(asset: str = "debian-cloud-kernel-amd64-vmlinux") -> tuple[Path, Path]:
+    """A Debian kernel asset (stripped; Debian's System.map is a stub pointing at the -dbg package)
+    and an ELF of its symbols recovered from its own kallsyms table by vmlinux-to-elf, cached in the
+    asset cache (about 60 s the first time)."""
+    import pytest
+
+    from harness.assets.cache import AssetCache
+    cache = AssetCache()
+    kernel = cache.verify(asset, full=False)
+    if kernel is None:
+        pytest.skip(f"asset not built: harness assets build {asset}")
+    if not VMLINUX_TO_ELF.exists():
+        pytest.skip("vmlinux-to-elf is not installed (pip install -e '.[test]')")
+
+    def build(work: Path) -> tuple[Path, dict]:
+        out = work / "vmlinux.kallsyms.elf"
+        subprocess.run([str(VMLINUX_TO_ELF), str(kernel.path), str(out)], check=True, capture_output=True,
+                       timeout=900)
+        return out, {"from": kernel.sha256, "tool": "vmlinux-to-elf"}
+
+    symbols = cache.get_or_build(f"kallsyms-elf.{kernel.sha256[:16]}", build)
+    return kernel.path, symbols.path
+
+
+def symbol(elf: Path, name: str) -> int:
+    from elftools.elf.elffile import ELFFile
+    with open(elf, "rb") as f:
+        (sym,) = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name(name)
+        return int(sym["st_value"])

@@ -9,45 +9,15 @@ after gdb continues; the symbol recovery takes about 60 s the first time, nothin
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from debug_support import GDB, KVM_OK, Boot, gdb_batch
+from debug_support import GDB, KVM_OK, Boot, gdb_batch, kernel_with_symbols, symbol
 
 pytestmark = [pytest.mark.slow, pytest.mark.kvm,
               pytest.mark.skipif(not KVM_OK, reason="/dev/kvm absent or not accessible: built-in backend cannot run"),
               pytest.mark.skipif(GDB is None, reason="gdb is not installed (apt-get install gdb)")]
-
-TOOL = Path(sys.executable).parent / "vmlinux-to-elf"
-
-
-def kernel_with_symbols() -> tuple[Path, Path]:
-    from harness.assets.cache import AssetCache
-    cache = AssetCache()
-    kernel = cache.verify("debian-cloud-kernel-amd64-vmlinux", full=False)
-    if kernel is None:
-        pytest.skip("asset not built: harness assets build debian-cloud-kernel-amd64-vmlinux")
-    if not TOOL.exists():
-        pytest.skip("vmlinux-to-elf is not installed (pip install -e '.[test]')")
-
-    def build(work: Path) -> tuple[Path, dict]:
-        out = work / "vmlinux.kallsyms.elf"
-        subprocess.run([str(TOOL), str(kernel.path), str(out)], check=True, capture_output=True, timeout=900)
-        return out, {"from": kernel.sha256, "tool": "vmlinux-to-elf"}
-
-    symbols = cache.get_or_build(f"kallsyms-elf.{kernel.sha256[:16]}", build)
-    return kernel.path, symbols.path
-
-
-def symbol(elf: Path, name: str) -> int:
-    from elftools.elf.elffile import ELFFile
-    with open(elf, "rb") as f:
-        (sym,) = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name(name)
-        return int(sym["st_value"])
-
 
 def test_gdb_breaks_in_debian_linux_at_start_kernel(tmp_path: Path):
     kernel, symbols = kernel_with_symbols()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from debug_support import GDB, KVM_OK, REPO, Boot, gdb_batch
+from debug_support import GDB, KVM_OK, LAB_REMOTE_TIMEOUT_S, QEMU_X86, REPO, Boot, gdb_batch
 
 pytestmark = [pytest.mark.kvm,
               pytest.mark.skipif(not KVM_OK, reason="/dev/kvm absent or not accessible: built-in backend cannot run"),
@@ -27,14 +27,29 @@ def fixture_gdb() -> tuple[Path, Path]:
     return build_fixture("fixture-gdb"), fixture_symbols("fixture-gdb")
 
 
-def boot(tmp_path: Path, kernel: Path, *extra: str, expect: str = "fixture login: ") -> Boot:
+# The same sessions on this machine's KVM and, slow, in the lab (the VMM child runs on the lab's
+# nested kvm_amd; gdb stays here and reaches its stub over the lab's harness.gdb port).
+LAB = pytest.param("lab", id="lab", marks=[pytest.mark.slow, pytest.mark.qemu,
+                                 pytest.mark.skipif(QEMU_X86 is None, reason="qemu-system-x86_64 absent")])
+ON_HOSTS = pytest.mark.parametrize("host", ["native", LAB])
+LAB_TIMEOUT_S = 600       # a TCG lab on a loaded 2-core machine; idle, the whole test takes about a minute
+
+
+def boot(tmp_path: Path, kernel: Path, *extra: str, expect: str = "fixture login: ", host: str = "native") -> Boot:
+    where = ["--host", "lab", "--timeout", str(LAB_TIMEOUT_S)] if host == "lab" else ["--timeout", "20"]
     b = Boot(str(kernel), "--cmdline", "console=ttyS0", "--family", "fixture", "--expect", expect,
-             "--timeout", "20", "--report-dir", str(tmp_path / "run"), *extra, cwd=tmp_path)
+             "--report-dir", str(tmp_path / "run"), *where, *extra, cwd=tmp_path)
     return b
 
 
-def port_of(b: Boot) -> str:
-    return b.wait_for(r"gdb stub on (\S+):").group(1)
+def gdb_on(host: str, *commands: str, symbols: Path | None = None) -> str:
+    if host == "lab":
+        return gdb_batch(*commands, symbols=symbols, timeout=LAB_TIMEOUT_S, remote_timeout=LAB_REMOTE_TIMEOUT_S)
+    return gdb_batch(*commands, symbols=symbols)
+
+
+def port_of(b: Boot, host: str = "native") -> str:
+    return b.wait_for(r"gdb stub on (\S+):", timeout=LAB_TIMEOUT_S if host == "lab" else 30).group(1)
 
 
 def console_value(console: str, pattern: str) -> int:
@@ -43,16 +58,17 @@ def console_value(console: str, pattern: str) -> int:
     return int(m.group(1), 16)
 
 
-def test_gdb_breaks_at_a_symbol_reads_steps_watches_and_continues_to_the_last_milestone(tmp_path, fixture_gdb):
+@ON_HOSTS
+def test_gdb_breaks_at_a_symbol_reads_steps_watches_and_continues_to_the_last_milestone(tmp_path, fixture_gdb, host):
     kernel, symbols = fixture_gdb
-    b = boot(tmp_path, kernel, "--vcpus", "2", "--gdb", "127.0.0.1:0", "--gdb-wait")
-    where = port_of(b)
-    out = gdb_batch(f"target remote {where}", "info threads", "break gdb_probe", "continue",
+    b = boot(tmp_path, kernel, "--vcpus", "2", "--gdb", "127.0.0.1:0", "--gdb-wait", host=host)
+    where = port_of(b, host)
+    out = gdb_on(host, f"target remote {where}", "info threads", "break gdb_probe", "continue",
                     "printf \"RDI=%lx RSI=%lx\\n\", $rdi, $rsi", "x/gx &gdb_magic", "printf \"CR0=%lx\\n\", $cr0",
                     "x/2i $pc", "stepi", "printf \"PC=%lx\\n\", $pc",
                     "watch *(unsigned long *)&gdb_watched", "continue", "delete",
                     "hbreak milestone_login_and_halt", "continue", "delete", "continue", symbols=symbols)
-    code, console, err = b.finish()
+    code, console, err = b.finish(timeout=LAB_TIMEOUT_S if host == "lab" else 30)
     assert code == 0, err + out               # the boot passed: every milestone after the debugging
     # one thread per vCPU, held at the first instruction of the 64-bit entry
     assert re.search(r"\* 1 +Thread 1 \(vCPU 0\) 0x0+100200 in startup_64", out), out
@@ -80,6 +96,31 @@ def test_gdb_breaks_at_a_symbol_reads_steps_watches_and_continues_to_the_last_mi
     assert "fixture login: " in console
 
 
+def test_trap_breakpoints_where_int3_never_exits_stop_resume_and_leave_the_guest_unharmed(tmp_path, fixture_gdb):
+    """The lab's software breakpoint (`in al, TRAP_PORT`, forced here on this host): gdb stops at
+    the symbol with the registers the fixture then prints, memory reads show the original bytes,
+    and after the stop the guest runs on (the port read KVM meant to complete is dropped: AL and
+    RIP are the guest's own) through a second breakpoint to its last milestone."""
+    kernel, symbols = fixture_gdb
+    b = Boot(str(kernel), "--cmdline", "console=ttyS0", "--family", "fixture", "--expect", "fixture login: ",
+             "--timeout", "20", "--report-dir", str(tmp_path / "run"), "--gdb", "127.0.0.1:0", "--gdb-wait",
+             cwd=tmp_path, env={"HARNESS_GDB_BREAKPOINTS": "trap"})
+    out = gdb_batch(f"target remote {port_of(b)}", "monitor info", "break gdb_probe", "x/2xb gdb_probe", "continue",
+                    "printf \"RDI=%lx RSI=%lx\\n\", $rdi, $rsi", "printf \"PC=%lx\\n\", $pc",
+                    "break milestone_login_and_halt", "continue", "delete", "continue", symbols=symbols)
+    code, console, err = b.finish()
+    assert code == 0, err + out
+    assert "as: in al, TRAP_PORT" in out, out
+    assert "Breakpoint 1, 0x" in out and "in gdb_probe ()" in out, out
+    assert int(re.search(r"PC=([0-9a-f]+)", out).group(1), 16) == elf_symbol(symbols, "gdb_probe")
+    rdi, rsi = (int(x, 16) for x in re.search(r"RDI=([0-9a-f]+) RSI=([0-9a-f]+)", out).groups())
+    assert (rdi, rsi) == (console_value(console, r"probe a=0x([0-9a-f]+)"), console_value(console, r"b=0x([0-9a-f]+)"))
+    first = re.search(r"<gdb_probe>:\s+0x([0-9a-f]{2})\s+0x([0-9a-f]{2})", out)
+    assert first and bytes(int(x, 16) for x in first.groups()) == elf_bytes(symbols, "gdb_probe", 2), out
+    assert "Breakpoint 2, 0x" in out and "milestone_login_and_halt" in out, out
+    assert "fixture login: " in console and "exited normally" in out, out
+
+
 def test_a_register_written_in_gdb_is_what_the_guest_uses(tmp_path, fixture_gdb):
     kernel, symbols = fixture_gdb
     b = boot(tmp_path, kernel, "--gdb", "127.0.0.1:0", "--gdb-wait")
@@ -103,15 +144,18 @@ def test_physical_memory_mode_and_unmapped_virtual_addresses(tmp_path, fixture_g
     assert "memory: guest-physical" in out, out
 
 
-def test_ctrl_c_in_gdb_stops_a_running_guest(tmp_path, fixture_gdb):
+@ON_HOSTS
+def test_ctrl_c_in_gdb_stops_a_running_guest(tmp_path, fixture_gdb, host):
     import pexpect
     kernel, symbols = fixture_gdb
     # The guest runs from the start (no --gdb-wait) toward a milestone it never prints: its timeout must
     # outlast gdb's start on a loaded machine, or the boot ends before the Ctrl-C (gdb kills it sooner).
-    b = boot(tmp_path, kernel, "--gdb", "127.0.0.1:0", "--timeout", "120", expect="never printed")
-    where = port_of(b)
-    gdb = pexpect.spawn(GDB, ["-nx", "-q", "-ex", "set confirm off", "-ex", "set pagination off", str(symbols)],
-                        encoding="utf-8", timeout=20)
+    b = boot(tmp_path, kernel, "--gdb", "127.0.0.1:0", *(["--timeout", "120"] if host == "native" else []),
+             expect="never printed", host=host)
+    where = port_of(b, host)
+    gdb = pexpect.spawn(GDB, ["-nx", "-q", "-ex", "set confirm off", "-ex", "set pagination off",
+                              "-ex", f"set remotetimeout {LAB_REMOTE_TIMEOUT_S if host == 'lab' else 2}", str(symbols)],
+                        encoding="utf-8", timeout=LAB_TIMEOUT_S if host == "lab" else 20)
     try:
         gdb.expect(r"\(gdb\) ")
         gdb.sendline(f"target remote {where}")
@@ -129,17 +173,21 @@ def test_ctrl_c_in_gdb_stops_a_running_guest(tmp_path, fixture_gdb):
         gdb.expect(pexpect.EOF)
     finally:
         gdb.close(force=True)
-    code, console, err = b.finish()
+    code, console, err = b.finish(timeout=LAB_TIMEOUT_S if host == "lab" else 30)
     assert "fixture login: " in console
     assert code != 0                      # killed from gdb before its (never printed) expectation
 
 
-@pytest.mark.parametrize("guest, signal, hold", [("fixture-triple-fault", "SIGSEGV", "triple fault at rip"),
-                                                 ("fixture-panic", "SIGABRT", "panic: fixture deliberate panic"),
-                                                 ("fixture-hang", "SIGABRT", "no console output for 2 s")])
+@pytest.mark.parametrize("guest, signal, hold, host", [
+    ("fixture-triple-fault", "SIGSEGV", "triple fault at rip", "native"),
+    ("fixture-panic", "SIGABRT", "panic: fixture deliberate panic", "native"),
+    ("fixture-hang", "SIGABRT", "no console output for 2 s", "native"),
+    pytest.param("fixture-panic", "SIGABRT", "panic: fixture deliberate panic", "lab", marks=LAB.marks,
+                 id="fixture-panic-lab")])
 # The triple fault is held by the vCPU itself (KVM_EXIT_SHUTDOWN); the panic is a console pattern the
-# runner matched, which then stops the guest's vCPUs in the child (SIGUSR2) for the debugger.
-def test_gdb_on_failure_keeps_the_failed_guest_for_the_debugger(tmp_path, guest, signal, hold):
+# runner matched, which then stops the guest's vCPUs in the child (SIGUSR2; in the lab, the agent
+# sends it on the runner's `hold`) for the debugger.
+def test_gdb_on_failure_keeps_the_failed_guest_for_the_debugger(tmp_path, guest, signal, hold, host):
     from harness.assets.fixtures import build_fixture
     kernel = build_fixture(guest)
     args = ["--boot", "pvh", "--gdb-on-failure"]
@@ -147,17 +195,30 @@ def test_gdb_on_failure_keeps_the_failed_guest_for_the_debugger(tmp_path, guest,
         args += ["--failure", "panic=(?m)^panic: fixture deliberate panic"]
     if guest == "fixture-hang":
         args += ["--hang-timeout", "2"]
-    b = boot(tmp_path, kernel, *args)
-    b.wait_for(hold)
-    where = b.wait_for(r"guest kept for the debugger: gdb -ex 'target remote (\S+)'").group(1)
-    out = gdb_batch(f"target remote {where}", "printf \"RIP=%lx\\n\", $rip", "info program", "kill")
-    code, console, err = b.finish()
+    b = boot(tmp_path, kernel, *args, host=host)
+    wait = LAB_TIMEOUT_S if host == "lab" else 30
+    b.wait_for(hold, timeout=wait)
+    where = b.wait_for(r"guest kept for the debugger: gdb -ex 'target remote (\S+)'", timeout=wait).group(1)
+    out = gdb_on(host, f"target remote {where}", "printf \"RIP=%lx\\n\", $rip", "info program", "kill")
+    code, console, err = b.finish(timeout=wait)
     assert f"It stopped with signal {signal}" in out, out
     assert "killed" in out, out
     assert code == 1 and ("TIMEOUT: " if guest == "fixture-hang" else "FAIL: ") in err, err
     if guest == "fixture-triple-fault":
         rip = re.search(r"triple fault at rip (0x[0-9a-f]+)", err).group(1)
         assert int(re.search(r"RIP=([0-9a-f]+)", out).group(1), 16) == int(rip, 16)
+
+
+def elf_bytes(elf: Path, name: str, n: int) -> bytes:
+    """The first `n` bytes the ELF holds at symbol `name` (what memory reads must show under a breakpoint)."""
+    from elftools.elf.elffile import ELFFile
+    addr = elf_symbol(elf, name)
+    with open(elf, "rb") as f:
+        for section in ELFFile(f).iter_sections():
+            start = section["sh_addr"]
+            if section["sh_type"] == "SHT_PROGBITS" and start <= addr < start + section["sh_size"]:
+                return section.data()[addr - start:addr - start + n]
+    raise AssertionError(f"{name} is in no section of {elf}")
 
 
 def elf_symbol(elf: Path, name: str) -> int:

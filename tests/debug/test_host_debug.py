@@ -139,13 +139,36 @@ def test_qemu_backends_map_the_same_flags_to_qemus_own_stub(tmp_path):
     assert "-gdb" not in plain and "-S" not in plain
 
 
-def test_debugging_in_the_lab_is_refused_in_one_line_until_the_lab_has_a_port_for_it(tmp_path):
+def test_a_gdb_port_in_use_fails_a_lab_boot_in_one_line_before_any_lab_starts(tmp_path):
+    import os
+    import socket
     import subprocess
     import sys
     from debug_support import REPO
-    kernel = tmp_path / "k"
-    kernel.write_bytes(b"\0" * 64)
-    proc = subprocess.run([sys.executable, "-m", "harness", "boot", str(kernel), "--boot", "pvh", "--host", "lab",
-                           "--gdb", "1234"], capture_output=True, text=True, cwd=tmp_path,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)}, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: --gdb") and "Traceback" not in proc.stderr
+    from harness.assets.fixtures import build_fixture
+    kernel = build_fixture("fixture-pvh")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "harness", "boot", str(kernel), "--boot", "pvh", "--host", "lab",
+                               "--gdb", str(port), "--expect", "x", "--report-dir", str(tmp_path / "run")],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "ERROR: the gdb stub" in proc.stderr
+    import json
+    (path,) = (tmp_path / "run" / "cells").glob("*.json")
+    result = json.loads(path.read_text())
+    assert result["outcome"] == "error" and result["reason"] == (
+        f"the gdb stub cannot listen on 127.0.0.1:{port}: Address already in use — "
+        "pick another port (--gdb PORT; --gdb 0 takes any free one)")
+    assert result["duration_s"] < 10             # refused before a lab was started
+
+
+def test_the_builtin_stub_refuses_aarch64_guests_in_one_line(tmp_path):
+    from harness.model.session import BootRequest
+    from harness.backends.builtin import BuiltinBackend
+    from harness.errors import BackendUnavailable
+    request = BootRequest(cell_id="c", guest="g", family="linux", arch="aarch64", boot="image", kernel=tmp_path / "k",
+                          workdir=tmp_path, options=DebugOptions(listen="0").to_options())
+    with pytest.raises(BackendUnavailable) as err:
+        BuiltinBackend().check_guest(request, "aarch64")
+    assert "x86-64 guests only" in err.value.problem and "qemu-tcg" in err.value.fix

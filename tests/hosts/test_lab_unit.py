@@ -25,7 +25,7 @@ def test_every_lab_arch_is_one_record_with_its_assets():
         lab_params("riscv64")
 
 
-def test_qemu_command_line_shares_read_only_and_names_three_ports(tmp_path: Path):
+def test_qemu_command_line_shares_read_only_and_names_four_ports(tmp_path: Path):
     params = lab_params("x86_64")
     shares = [Share("usr", Path("/usr"), "/usr"), Share("in", tmp_path, "/lab/in", cache="none")]
     argv = qemu_argv(params, Path("/k"), Path("/i"), shares, tmp_path)
@@ -33,7 +33,8 @@ def test_qemu_command_line_shares_read_only_and_names_three_ports(tmp_path: Path
     fsdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-fsdev"]
     assert len(fsdevs) == 2 and all("readonly=on" in f and "security_model=none" in f for f in fsdevs)
     ports = [a for a in argv if a.startswith("virtserialport")]
-    assert sorted(p.rsplit("name=", 1)[1] for p in ports) == ["harness.console", "harness.control", "harness.events"]
+    assert sorted(p.rsplit("name=", 1)[1] for p in ports) == ["harness.console", "harness.control", "harness.events",
+                                                                       "harness.gdb"]
     cmdline = argv[argv.index("-append") + 1]
     assert "harness.shares=usr:/usr:loose,in:/lab/in:none" in cmdline
     assert "-no-reboot" in argv   # a lab that panics or powers off ends its QEMU
