@@ -100,8 +100,10 @@ class ChildVm:
         self.host = host_info()
         memory = req.memory_mib * layout.MiB
         self.ram = GuestRam.aarch64(memory)
-        description = Aarch64Machine(memory, vcpus=req.vcpus, cmdline=req.cmdline)
-        self.devices = build_aarch64_device_set(self, description)
+        from harness.devices.virtio import VirtioSetup
+        virtio = VirtioSetup.from_guest(req.options, req.disk, req.workdir, transports=("mmio",))
+        description = Aarch64Machine(memory, vcpus=req.vcpus, cmdline=req.cmdline, virtio_slots=len(virtio.devices))
+        self.devices = build_aarch64_device_set(self, description, virtio)
         self.machine = Aarch64KvmMachine(self.ram, self.devices.mmio_bus,
                                          Aarch64MachineConfig(vcpus=req.vcpus, gap_policy=req.gap_policy,
                                                               cpu_profile=req.cpu_profile), emit=self.emit)
@@ -220,9 +222,10 @@ def build_devices(child: ChildVm) -> Any:
     return devices
 
 
-def build_aarch64_device_set(child: ChildVm, description: Any) -> Any:
+def build_aarch64_device_set(child: ChildVm, description: Any, virtio: Any = None) -> Any:
     from harness.devices.aarch64 import build_aarch64_devices
-    return build_aarch64_devices(_device_context(child), description, console_write)
+    sinks = {"hvc0": SecondConsole(child.request.workdir / HVC_LOG).write}
+    return build_aarch64_devices(_device_context(child), description, console_write, child.ram, virtio, sinks)
 
 
 HVC_LOG = "console-hvc0.log"
