@@ -52,6 +52,7 @@ class ChildVm:
         self.terminated = threading.Event()
         self.guest_stop_event: str | None = None
         self.debug: Any = None                 # builtin_gdb.ChildDebugger with --gdb / --gdb-on-failure
+        self.console_out: Any = None           # console_batch.BatchedOutput where the console is batched
 
     # events from any thread (vCPUs, device timers): write, and stop the VM on reset / power-off
     def emit(self, event: ev.VmEvent) -> None:
@@ -104,9 +105,11 @@ class ChildVm:
         virtio = VirtioSetup.from_guest(req.options, req.disk, req.workdir, transports=("mmio",))
         description = Aarch64Machine(memory, vcpus=req.vcpus, cmdline=req.cmdline, virtio_slots=len(virtio.devices))
         self.devices = build_aarch64_device_set(self, description, virtio)
-        self.machine = Aarch64KvmMachine(self.ram, self.devices.mmio_bus,
-                                         Aarch64MachineConfig(vcpus=req.vcpus, gap_policy=req.gap_policy,
-                                                              cpu_profile=req.cpu_profile), emit=self.emit)
+        from harness.devices.pl011 import DR
+        cfg = Aarch64MachineConfig(vcpus=req.vcpus, gap_policy=req.gap_policy, cpu_profile=req.cpu_profile,
+                                   coalesce_serial=bool((req.options or {}).get("coalesce_serial", False)),
+                                   serial_data_register=description.uart.base + DR)
+        self.machine = Aarch64KvmMachine(self.ram, self.devices.mmio_bus, cfg, emit=self.emit)
         if req.kernel is None:
             raise BackendUnavailable(f"cell {req.cell_id}: the built-in backend needs a kernel",
                                      "give the guest a kernel file")
@@ -130,6 +133,8 @@ class ChildVm:
         while not self.terminated.wait(SNAPSHOT_PERIOD_S) and m.wait(0) is None:
             self._snapshot()
         info = m.wait(0) if not self.terminated.is_set() else m.stop()
+        if self.console_out is not None:
+            self.console_out.flush()       # the console's last bytes before the exit event
         self._snapshot()
         reason = info.reason if info else "stopped"
         code = EXIT_VM_ERROR if reason == "error" else EXIT_OK
@@ -174,6 +179,8 @@ class ChildVm:
         write_json_atomic(self.request.summary_path, summary.to_json())
 
     def close(self) -> None:
+        if self.console_out is not None:
+            self.console_out.close()
         if self.debug is not None:
             self.debug.close()
         if self.machine is not None:
@@ -224,8 +231,12 @@ def build_devices(child: ChildVm) -> Any:
 
 def build_aarch64_device_set(child: ChildVm, description: Any, virtio: Any = None) -> Any:
     from harness.devices.aarch64 import build_aarch64_devices
+    from harness.backends.console_batch import BatchedOutput
     sinks = {"hvc0": SecondConsole(child.request.workdir / HVC_LOG).write}
-    return build_aarch64_devices(_device_context(child), description, console_write, child.ram, virtio, sinks)
+    # One write per PL011 byte is what made the console slow in the aarch64 lab (console_batch).
+    child.console_out = BatchedOutput(console_write)
+    return build_aarch64_devices(_device_context(child), description, child.console_out.write, child.ram,
+                                 virtio, sinks)
 
 
 HVC_LOG = "console-hvc0.log"
