@@ -8,10 +8,15 @@ from typing import Any
 from harness.assets.lab import lab_params
 from harness.backends.base import Backend
 from harness.backends.builtin import BuiltinBackend
+from harness.backends.builtin_vm import HVC_LOG
 from harness.backends.qemu import QemuBackend
 from harness.errors import BackendUnavailable, HarnessError
 from harness.hosts.lab import LabError, LabSession, check_qemu
 from harness.model.session import BootRequest
+
+# What a built-in VMM child leaves in its workdir besides the console and events: the virtio
+# console's stream (harness.backends.builtin_vm.HVC_LOG), brought back from the lab (as text).
+BUILTIN_COLLECT = (HVC_LOG, HVC_LOG.replace(".log", ".timing.jsonl"))
 
 
 class LabBuiltinBackend(BuiltinBackend):
@@ -31,7 +36,7 @@ class LabBuiltinBackend(BuiltinBackend):
         request.summary_path.unlink(missing_ok=True)
         lab = lab_for(request.arch)
         try:
-            return lab.run(request)
+            return lab.run(request, collect=BUILTIN_COLLECT)
         except LabError:
             lab.kill()   # a lab that cannot start a cell is replaced for the retry
             raise

@@ -398,7 +398,7 @@ class Lab:
         self.session = session
         session.start_time = time.monotonic()
         if command is None:
-            self.send({"type": "run", "id": lab_id, "spec": lab_request.to_json()})
+            self.send({"type": "run", "id": lab_id, "spec": lab_request.to_json(), "collect": list(collect)})
         else:
             self.send({"type": "run", "id": lab_id, "argv": command(lab_request), "collect": list(collect)})
         try:
@@ -524,9 +524,18 @@ class LabSession(BackendSession):
             self._console.done.wait(5.0)
             self._events.done.wait(5.0)
         self._finish_streams()
+        self._keep_collected()
         self.lab.session = None
         self.lab.unstage(self.lab_id)
         return self._summary()
+
+    def _keep_collected(self) -> None:
+        """Files the agent brought back from the lab's workdir (the virtio console's log, QEMU's
+        log), written beside the cell's console as a local child would have left them."""
+        from harness.model.files import write_atomic
+        for name, text in ((self._exited or {}).get("files") or {}).items():
+            if "/" not in name and not (self.request.workdir / name).exists():
+                write_atomic(self.request.workdir / name, str(text).encode())
 
     # -- from the lab's reader threads -----------------------------------------------------------
     def on_console(self, chunk: bytes) -> None:

@@ -48,3 +48,14 @@ def test_linux_arm64_reaches_login_on_builtin_in_the_lab(tmp_path: Path):
     assert b"Machine model: harness aarch64 VM" in console        # our generated DTB
     assert console.index(b"Linux version") < console.index(b"Run /init") < console.rindex(b"login:")
     assert "soft lockup" not in console.decode(errors="replace")
+
+
+def test_virtio_mmio_devices_from_the_dtb_serve_debian_arm64_in_the_lab(tmp_path: Path):
+    """blk, console, rng behind virtio-mmio: the kernel probes them from the generated DTB, the guest
+    reads its disk, its hwrng and writes hvc0 (its commands check each); ~2.5 min."""
+    result = run_cell(_matrix_cell("linux-arm64-virtio@builtin+lab/"), RunOptions(run_dir=tmp_path, offline=False))
+    assert result.outcome == "pass", result.reason
+    assert [m.name for m in result.milestones] == ["kernel", "userspace", "virtio-blk", "login"]
+    assert len(result.commands) == 6 and not [g for g in result.gaps if g["kind"].startswith("virtio")]
+    hvc = (tmp_path / result.console_log).parent / "console-hvc0.log"
+    assert b"harness-hvc0" in hvc.read_bytes()
