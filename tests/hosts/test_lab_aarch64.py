@@ -2,7 +2,7 @@
 
 Slow: the matrix's own cells, run through the runner. fixture-arm64 takes ~35-60 s (lab start
 included), linux-arm64 ~3 min (every PL011 byte is an MMIO exit to the Python VMM under nested
-TCG; login at 136 s under load 10). One lab at a time (the pool is closed after each test).
+TCG; 88 s lightly loaded, 176 s during the whole suite; virtio ~2.5 min). One lab at a time (the pool is closed after each test).
 """
 from __future__ import annotations
 
