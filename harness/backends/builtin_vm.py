@@ -153,7 +153,7 @@ class ChildVm:
         now = time.monotonic()
         self.emit(ev.VmEvent(ev.VM_START, now, {"host": self.host, "boot": {"method": self.request.boot},
                                                  "vcpus": self.request.vcpus}))
-        self.emit(ev.VmEvent(ev.GAP, now, gap.to_dict()))
+        self.emit(ev.VmEvent(ev.GAP, now, gap.to_json()))
         self.emit(ev.VmEvent(ev.VM_EXIT, time.monotonic(), {"reason": "gap", "code": EXIT_OK,
                                                            "detail": {"gap": gap.kind}}))
         self.write_summary(EXIT_OK)
@@ -177,7 +177,7 @@ class ChildVm:
     def write_summary(self, code: int | None, error: str | None = None) -> None:
         m = self.machine
         ms = m.summary() if m is not None else {}
-        gaps = ms.get("gaps", []) + ([self.unbootable.to_dict()] if self.unbootable is not None else [])
+        gaps = ms.get("gaps", []) + ([self.unbootable.to_json()] if self.unbootable is not None else [])
         extra = {"gaps": gaps, "masked_cpuid": ms.get("masked_cpuid", []),
                  "boot": self.boot_info, "stop": ms.get("stop"), "cpu_profile": self.request.cpu_profile,
                  "gap_policy": self.request.gap_policy, "msr_routing": ms.get("msr_routing"),
@@ -205,7 +205,7 @@ class ChildVm:
 def firmware_boot_gap(req: BootRequest) -> Any:
     """The record of a UEFI boot asked of the built-in aarch64 VMM (FreeBSD/aarch64 wants an EFI
     loader): it has no flash emulation for QEMU_EFI.fd yet, so the boot stops before it starts."""
-    from harness.gaps.record import FATE_STOPPED, FIRMWARE_BOOT, GapRecord
+    from harness.model.gap import FATE_STOPPED, FIRMWARE_BOOT, GapRecord
     firmware = (req.options or {}).get("firmware")
     return GapRecord(kind=FIRMWARE_BOOT, key=f"{req.arch}/uefi", fate=FATE_STOPPED,
                      detail={"why": "the built-in aarch64 VMM has no UEFI firmware (pflash) emulation",

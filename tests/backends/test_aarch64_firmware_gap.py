@@ -7,11 +7,11 @@ import json
 import subprocess
 import sys
 
-from harness.backends import events as ev
-from harness.backends.base import BootRequest
+from harness.model import events as ev
+from harness.model.session import BootRequest
 from harness.backends.builtin import BuiltinBackend
 from harness.backends.builtin_vm import EXIT_OK, request_to_json
-from harness.gaps.record import FATE_STOPPED, FIRMWARE_BOOT, KINDS
+from harness.model.gap import FATE_STOPPED, FIRMWARE_BOOT, KINDS
 
 
 def _request(tmp_path) -> BootRequest:

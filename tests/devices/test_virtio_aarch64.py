@@ -22,7 +22,7 @@ from harness.devices.virtio import blk as B  # noqa: E402
 from harness.devices.virtio import mmio as M  # noqa: E402
 from harness.devices.virtio.device import STATUS_DEVICE_NEEDS_RESET  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
-from harness.gaps.record import VIRTIO_QUEUE  # noqa: E402
+from harness.model.gap import VIRTIO_QUEUE  # noqa: E402
 from harness.memory import GuestRam  # noqa: E402
 
 MiB = layout.MiB
