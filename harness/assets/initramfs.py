@@ -22,7 +22,7 @@ from harness.errors import AssetError
 # A fixed default for SOURCE_DATE_EPOCH: 2023-06-10, Debian 12's release day.
 DEFAULT_EPOCH = 1686355200
 HOSTNAME = "harness"
-VIRTIO_MODULES = ("virtio", "virtio_ring", "virtio_pci", "virtio_mmio", "virtio_blk")
+VIRTIO_MODULES = ("virtio", "virtio_ring", "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_console", "virtio_rng")
 CONSOLE_TTY = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
 
 

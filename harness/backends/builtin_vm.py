@@ -52,6 +52,7 @@ class ChildVm:
         self.terminated = threading.Event()
         self.guest_stop_event: str | None = None
         self.debug: Any = None                 # builtin_gdb.ChildDebugger with --gdb / --gdb-on-failure
+        self.unbootable: Any = None            # a GapRecord that stops the VM before it starts (firmware-boot)
 
     # events from any thread (vCPUs, device timers): write, and stop the VM on reset / power-off
     def emit(self, event: ev.VmEvent) -> None:
@@ -91,6 +92,9 @@ class ChildVm:
 
     def _build_aarch64(self) -> None:
         """arm64 host: PL011/PL031 on the MMIO bus, the DTB from the same machine description."""
+        if self.request.boot == "firmware":
+            self.unbootable = firmware_boot_gap(self.request)
+            return
         from harness.boot.arm64 import load_aarch64
         from harness.boot.fdt import Aarch64Machine
         from harness.kvm.arch.aarch64.machine import Aarch64KvmMachine, Aarch64MachineConfig
@@ -100,11 +104,15 @@ class ChildVm:
         self.host = host_info()
         memory = req.memory_mib * layout.MiB
         self.ram = GuestRam.aarch64(memory)
-        description = Aarch64Machine(memory, vcpus=req.vcpus, cmdline=req.cmdline)
-        self.devices = build_aarch64_device_set(self, description)
-        self.machine = Aarch64KvmMachine(self.ram, self.devices.mmio_bus,
-                                         Aarch64MachineConfig(vcpus=req.vcpus, gap_policy=req.gap_policy,
-                                                              cpu_profile=req.cpu_profile), emit=self.emit)
+        from harness.devices.virtio import VirtioSetup
+        virtio = VirtioSetup.from_guest(req.options, req.disk, req.workdir, transports=("mmio",))
+        description = Aarch64Machine(memory, vcpus=req.vcpus, cmdline=req.cmdline, virtio_slots=len(virtio.devices))
+        self.devices = build_aarch64_device_set(self, description, virtio)
+        from harness.devices.pl011 import DR
+        cfg = Aarch64MachineConfig(vcpus=req.vcpus, gap_policy=req.gap_policy, cpu_profile=req.cpu_profile,
+                                   coalesce_serial=bool((req.options or {}).get("coalesce_serial", False)),
+                                   serial_data_register=description.uart.base + DR)
+        self.machine = Aarch64KvmMachine(self.ram, self.devices.mmio_bus, cfg, emit=self.emit)
         if req.kernel is None:
             raise BackendUnavailable(f"cell {req.cell_id}: the built-in backend needs a kernel",
                                      "give the guest a kernel file")
@@ -113,6 +121,8 @@ class ChildVm:
         self.boot_info = dict(boot.plan.info)
 
     def run(self) -> int:
+        if self.unbootable is not None:
+            return self._refuse(self.unbootable)
         m = self.machine
         self.emit(ev.VmEvent(ev.VM_START, time.monotonic(), {
             "host": self.host, "boot": self.boot_info, "cpu_profile": m.config.cpu_profile,
@@ -138,6 +148,17 @@ class ChildVm:
         self.write_summary(code)
         return code
 
+    def _refuse(self, gap: Any) -> int:
+        """The VM cannot start (gap.fate stopped): VM_START, the gap, VM_EXIT, a summary with it."""
+        now = time.monotonic()
+        self.emit(ev.VmEvent(ev.VM_START, now, {"host": self.host, "boot": {"method": self.request.boot},
+                                                 "vcpus": self.request.vcpus}))
+        self.emit(ev.VmEvent(ev.GAP, now, gap.to_json()))
+        self.emit(ev.VmEvent(ev.VM_EXIT, time.monotonic(), {"reason": "gap", "code": EXIT_OK,
+                                                           "detail": {"gap": gap.kind}}))
+        self.write_summary(EXIT_OK)
+        return EXIT_OK
+
     def _snapshot(self) -> None:
         m = self.machine
         self.events.emit(ev.VmEvent(ev.EXIT_COUNTS, time.monotonic(),
@@ -156,7 +177,8 @@ class ChildVm:
     def write_summary(self, code: int | None, error: str | None = None) -> None:
         m = self.machine
         ms = m.summary() if m is not None else {}
-        extra = {"gaps": ms.get("gaps", []), "masked_cpuid": ms.get("masked_cpuid", []),
+        gaps = ms.get("gaps", []) + ([self.unbootable.to_json()] if self.unbootable is not None else [])
+        extra = {"gaps": gaps, "masked_cpuid": ms.get("masked_cpuid", []),
                  "boot": self.boot_info, "stop": ms.get("stop"), "cpu_profile": self.request.cpu_profile,
                  "gap_policy": self.request.gap_policy, "msr_routing": ms.get("msr_routing"),
                  "coalesced_serial": ms.get("coalesced_serial"), "serial_mode": ms.get("serial_mode"),
@@ -178,6 +200,18 @@ class ChildVm:
             self.machine.close()
         if self.devices is not None:
             self.devices.close()
+
+
+def firmware_boot_gap(req: BootRequest) -> Any:
+    """The record of a UEFI boot asked of the built-in aarch64 VMM (FreeBSD/aarch64 wants an EFI
+    loader): it has no flash emulation for QEMU_EFI.fd yet, so the boot stops before it starts."""
+    from harness.model.gap import FATE_STOPPED, FIRMWARE_BOOT, GapRecord
+    firmware = (req.options or {}).get("firmware")
+    return GapRecord(kind=FIRMWARE_BOOT, key=f"{req.arch}/uefi", fate=FATE_STOPPED,
+                     detail={"why": "the built-in aarch64 VMM has no UEFI firmware (pflash) emulation",
+                             "firmware": str(firmware) if firmware else None,
+                             "disk": req.disk.name if req.disk is not None else None,
+                             "instead": "boot the guest's kernel directly (boot: image / netbsd), or use qemu-tcg"})
 
 
 def gap_overrides(options: dict[str, Any]) -> dict[int, str]:
@@ -220,9 +254,10 @@ def build_devices(child: ChildVm) -> Any:
     return devices
 
 
-def build_aarch64_device_set(child: ChildVm, description: Any) -> Any:
+def build_aarch64_device_set(child: ChildVm, description: Any, virtio: Any = None) -> Any:
     from harness.devices.aarch64 import build_aarch64_devices
-    return build_aarch64_devices(_device_context(child), description, console_write)
+    sinks = {"hvc0": SecondConsole(child.request.workdir / HVC_LOG).write}
+    return build_aarch64_devices(_device_context(child), description, console_write, child.ram, virtio, sinks)
 
 
 HVC_LOG = "console-hvc0.log"

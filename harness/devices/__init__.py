@@ -50,10 +50,8 @@ class DeviceSet:
             return
         self._closed = True
         self.rtc.close()
-        for transport in self.virtio:
-            disk = getattr(transport.device, "disk", None)
-            if disk is not None:
-                disk.close()
+        from harness.devices.virtio import close_transports
+        close_transports(self.virtio)
         self.i8042.flush_gaps()
         self.pci.flush_gaps()
 

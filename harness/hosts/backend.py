@@ -8,6 +8,7 @@ from typing import Any
 from harness.assets.lab import lab_params
 from harness.backends.base import Backend, BackendSession
 from harness.backends.builtin import BuiltinBackend
+from harness.backends.builtin_vm import HVC_LOG
 from harness.backends.debugopts import DebugOptions
 from harness.backends.qemu import QemuBackend
 from harness.errors import BackendUnavailable, HarnessError
@@ -16,6 +17,10 @@ from harness.hosts.gdbmux import LAB_STUB_HOST, LAB_STUB_PORT
 from harness.hosts.lab import LabError, LabSession, check_qemu
 from harness.model import events as ev
 from harness.model.session import BootRequest
+
+# What a built-in VMM child leaves in its workdir besides the console and events: the virtio
+# console's stream (harness.backends.builtin_vm.HVC_LOG), brought back from the lab (as text).
+BUILTIN_COLLECT = (HVC_LOG, HVC_LOG.replace(".log", ".timing.jsonl"))
 
 
 class LabBuiltinBackend(BuiltinBackend):
@@ -32,7 +37,7 @@ class LabBuiltinBackend(BuiltinBackend):
     def start(self, request: BootRequest) -> LabSession:
         request.workdir.mkdir(parents=True, exist_ok=True)
         request.summary_path.unlink(missing_ok=True)
-        return run_in_lab(request)
+        return run_in_lab(request, collect=BUILTIN_COLLECT)
 
 
 def run_in_lab(request: BootRequest, **run: Any) -> LabSession:

@@ -439,7 +439,7 @@ class Lab:
         self.session = session
         session.start_time = time.monotonic()
         if command is None:
-            self.send({"type": "run", "id": lab_id, "spec": lab_request.to_json()})
+            self.send({"type": "run", "id": lab_id, "spec": lab_request.to_json(), "collect": list(collect)})
         else:
             self.send({"type": "run", "id": lab_id, "argv": command(lab_request), "collect": list(collect)})
         try:
@@ -572,6 +572,7 @@ class LabSession(BackendSession):
         if self.gdb is not None:
             self.gdb.close()
         self._finish_streams()
+        self._keep_collected()
         self.lab.session = None
         self.lab.unstage(self.lab_id)
         return self._summary()
@@ -582,6 +583,14 @@ class LabSession(BackendSession):
         if self._exited is None and self._failure is None:
             self.lab.send({"type": "hold", "id": self.lab_id})
         super().hold_for_debugger()
+
+    def _keep_collected(self) -> None:
+        """Files the agent brought back from the lab's workdir (the virtio console's log, QEMU's
+        log), written beside the cell's console as a local child would have left them."""
+        from harness.model.files import write_atomic
+        for name, text in ((self._exited or {}).get("files") or {}).items():
+            if "/" not in name and not (self.request.workdir / name).exists():
+                write_atomic(self.request.workdir / name, str(text).encode())
 
     # -- from the lab's reader threads -----------------------------------------------------------
     def on_console(self, chunk: bytes) -> None:

@@ -30,7 +30,7 @@ class FlightRecorder:
         out = []
         for reason, what, rip, t, vcpu in entries:
             name = EXIT_NAMES.get(reason, f"exit-{reason}")
-            entry: dict[str, Any] = {"reason": name, "rip": f"{rip:#x}", "t": t, "vcpu": vcpu}
+            entry: dict[str, Any] = {"reason": name, "rip": f"{rip:#x}" if rip >= 0 else None, "t": t, "vcpu": vcpu}
             label = _WHAT_NAMES.get(name)
             if label:
                 entry[label] = f"{what:#x}"

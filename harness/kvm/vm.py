@@ -33,6 +33,7 @@ class Vm:
         self.ring_view: memoryview | None = None  # the same page, for the run loop's one-struct read
         self.ring_lock = threading.Lock()      # one drainer at a time keeps replay in guest order
         self.coalesced: list[tuple[int, int, bool]] = []
+        self.ring_max = k.KVM_COALESCED_MMIO_MAX   # ring entries in one page
         self._set_memory()
         self._set_x86_addresses()
         if irqchip:
@@ -127,7 +128,7 @@ class Vm:
             return 0
         n = 0
         with self.ring_lock:
-            first, maximum = ring.first, k.KVM_COALESCED_MMIO_MAX
+            first, maximum = ring.first, self.ring_max
             while first != ring.last:
                 ent = ring.coalesced_mmio[first]
                 size = min(int(ent.len), 8)

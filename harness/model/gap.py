@@ -35,11 +35,12 @@ FIRMWARE_TABLE_READ = "firmware-table-read"         # a firmware table the guest
 VIRTIO_FEATURE = "virtio-feature"                   # a virtio feature bit the driver asked for, not offered
 VIRTIO_CONFIG = "virtio-config"                     # a device-config field we do not model
 VIRTIO_QUEUE = "virtio-queue"                       # a bad descriptor/index/length: the device stopped
+FIRMWARE_BOOT = "firmware-boot"                     # a firmware (UEFI) boot this VMM cannot do for the arch
 
 KINDS = (MSR_READ, MSR_WRITE, MTRR_PROBE, TSC_MSR, IO_PORT, REP_STRING_IO, MMIO, PCI_CONFIG, I8042_WAIT,
          HOST_EMULATION_FAILURE, RESCUED_INSTRUCTION, MASKED_CPUID, TRIPLE_FAULT, FAIL_ENTRY,
          QEMU_UNIMPLEMENTED, QEMU_GUEST_ERROR, UNKNOWN_EXIT, FIRMWARE_TABLE_MISSING, FIRMWARE_TABLE_READ,
-         VIRTIO_FEATURE, VIRTIO_CONFIG, VIRTIO_QUEUE)
+         VIRTIO_FEATURE, VIRTIO_CONFIG, VIRTIO_QUEUE, FIRMWARE_BOOT)
 
 # Gap policies: how the built-in hypervisor answers an MSR it does not provide (a matrix axis).
 GAP_POLICIES = {

@@ -29,6 +29,7 @@ from harness.model.result import OUTCOMES, Phase, ended_as_expected
 from harness.model.tries import passed_on_retry
 from harness.model.verdict import cell_ok, known_issue_note
 from harness.report.diff import RunDiff
+from harness.report.hosts import host_of
 from harness.report.run import CellView, RunData
 
 # Console bytes embedded per cell (the tail): enough to see a boot, small enough that a page of a
@@ -95,8 +96,16 @@ def _header(run: RunData, results: dict[str, Any]) -> str:
 
 
 def _column(view: CellView) -> tuple[str, str, str]:
+    """backend (+host when not native, spelled as in the cell id: builtin+lab), cpu profile, gap policy."""
     p = view.result.params if isinstance(view.result.params, dict) else {}
-    return (view.result.backend, str(p.get("cpu_profile", "-")), str(p.get("gap_policy", "-")))
+    host = host_of(view.result)
+    backend = view.result.backend + ("" if host == "native" else f"+{host}")
+    return (backend, str(p.get("cpu_profile", "-")), str(p.get("gap_policy", "-")))
+
+
+def _arch(view: CellView) -> str:
+    p = view.result.params if isinstance(view.result.params, dict) else {}
+    return str(p.get("arch") or "x86_64")
 
 
 def _chip_label(view: CellView, group: list[CellView]) -> str:
@@ -115,15 +124,21 @@ def _chip_label(view: CellView, group: list[CellView]) -> str:
 
 
 def _heatmap(run: RunData) -> str:
+    """Rows: guests grouped by architecture (one heading row per arch); columns: backend+host,
+    cpu profile, gap policy. An aarch64 guest's builtin+lab and qemu-tcg cells share its row."""
     cols = sorted({_column(c) for c in run.cells})
-    guests = sorted({c.result.guest for c in run.cells})
+    arch_of = {c.result.guest: _arch(c) for c in run.cells}
+    guests = sorted(arch_of, key=lambda g: (arch_of[g], g))
     grid: dict[tuple[str, tuple[str, str, str]], list[CellView]] = defaultdict(list)
     for c in run.cells:
         grid[(c.result.guest, _column(c))].append(c)
     head1 = "".join(f"<th>{esc(b)}</th>" for b, _, _ in cols)
     head2 = "".join(f'<th class="sub">{esc(cp)}<br>{esc(gp)}</th>' for _, cp, gp in cols)
     rows = []
-    for g in guests:
+    for i, g in enumerate(guests):
+        if i == 0 or arch_of[guests[i - 1]] != arch_of[g]:
+            rows.append(f'<tr class="arch"><th colspan="{len(cols) + 1}" data-arch="{esc(arch_of[g])}">'
+                        f'{esc(arch_of[g])}</th></tr>')
         tds = []
         for col in cols:
             here = grid.get((g, col), [])
@@ -132,10 +147,11 @@ def _heatmap(run: RunData) -> str:
                 f'href="#{_anchor(c)}" title="{esc(c.key)}: {esc(c.result.reason or c.result.outcome)}">'
                 f'{esc(_chip_label(c, here))}</a>' for c in here)
             tds.append(f'<td>{chips or "<span class=none>·</span>"}</td>')
-        rows.append(f'<tr><th class="guest">{esc(g)}</th>{"".join(tds)}</tr>')
+        rows.append(f'<tr data-arch="{esc(arch_of[g])}"><th class="guest">{esc(g)}</th>{"".join(tds)}</tr>')
     legend = " ".join(_badge(o) for o in OUTCOMES)
     return (f'<section id="matrix"><h2>Matrix</h2><p class="legend">{legend} '
-            f'<span class="hint">rows: guests; columns: backend, cpu profile, gap policy; click a cell</span></p>'
+            f'<span class="hint">rows: guests by architecture; columns: backend (+host), cpu profile, gap policy; '
+            f'click a cell</span></p>'
             f'<div class="scroll"><table class="heat"><thead><tr><th rowspan=2>guest</th>{head1}</tr>'
             f'<tr>{head2}</tr></thead><tbody>{"".join(rows)}</tbody></table></div></section>')
 

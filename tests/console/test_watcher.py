@@ -171,6 +171,23 @@ def test_power_off_event_overtaking_the_last_lines_still_passes(watch):
     assert o.outcome == "pass", o.reason
 
 
+def test_power_off_while_settling_after_every_milestone_passes(watch):
+    """fixture-arm64 prints `fixture login: ` and then powers off (PSCI SYSTEM_OFF) within the settle
+    time: its boot is complete, not "powered off before reaching every milestone"."""
+    steps = [(0, b"fixture: entry arm64\n"), (0.05, b"fixture login: \n"), (0.1, b"fixture: psci system_off\n"),
+             (0.15, ev.SHUTDOWN, {"source": "kvm-system-event"})]
+    o, _, _ = watch(steps, [("entry", "fixture: entry", 5), ("login", "login: ", 5)], family="fixture", settle=1.0)
+    assert o.outcome == "pass", o.reason
+    assert [m.name for m in o.milestones] == ["entry", "login"]
+
+
+def test_a_panic_while_settling_still_fails_when_the_guest_then_powers_off(watch):
+    steps = [(0, b"Linux version 6.1\n"), (0.05, b"login: \n"), (0.1, b"Kernel panic - not syncing: boom\n"),
+             (0.15, ev.SHUTDOWN, {"source": "kvm-system-event"})]
+    o, _, _ = watch(steps, [("kernel", "Linux version", 5), ("login", "login: ", 5)], family="linux", settle=1.0)
+    assert o.outcome == "fail" and o.failure.kind != "shutdown", o.reason
+
+
 def test_power_off_without_the_remaining_milestones_is_still_a_failure(watch):
     steps = [(0, b"fixture: entry arm64\n"), (0.05, ev.SHUTDOWN, {"source": "kvm-system-event"})]
     o, _, _ = watch(steps, [("entry", "fixture: entry", 5), ("login", "login: ", 5)], family="fixture")

@@ -49,8 +49,12 @@ class RingLayout:
 
 
 class MmioDriver:
-    def __init__(self, transport: M.VirtioMmio, ram) -> None:
+    """`transport`: anything with read/write(offset, ...) and `.device` (a VirtioMmio, or its
+    registers reached through a bus); rings from `ring_base` (inside the guest's RAM)."""
+
+    def __init__(self, transport: M.VirtioMmio, ram, ring_base: int = RING_BASE) -> None:
         self.t, self.ram = transport, ram
+        self.ring_base = ring_base
         self.rings: list[RingLayout] = []
 
     def r(self, off: int) -> int:
@@ -80,7 +84,7 @@ class MmioDriver:
         if not status & STATUS_FEATURES_OK:
             return status
         for q in range(len(self.t.device.queues)):
-            ring = RingLayout(self.ram, queue_size, RING_BASE + q * 0x10000)
+            ring = RingLayout(self.ram, queue_size, self.ring_base + q * 0x10000)
             self.w(M.QUEUE_SEL, q)
             assert self.r(M.QUEUE_NUM_MAX) >= queue_size
             self.w(M.QUEUE_NUM, queue_size)

@@ -152,7 +152,9 @@ def test_host_axis_in_cell_ids_and_matrix(tmp_path: Path):
     matrix = load_matrix(REPO / "matrix.yaml", guests)
     cells = {c.id: c for c in matrix.cells(guests, "quick")}
     lab_cells = [c for c in cells.values() if c.host == "lab"]
-    assert {c.guest.name for c in lab_cells} >= {"linux-amd64-bzimage", "linux-amd64-pvh"}
+    assert {c.guest.name for c in lab_cells} >= {"linux-amd64-bzimage", "linux-amd64-pvh", "fixture-arm64",
+                                                  "linux-arm64"}
+    assert "linux-arm64-virtio" not in {c.guest.name for c in lab_cells}       # nightly
     assert all("@builtin+lab/" in c.id and c.params()["host"] == "lab" for c in lab_cells)
     # Both reach login: in the lab, and the bzImage guest's dmesg check passes: the lab's XSETBV
     # quirk is worked around (harness.hosts.quirks), so Linux's XSAVE sizes agree.
@@ -231,3 +233,17 @@ def test_builtin_in_a_lab_checks_the_guest_against_the_labs_arch(tmp_path: Path)
     BuiltinBackend().check_guest(request, "aarch64")           # the aarch64 lab
     with pytest.raises(BackendUnavailable, match="not aarch64"):
         BuiltinBackend().check_guest(request, "x86_64")         # this machine
+
+
+def test_files_the_agent_brought_back_land_beside_the_console(tmp_path: Path):
+    """The virtio console's log of a lab cell comes back in the agent's `exited` message."""
+    from harness.hosts.backend import BUILTIN_COLLECT
+    lab = FakeLab()
+    session = LabSession(_request(tmp_path), lab, "8", ClockSync(offset_s=0.0, rtt_s=0.001))
+    lab.session = session
+    files = {BUILTIN_COLLECT[0]: "harness-hvc0\n", "../escape": "no"}
+    session.on_exited({"type": "exited", "id": "8", "code": 0, "console_bytes": 0, "events_bytes": 0,
+                       "summary": {"exit_code": 0}, "files": files, "stderr": ""})
+    session.stop()
+    assert (tmp_path / "console-hvc0.log").read_text() == "harness-hvc0\n"
+    assert not (tmp_path.parent / "escape").exists()

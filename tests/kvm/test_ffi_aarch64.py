@@ -16,7 +16,7 @@ from harness.kvm.arch.aarch64.ffi import ffi
 CROSS_GCC = shutil.which("aarch64-linux-gnu-gcc")
 pytestmark = pytest.mark.skipif(CROSS_GCC is None, reason="needs gcc-aarch64-linux-gnu")
 
-STRUCTS = ["kvm_userspace_memory_region", "kvm_vcpu_init", "kvm_one_reg", "kvm_create_device",
+STRUCTS = ["kvm_userspace_memory_region", "kvm_coalesced_mmio_zone", "kvm_vcpu_init", "kvm_one_reg", "kvm_create_device",
            "kvm_device_attr", "kvm_irq_level", "kvm_mp_state", "kvm_run"]
 FIELDS = [("kvm_run", "immediate_exit"), ("kvm_run", "exit_reason"), ("kvm_run", "mmio.phys_addr"),
           ("kvm_run", "mmio.data"), ("kvm_run", "mmio.len"), ("kvm_run", "mmio.is_write"),
@@ -28,7 +28,7 @@ FIELDS = [("kvm_run", "immediate_exit"), ("kvm_run", "exit_reason"), ("kvm_run",
           ("kvm_create_device", "fd"), ("kvm_create_device", "flags"), ("kvm_device_attr", "group"),
           ("kvm_device_attr", "attr"), ("kvm_device_attr", "addr")]
 CONSTANTS = ["KVM_CAP_ARM_PSCI", "KVM_CAP_ARM_PSCI_0_2", "KVM_CAP_ARM_VM_IPA_SIZE", "KVM_CAP_ARM_NISV_TO_USER",
-             "KVM_CAP_IRQCHIP", "KVM_CAP_NR_VCPUS", "KVM_CAP_MAX_VCPUS", "KVM_VM_TYPE_ARM_IPA_SIZE_MASK",
+             "KVM_CAP_IRQCHIP", "KVM_CAP_NR_VCPUS", "KVM_CAP_COALESCED_MMIO", "KVM_CAP_MAX_VCPUS", "KVM_VM_TYPE_ARM_IPA_SIZE_MASK",
              "KVM_ARM_VCPU_POWER_OFF", "KVM_ARM_VCPU_EL1_32BIT", "KVM_ARM_VCPU_PSCI_0_2", "KVM_ARM_VCPU_PMU_V3",
              "KVM_DEV_TYPE_ARM_VGIC_V2", "KVM_DEV_TYPE_ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_ADDR",
              "KVM_DEV_ARM_VGIC_GRP_NR_IRQS", "KVM_DEV_ARM_VGIC_GRP_CTRL", "KVM_DEV_ARM_VGIC_CTRL_INIT",

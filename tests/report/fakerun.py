@@ -47,7 +47,8 @@ def make_cell(run_dir: Path, guest: str = "fixture-pvh", backend: str = "builtin
               policy: str = "emulate", outcome: str = "pass", times: list[float] | None = None,
               gaps: list[GapRecord] | None = None, repeat_index: int = 0, reached: int | None = None,
               console_extra: str = "", started_at: str = "2026-11-21T22:00:00Z", attempts: int = 1,
-              expected_gaps: list[dict[str, Any]] | None = None) -> CellResult:
+              expected_gaps: list[dict[str, Any]] | None = None, host: str = "native",
+              arch: str = "x86_64") -> CellResult:
     """Write one finished cell (result JSON, console.log, events.jsonl) and return its CellResult."""
     from harness.gaps.baseline import compare
     from harness.gaps.ledger import build_ledger
@@ -55,7 +56,7 @@ def make_cell(run_dir: Path, guest: str = "fixture-pvh", backend: str = "builtin
 
     times = list(times or DEFAULT_TIMES)
     reached = len(FIXTURE_LINES) if reached is None else reached
-    base_id = f"{guest}@{backend}/{profile}/{policy}/1c/64M"
+    base_id = f"{guest}@{backend}{'' if host == 'native' else '+' + host}/{profile}/{policy}/1c/64M"
     # like harness.runner.execute: repeats are "<id>#rN" with their work dir in cells/<slug>-rN
     cell_id = f"{base_id}#r{repeat_index}" if repeat_index else base_id
     work = RunDir(run_dir).workdir(base_id, repeat_index)
@@ -101,7 +102,7 @@ def make_cell(run_dir: Path, guest: str = "fixture-pvh", backend: str = "builtin
     res = CellResult(
         cell_id=cell_id, guest=guest, backend=backend,
         params={"cpu_profile": profile, "gap_policy": policy, "vcpus": 1, "memory_mib": 64, "tier": "quick",
-                "family": "fixture"},
+                "family": "fixture", "host": host, "arch": arch},
         outcome=outcome, reason="" if outcome == "pass" else f"{outcome}: waiting for {near.waiting_for if near else '?'}",
         started_at=started_at, duration_s=(times[reached - 1] if reached else 0.0) + 0.05,
         milestones=milestones, expected_milestones=expected, phases=phases, failure=failure, near_miss=near,

@@ -45,7 +45,9 @@ class VirtioSetup:
     msix: bool = True
 
     @classmethod
-    def from_guest(cls, options: dict[str, Any] | None, disk: Path | None, workdir: Path) -> "VirtioSetup":
+    def from_guest(cls, options: dict[str, Any] | None, disk: Path | None, workdir: Path,
+                   transports: tuple[str, ...] = TRANSPORTS) -> "VirtioSetup":
+        """`transports`: what this machine offers, its default first (an aarch64 VM has mmio only)."""
         opts = options or {}
         devices = list(opts.get("virtio_devices") or (["blk"] if disk is not None else []))
         unknown = sorted(set(devices) - set(DEVICE_TYPES))
@@ -53,9 +55,10 @@ class VirtioSetup:
             raise ConfigError(f"unknown virtio devices {unknown}", f"use some of: {', '.join(DEVICE_TYPES)}")
         if "blk" in devices and disk is None:
             raise ConfigError("virtio_devices lists blk but the guest has no disk", "give the guest a disk: source")
-        transport = str(opts.get("virtio_transport", "pci"))
-        if transport not in TRANSPORTS:
-            raise ConfigError(f"unknown virtio transport {transport!r}", f"use one of: {', '.join(TRANSPORTS)}")
+        transport = str(opts.get("virtio_transport", transports[0]))
+        if transport not in transports:
+            raise ConfigError(f"virtio transport {transport!r} is not offered here",
+                              f"use one of: {', '.join(transports)}")
         return cls(devices=devices, transport=transport, disk=disk, disk_format=str(opts.get("disk_format", "auto")),
                    size_max=int(opts.get("virtio_size_max", DEFAULT_SIZE_MAX)),
                    seg_max=int(opts.get("virtio_seg_max", DEFAULT_SEG_MAX)), workdir=workdir,
@@ -79,31 +82,65 @@ def _rng(ram: Any, gap: Callable, setup: VirtioSetup, sinks: dict[str, Callable[
 DEVICE_TYPES: dict[str, Callable[..., Any]] = {"blk": _blk, "console": _console, "rng": _rng}
 
 
+@dataclass(frozen=True)
+class MmioSlots:
+    """Where a machine puts its virtio-mmio transports: slot i at place(i) = (base, interrupt line)."""
+    place: Callable[[int], tuple[int, int]]
+    count: int
+    size: int                              # bytes of bus each slot claims
+
+
+X86_MMIO_SLOTS = MmioSlots(lambda i: (layout.VIRTIO_MMIO_START + i * layout.VIRTIO_MMIO_SLOT,
+                                      layout.VIRTIO_MMIO_GSIS[i]),
+                           layout.VIRTIO_MMIO_SLOTS, layout.VIRTIO_MMIO_SLOT)
+
+
+def build_models(ctx: Any, ram: Any, setup: VirtioSetup,
+                 sinks: dict[str, Callable[[bytes], None]] | None = None) -> list[Any]:
+    """The device models `setup.devices` names, in order, before any transport wraps them."""
+    return [DEVICE_TYPES[kind](ram, ctx.gap, setup, sinks or {}) for kind in setup.devices]
+
+
+def attach_mmio(bus: Any, models: list[Any], slots: MmioSlots, set_irq: Callable[[int, int], None]) -> list[VirtioMmio]:
+    """Each model behind a virtio-mmio transport in the next slot of `slots`, registered on `bus`."""
+    if len(models) > slots.count:
+        raise ConfigError(f"{len(models)} virtio-mmio devices, {slots.count} slots",
+                          "use fewer devices or virtio_transport: pci")
+    transports = []
+    for i, device in enumerate(models):
+        base, line = slots.place(i)
+        transport = VirtioMmio(device, base, line, set_irq)
+        bus.register(base, slots.size, transport, f"virtio-mmio-{device.name}")
+        transports.append(transport)
+    return transports
+
+
+def close_transports(transports: list[Any]) -> None:
+    """Close what the devices behind `transports` hold open (a blk device's disk overlay)."""
+    for transport in transports:
+        disk = getattr(transport.device, "disk", None)
+        if disk is not None:
+            disk.close()
+
+
 def attach(devset: Any, ctx: Any, ram: Any, setup: VirtioSetup,
            sinks: dict[str, Callable[[bytes], None]] | None = None,
            msi: Callable[[int, int], bool] | None = None) -> list[Any]:
-    """Build `setup.devices` on `setup.transport` and register them on `devset`'s buses.
+    """Build `setup.devices` on `setup.transport` and register them on `devset`'s buses (x86).
     `msi` (address, data) -> delivered: given when the VMM can inject MSIs; virtio-pci devices
     then offer MSI-X (unless the guest's options say virtio_msix: false)."""
-    sinks = sinks or {}
-    transports: list[Any] = []
-    for i, kind in enumerate(setup.devices):
-        device = DEVICE_TYPES[kind](ram, ctx.gap, setup, sinks)
-        if setup.transport == "mmio":
-            if i >= layout.VIRTIO_MMIO_SLOTS:
-                raise ConfigError(f"{len(setup.devices)} virtio-mmio devices, {layout.VIRTIO_MMIO_SLOTS} slots",
-                                  "use fewer devices or virtio_transport: pci")
-            base = layout.VIRTIO_MMIO_START + i * layout.VIRTIO_MMIO_SLOT
-            transport = VirtioMmio(device, base, layout.VIRTIO_MMIO_GSIS[i], ctx.set_irq)
-            devset.mmio_bus.register(base, layout.VIRTIO_MMIO_SLOT, transport, f"virtio-mmio-{kind}")
-        else:
-            transport = VirtioPci(device, FIRST_PCI_SLOT + i, ctx.set_irq, msi=msi if setup.msix else None)
+    models = build_models(ctx, ram, setup, sinks)
+    transports: list[Any]
+    if setup.transport == "mmio":
+        transports = list(attach_mmio(devset.mmio_bus, models, X86_MMIO_SLOTS, ctx.set_irq))
+    else:
+        transports = [VirtioPci(device, FIRST_PCI_SLOT + i, ctx.set_irq, msi=msi if setup.msix else None)
+                      for i, device in enumerate(models)]
+        for transport in transports:
             devset.pci.add_function(Bdf(0, transport.slot, 0), transport)
-        transports.append(transport)
-    pci = [t for t in transports if t.transport == "pci"]
-    if pci:
-        windows = PciWindows(pci)
-        devset.mmio_bus.register(layout.PCI_MMIO_START, layout.PCI_MMIO_SIZE, windows.memory, "pci-mmio-window")
-        devset.io_bus.register(layout.PCI_IO_WINDOW[0], layout.PCI_IO_WINDOW[1], windows.io, "pci-io-window")
+        windows = PciWindows(transports) if transports else None
+        if windows is not None:
+            devset.mmio_bus.register(layout.PCI_MMIO_START, layout.PCI_MMIO_SIZE, windows.memory, "pci-mmio-window")
+            devset.io_bus.register(layout.PCI_IO_WINDOW[0], layout.PCI_IO_WINDOW[1], windows.io, "pci-io-window")
     devset.virtio.extend(transports)
     return transports

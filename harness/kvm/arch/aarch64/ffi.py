@@ -25,6 +25,7 @@ struct kvm_create_device { uint32_t type; uint32_t fd; uint32_t flags; };
 struct kvm_device_attr { uint32_t flags; uint32_t group; uint64_t attr; uint64_t addr; };
 struct kvm_irq_level { uint32_t irq; uint32_t level; };
 struct kvm_mp_state { uint32_t mp_state; };
+struct kvm_coalesced_mmio_zone { uint64_t addr; uint32_t size; uint32_t pio; };
 struct kvm_run {
     uint8_t request_interrupt_window;
     uint8_t immediate_exit;
@@ -70,16 +71,19 @@ KVM_ARM_PREFERRED_TARGET = _sized(_IOC_READ, 0xAF, "struct kvm_vcpu_init")
 KVM_CREATE_DEVICE = _sized(_IOC_READ | _IOC_WRITE, 0xE0, "struct kvm_create_device")
 KVM_SET_DEVICE_ATTR = _sized(_IOC_WRITE, 0xE1, "struct kvm_device_attr")
 KVM_HAS_DEVICE_ATTR = _sized(_IOC_WRITE, 0xE3, "struct kvm_device_attr")
+KVM_REGISTER_COALESCED_MMIO = _sized(_IOC_WRITE, 0x67, "struct kvm_coalesced_mmio_zone")
 
 IOCTLS = {name: value for name, value in dict(globals()).items()
           if isinstance(value, int) and name in {"KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE", "KVM_CREATE_VCPU",
                        "KVM_SET_USER_MEMORY_REGION", "KVM_IRQ_LINE", "KVM_RUN", "KVM_GET_MP_STATE",
                        "KVM_GET_ONE_REG", "KVM_SET_ONE_REG", "KVM_ARM_VCPU_INIT", "KVM_ARM_PREFERRED_TARGET",
-                       "KVM_CREATE_DEVICE", "KVM_SET_DEVICE_ATTR", "KVM_HAS_DEVICE_ATTR"}}
+                       "KVM_CREATE_DEVICE", "KVM_SET_DEVICE_ATTR", "KVM_HAS_DEVICE_ATTR",
+                       "KVM_REGISTER_COALESCED_MMIO"}}
 
 # capabilities
 KVM_CAP_IRQCHIP = 0
 KVM_CAP_NR_VCPUS = 9
+KVM_CAP_COALESCED_MMIO = 15          # answers the ring's page offset in the vCPU mmap (arm64: 1)
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_ARM_PSCI = 87
 KVM_CAP_ARM_PSCI_0_2 = 102

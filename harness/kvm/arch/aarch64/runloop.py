@@ -35,6 +35,7 @@ BLIND_SPOTS = ("unknown system-register traps (KVM injects UNDEF in the kernel)"
                "HVC/SMC outside PSCI and SMCCC arch calls (KVM answers NOT_SUPPORTED in the kernel)")
 _HEAD = struct.Struct("<I")
 MMIO_NO_SYNDROME = "mmio-no-syndrome"
+PC_NOT_READ = -1          # an MMIO exit's PC is read only when the access becomes a gap
 
 
 class Aarch64VcpuLoop(VcpuLoop):
@@ -57,12 +58,17 @@ class Aarch64VcpuLoop(VcpuLoop):
         kvm_run = x86_ffi.cast("unsigned long", a.KVM_RUN)
         zero = x86_ffi.cast("unsigned long", 0)
         ioctl, head, counts = libc.ioctl, _HEAD.unpack_from, self.counts
+        ring, drain, mmio_write = self.vm.ring, self.vm.drain_ring, self.cfg.mmio_bus.write
         while True:
             if self.stop_requested:
                 return StopInfo(STOP_REQUESTED, index)
             ret = ioctl(fd, kvm_run, zero)
             if not self.powered_on:
                 self._check_power_on()
+            # Coalesced writes (the PL011's DR, option coalesce_serial) came before this exit:
+            # replay them first, so the access that exited sees the device they left behind.
+            if ring is not None and ring.first != ring.last:
+                drain(mmio_write)
             if ret < 0:
                 err = x86_ffi.errno
                 if err in (errno.EINTR, errno.EAGAIN):
@@ -92,10 +98,12 @@ class Aarch64VcpuLoop(VcpuLoop):
         run, vcpu = self.vcpu.run, self.vcpu
         t = time.monotonic()
         if reason == a.KVM_EXIT_MMIO:
-            addr = int(run.mmio.phys_addr)
-            pc = vcpu.current_pc()
-            self.cfg.recorder.record(reason, addr, pc, t, vcpu.index)
-            self._mmio(addr, int(run.mmio.len), bool(run.mmio.is_write), pc)
+            # No PC here: on arm64 it costs a KVM_GET_ONE_REG, i.e. a vcpu_load/vcpu_put of the
+            # whole EL1 context, on every console byte. The entry keeps the address; a gap reads PC.
+            mmio = run.mmio
+            addr = int(mmio.phys_addr)
+            self.cfg.recorder.record(reason, addr, PC_NOT_READ, t, vcpu.index)
+            self._mmio(addr, int(mmio.len), bool(mmio.is_write), PC_NOT_READ)
             return None
         pc = vcpu.current_pc()
         self.cfg.recorder.record(reason, 0, pc, t, vcpu.index)
@@ -113,6 +121,9 @@ class Aarch64VcpuLoop(VcpuLoop):
 
     def _registers(self) -> dict[str, Any]:
         return {name: f"{value:#x}" for name, value in self.vcpu.registers().items()}
+
+    def _mmio_gap(self, addr: int, size: int, access: str, value: int, rip: int) -> None:
+        super()._mmio_gap(addr, size, access, value, self.vcpu.current_pc() if rip == PC_NOT_READ else rip)
 
     def _no_syndrome(self, pc: int | None) -> StopInfo:
         run = self.vcpu.run

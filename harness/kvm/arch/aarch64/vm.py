@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any
+import threading
+from typing import Any, Callable
 
 from harness import layout
 from harness.errors import ConfigError, KvmUnavailable
 from harness.kvm.arch.aarch64 import ffi as a
 from harness.kvm.arch.aarch64.ffi import ffi
+from harness.kvm.ffi import ffi as generic_ffi
 from harness.kvm.system import KVM_PATH, ioctl, open_kvm
 from harness.kvm.vm import Vm
 from harness.memory import GuestRam
@@ -117,6 +119,10 @@ class Aarch64Vm:
             self.close()
             raise KvmUnavailable("this arm64 KVM has no PSCI 0.2 (KVM_CAP_ARM_PSCI_0_2)",
                                  "run on Linux 3.18 or newer")
+        self.ring: Any = None                  # kvm_coalesced_mmio_ring (arch-neutral layout), in vCPU 0's mmap
+        self.ring_view: memoryview | None = None
+        self.ring_lock = threading.Lock()
+        self.ring_max = 0
         self._set_memory()
         self.gic_fd = self._create_vgic(vcpus)
         self.vcpus: list[Aarch64Vcpu] = []
@@ -178,6 +184,27 @@ class Aarch64Vm:
         self._device_attr(self.gic_fd, a.KVM_DEV_ARM_VGIC_GRP_CTRL, a.KVM_DEV_ARM_VGIC_CTRL_INIT, None,
                           "vGIC CTRL_INIT")
 
+    def coalesce_mmio(self, addr: int, size: int) -> bool:
+        """Guest writes to [addr, addr+size) go into KVM's coalesced ring instead of exiting (False:
+        the host has no KVM_CAP_COALESCED_MMIO). The cap answers the ring's page in the vCPU mmap."""
+        page = self._check(a.KVM_CAP_COALESCED_MMIO)
+        if not page or not self.vcpus:
+            return False
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *")
+        zone.addr, zone.size, zone.pio = addr, size, 0
+        ioctl(self.fd, a.KVM_REGISTER_COALESCED_MMIO, zone, what="KVM_REGISTER_COALESCED_MMIO")
+        if self.ring is None:
+            offset = page * mmap.PAGESIZE
+            self.ring_view = self.vcpus[0].run_buffer[offset:offset + mmap.PAGESIZE]
+            self.ring = generic_ffi.from_buffer("struct kvm_coalesced_mmio_ring *", self.ring_view)
+            header, entry = (generic_ffi.sizeof(f"struct kvm_coalesced_mmio{t}") for t in ("_ring", ""))
+            self.ring_max = (mmap.PAGESIZE - header) // entry
+        return True
+
+    def drain_ring(self, mmio_write: Callable[[int, int, int], Any]) -> int:
+        """Replay coalesced writes in guest order (the x86 VM's replay: the ring is arch-neutral)."""
+        return Vm.drain_ring(self, _no_port_io, mmio_write)   # type: ignore[arg-type]
+
     def set_irq(self, spi: int, level: int) -> None:
         """A device's SPI line (level) into the vGIC; thread-safe (one ioctl)."""
         line = ffi.new("struct kvm_irq_level *")
@@ -185,6 +212,7 @@ class Aarch64Vm:
         ioctl(self.fd, a.KVM_IRQ_LINE, line, what="KVM_IRQ_LINE")
 
     def close(self) -> None:
+        self.ring = self.ring_view = None      # dropped before the vCPU mmap they point into closes
         for vcpu in getattr(self, "vcpus", []):
             vcpu.close()
         self.vcpus = []
@@ -193,3 +221,7 @@ class Aarch64Vm:
             if fd is not None:
                 os.close(fd)
                 setattr(self, name, None)
+
+
+def _no_port_io(port: int, size: int, value: int) -> None:
+    raise AssertionError("arm64 has no port I/O: a coalesced zone here is MMIO only")
