@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.hosts import pool
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guestfile import load_guests
 from harness.runner.matrix import find_cell, load_matrix
@@ -20,12 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu,
               pytest.mark.skipif(shutil.which("qemu-system-aarch64") is None, reason="qemu-system-aarch64 absent")]
-
-
-@pytest.fixture(autouse=True)
-def _no_lab_left_behind():
-    yield
-    pool.close_all()
 
 
 def _matrix_cell(cell_id: str):

@@ -29,12 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.qemu,
               pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 absent")]
 
 
-@pytest.fixture(autouse=True)
-def _no_lab_left_behind():
-    yield
-    pool.close_all()
-
-
 def _lab_cell(guest_name: str, *, retries: int = 0, scale: float = 5.0) -> Cell:
     guest = load_guest(REPO / "guests" / f"{guest_name}.yaml")
     return Cell(guest, "builtin", "default", "emulate", guest.vcpus, guest.memory, "quick", timeout_scale=scale,
