@@ -10,8 +10,8 @@ Everything is measured in this one run, as ratios against a reference measured a
 2. per-cell overhead in a warm lab beyond the guest's own boot: cell wall time minus (last milestone
    - first guest entry), for fixture-pvh, lab vs the same cell native (goal <= 1 s);
 3. Linux to `login:` on builtin-in-lab vs qemu-kvm-in-lab, the same guest, same warm lab, rounds
-   alternating (goal <= 1.0x); builtin twice: as the guest file says (every COM1 write an exit)
-   and with `coalesce_serial: polled` (THR writes batched while the kernel's console polls);
+   alternating (goal <= 1.0x); builtin twice: as the guest file says (`coalesce_serial: polled`,
+   THR writes batched while the kernel's console polls) and with every COM1 write an exit;
 4. the same fixture cell native vs lab: time to its last milestone.
 One lab at a time; every lab is closed at the end. The machine is shared: numbers move with its
 load (the load average is printed beside them), rerun with the same command.
@@ -49,14 +49,22 @@ def cell(guest_name: str, backend: str, host: str, builtin: dict | None = None) 
 
 def boot(guest_name: str, backend: str, host: str, scratch: Path, builtin: dict | None = None) -> dict:
     run_dir = Path(tempfile.mkdtemp(dir=scratch))
-    result = run_cell(cell(guest_name, backend, host, builtin), RunOptions(run_dir=run_dir, offline=False))
+    measured = cell(guest_name, backend, host, builtin)
+    result = run_cell(measured, RunOptions(run_dir=run_dir, offline=False))
     if result.outcome != "pass":
         raise BootFailed(f"{result.cell_id}: {result.outcome}: {result.reason}")
     last = result.milestones[-1].t
     vm_start = float(result.host.get("vm_start_s") or 0.0)
     return {"cell": result.cell_id, "wall_s": result.duration_s, "last_milestone_s": last,
             "io_exits": result.exit_counts.get("io", 0),
-            "guest_boot_s": last - vm_start, "overhead_s": result.duration_s - (last - vm_start)}
+            "guest_boot_s": last - vm_start,
+            # the watcher's settle window after the last milestone is observation, not overhead
+            "overhead_s": result.duration_s - (last - vm_start) - settle_s(measured)}
+
+
+def settle_s(measured: Cell) -> float:
+    """How long the watcher keeps watching after the last milestone (scaled like every timeout)."""
+    return measured.guest.settle * measured.timeout_scale
 
 
 class BootFailed(Exception):
@@ -64,8 +72,8 @@ class BootFailed(Exception):
 
 
 def linux_round(scratch: Path, figures: dict[str, list], failures: list[str]) -> None:
-    """One round of Linux PVH to login: in the warm lab: builtin, builtin polled, qemu-kvm."""
-    for name, backend, builtin in (("builtin", "builtin", None), ("polled", "builtin", {"coalesce_serial": "polled"}),
+    """One round of Linux PVH to login: in the warm lab: builtin, builtin unbatched, qemu-kvm."""
+    for name, backend, builtin in (("builtin", "builtin", None), ("unbatched", "builtin", {"coalesce_serial": False}),
                                    ("qemu_kvm", "qemu-kvm", None)):
         try:
             figures[name].append(boot("linux-amd64-pvh", backend, "lab", scratch, builtin))
@@ -125,17 +133,17 @@ def main() -> int:
             measure_lab_and_fixture(args.rounds, scratch, out)
         # 3. Linux to login: builtin vs qemu-kvm in the same warm lab
         if args.linux:
-            figures: dict[str, list] = {"builtin": [], "polled": [], "qemu_kvm": []}
+            figures: dict[str, list] = {"builtin": [], "unbatched": [], "qemu_kvm": []}
             failures: list[str] = []
             for _ in range(args.rounds):
                 linux_round(scratch, figures, failures)
             login = {name: median([r["last_milestone_s"] for r in runs]) for name, runs in figures.items()}
             out["linux_login_in_lab"] = {
-                "builtin_s": login["builtin"], "builtin_polled_s": login["polled"], "qemu_kvm_s": login["qemu_kvm"],
+                "builtin_s": login["builtin"], "builtin_unbatched_s": login["unbatched"], "qemu_kvm_s": login["qemu_kvm"],
                 "ratio_builtin_qemu_kvm": login["builtin"] / login["qemu_kvm"],
-                "ratio_polled_qemu_kvm": login["polled"] / login["qemu_kvm"],
-                "ratio_polled_builtin": login["polled"] / login["builtin"], "goal": 1.0,
-                "io_exits": {name: median([r["io_exits"] for r in figures[name]]) for name in ("builtin", "polled")},
+                "ratio_unbatched_qemu_kvm": login["unbatched"] / login["qemu_kvm"],
+                "ratio_builtin_unbatched": login["builtin"] / login["unbatched"], "goal": 1.0,
+                "io_exits": {name: median([r["io_exits"] for r in figures[name]]) for name in ("builtin", "unbatched")},
                 "rounds": {name: [r["last_milestone_s"] for r in runs] for name, runs in figures.items()},
                 "failed": failures}
         pool.close_all()
@@ -175,9 +183,9 @@ def report_lab_and_fixture(out: dict) -> None:
 def report_linux(x: dict) -> None:
     print(f"Linux PVH to login in the lab     : builtin {x['builtin_s']:.1f} s, qemu-kvm {x['qemu_kvm_s']:.1f} s"
           f"  ({x['ratio_builtin_qemu_kvm']:.2f}x; goal <= 1.0x)")
-    print(f"  builtin, coalesce_serial polled : {x['builtin_polled_s']:.1f} s  ({x['ratio_polled_qemu_kvm']:.2f}x "
-          f"qemu-kvm, {x['ratio_polled_builtin']:.2f}x builtin; io exits {x['io_exits']['polled']:.0f} vs "
-          f"{x['io_exits']['builtin']:.0f})")
+    print(f"  builtin, every COM1 write exits : {x['builtin_unbatched_s']:.1f} s  ({x['ratio_unbatched_qemu_kvm']:.2f}x "
+          f"qemu-kvm; the guest file's batching: {x['ratio_builtin_unbatched']:.2f}x of it, io exits "
+          f"{x['io_exits']['builtin']:.0f} vs {x['io_exits']['unbatched']:.0f})")
     for failure in x["failed"]:
         print(f"  left out (did not pass): {failure}")
 
