@@ -21,11 +21,12 @@ def xsetbv_reaches_kvm(kvm_path: str | None = None) -> bool | None:
     None where the question does not arise: the host offers no XSAVE, or the probe did not halt."""
     from harness.arch.x86_64.cpuid import offered_xcr0
     from harness.boot.raw import load_raw
+    from harness.devices.bus import Bus
     from harness.kvm.machine import Machine, MachineConfig
     from harness.kvm.system import KVM_PATH
     from harness.memory import GuestRam
     ram = GuestRam(PROBE_MEMORY)
-    machine = Machine(ram, _NoDevices(), _NoDevices(),
+    machine = Machine(ram, Bus("io"), Bus("mmio"),   # empty buses: the probe touches no device
                       MachineConfig(irqchip=False, pit=False, rescue=False, kvm_path=kvm_path or KVM_PATH))
     try:
         if offered_xcr0(machine.cpuid_entries) & 0x3 != 0x3:
@@ -45,12 +46,3 @@ def xsetbv_reaches_kvm(kvm_path: str | None = None) -> bool | None:
 def probe_host_quirks(kvm_path: str | None = None) -> list[str]:
     return [] if xsetbv_reaches_kvm(kvm_path) in (True, None) else [XSETBV_NOT_SEEN]
 
-
-class _NoDevices:
-    """The probe's I/O and MMIO buses: nothing there (the probe touches no device)."""
-
-    def read(self, addr: int, size: int) -> int | None:
-        return None
-
-    def write(self, addr: int, size: int, value: int) -> bool:
-        return False

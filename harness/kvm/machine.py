@@ -90,9 +90,9 @@ class Machine:
         self.msr_policy = msr.MsrPolicy(cfg.gap_policy, cfg.gap_overrides)
         self.msr_status = msr.install(self.vm)
         self.serial_mode = serial_coalescing(cfg.coalesce_serial)
-        self.coalesced_serial = self.serial_mode != "off" and self.vm.coalesce(layout.COM1_PORT, 1, pio=True)
-        if not self.coalesced_serial:
-            self.serial_mode = "off"
+        if self.serial_mode != "off" and not self.vm.coalesce(layout.COM1_PORT, 1, pio=True):
+            self.serial_mode = "off"   # this KVM has no coalesced PIO
+        self.coalesced_serial = self.serial_mode != "off"   # (the aarch64 machine sets its own)
         self.serial_batch_toggles = 0   # "polled": how often the guest switched its TX mode
         self.cpuid_entries, self.masked = self._cpuid_table()
         self.run_cfg = RunConfig(io_bus=io_bus, mmio_bus=mmio_bus, msr=self.msr_policy, gaps=self.gaps,
