@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import layout
+from harness.backends.vmm_warm import imports_in_child, mark_child_start
 from harness.errors import BackendUnavailable, HarnessError
 from harness.model import events as ev
 from harness.model.files import write_json_atomic
@@ -183,7 +184,8 @@ class ChildVm:
                  "gap_policy": self.request.gap_policy, "msr_routing": ms.get("msr_routing"),
                  "coalesced_serial": ms.get("coalesced_serial"), "serial_mode": ms.get("serial_mode"),
                  "serial_batch_toggles": ms.get("serial_batch_toggles"), "user_time_s": ms.get("user_time_s"),
-                 "guest_stop_event": self.guest_stop_event, "vcpus": ms.get("vcpus", [])}
+                 "guest_stop_event": self.guest_stop_event, "vcpus": ms.get("vcpus", []),
+                 "imports_in_child": imports_in_child()}
         if error:
             extra["error"] = error
         summary = SessionSummary(exit_code=code, exit_counts=ms.get("exit_counts", {}),
@@ -322,6 +324,7 @@ def load_guest(req: BootRequest, ram: Any, rsdp: int | None = None, devices: Any
 
 # -- main ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
+    mark_child_start()
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m harness.backends.builtin_vm SPEC.json", file=sys.stderr)

@@ -35,28 +35,11 @@ MAX_SPEC = 4096
 
 
 def _warm() -> None:
-    """Import what every VMM child of this host's architecture runs before the guest's first
-    instruction. What only some cells use is imported by their child after the fork, at its usual
-    cost: the gdb stub (--gdb), virtio disks' qemu-img overlay, capstone at a first emulation
-    failure. Every x86 child builds the firmware tables and reads its virtio setup, so both are
-    warm. A guest of another architecture than the host's is refused before a child starts; the
-    lab's VMM children are forked by the lab's own agent (harness.hosts.agent), not by this server."""
-    import platform
-
-    import harness.backends.builtin_vm  # noqa: F401
-    import harness.boot  # noqa: F401
-    import harness.devices  # noqa: F401
-    import harness.kvm.system  # noqa: F401
-    import harness.memory  # noqa: F401
-    if platform.machine() == "aarch64":
-        import harness.boot.arm64  # noqa: F401
-        import harness.devices.aarch64  # noqa: F401
-        import harness.kvm.arch.aarch64.machine  # noqa: F401
-    else:
-        import harness.boot.raw  # noqa: F401
-        import harness.devices.virtio  # noqa: F401
-        import harness.firmware  # noqa: F401
-        import harness.kvm.machine  # noqa: F401
+    """Import what every VMM child of this machine's architecture runs (harness.backends.vmm_warm,
+    the one list; the lab's agent warms its children from it too). A guest of another
+    architecture than the host's is refused before a child starts."""
+    from harness.backends.vmm_warm import warm
+    warm()
 
 
 def _die_with(sig: int = signal.SIGKILL) -> None:

@@ -34,15 +34,6 @@ BEAT_S = 1.0
 STOP_GRACE_S = 5.0
 STDERR_TAIL = 8000
 COLLECT_MAX = 4 << 20
-# Modules the VMM child imports lazily: imported here once, before any fork (measured in the lab
-# under load: pyelftools' import alone cost a cell 2.7 s, cffi's first parse of each C type 1.1 s).
-PREIMPORT = ("harness.backends.builtin_vm", "harness.kvm.machine", "harness.kvm.system", "harness.memory",
-             "harness.devices", "harness.devices.context", "harness.boot", "harness.boot.raw",
-             "harness.kvm.rescue", "harness.kvm.insn", "elftools.elf.elffile", "elftools.common.exceptions",
-             "elftools.elf.enums")
-ARCH_PREIMPORT = {"aarch64": ("harness.kvm.arch.aarch64.machine", "harness.boot.arm64", "harness.boot.fdt",
-                              "harness.devices.aarch64", "fdt")}
-OPTIONAL_PREIMPORT = ("lz4.block", "zstandard")   # kernel decompressors, where installed
 # The VMM child's exit-count snapshots: every 100 ms natively; each costs ~50 ms of emulated CPU
 # in the lab, so there they come every 500 ms (phase profiles are that much coarser).
 LAB_SNAPSHOT_PERIOD_S = 0.5
@@ -385,25 +376,12 @@ def _nested_paging() -> str | None:
 
 
 def warm_up() -> None:
-    """Everything a forked child would otherwise do first: imports, and cffi's parse of every C
-    type the VMM names (cffi caches parsed types by their string; a fork inherits the cache)."""
-    import importlib
-    import platform
-    for name in PREIMPORT + ARCH_PREIMPORT.get(platform.machine(), ()):
-        importlib.import_module(name)
-    for name in OPTIONAL_PREIMPORT:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
+    """Everything a forked child would otherwise do first (harness.backends.vmm_warm: imports and
+    cffi's type cache, which a fork inherits), and the lab's snapshot period."""
     from harness.backends import builtin_vm
-    from harness.kvm.ffi import ffi
+    from harness.backends.vmm_warm import warm
+    warm()
     builtin_vm.SNAPSHOT_PERIOD_S = LAB_SNAPSHOT_PERIOD_S
-    for struct in ffi.list_types()[1]:
-        for spelling in (f"struct {struct}", f"struct {struct} *"):
-            ffi.typeof(spelling)
-    for spelling in ("char[]", "uint8_t[]", "uint64_t *", "unsigned long", "void *"):
-        ffi.typeof(spelling)
 
 
 def host_quirks() -> tuple[list[str], str]:

@@ -6,11 +6,13 @@ TCG; 88 s lightly loaded, 176 s during the whole suite; virtio ~2.5 min). One la
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from harness.model.rundir import RunDir
 from harness.runner.execute import RunOptions, run_cell
 from harness.runner.guestfile import load_guests
 from harness.runner.matrix import find_cell, load_matrix
@@ -31,6 +33,8 @@ def test_fixture_arm64_proves_handoff_psci_timer_and_pl011_on_builtin_in_the_lab
     assert result.outcome == "pass", result.reason
     assert [m.name for m in result.milestones] == ["entry", "handoff", "timer-irq", "pl011-modes", "probes", "login"]
     assert result.host["host"] == "lab" and result.host["lab"]["lab_kernel"].endswith("-arm64")
+    summary = json.loads((RunDir(tmp_path).workdir(result.cell_id) / "summary.json").read_text())
+    assert summary["extra"]["imports_in_child"] == [], "the agent forks its children warm (harness.backends.vmm_warm)"
 
 
 def test_linux_arm64_reaches_login_on_builtin_in_the_lab(tmp_path: Path):

@@ -81,6 +81,12 @@ def test_real_linux_reaches_login_on_the_builtin_vmm_in_the_lab(tmp_path: Path):
     assert b"XSAVE consistency problem" not in console
 
 
+def _child_summary(run_dir: Path, result) -> dict:
+    import json
+    from harness.model.rundir import RunDir
+    return json.loads((RunDir(run_dir).workdir(result.cell_id) / "summary.json").read_text())
+
+
 def test_warm_lab_serves_cells_in_turn_and_a_wedged_lab_is_replaced(tmp_path: Path, monkeypatch):
     import harness.hosts.lab as lab_mod
     first = run_cell(_lab_cell("fixture-pvh"), RunOptions(run_dir=tmp_path / "a"))
@@ -89,6 +95,8 @@ def test_warm_lab_serves_cells_in_turn_and_a_wedged_lab_is_replaced(tmp_path: Pa
     second = run_cell(_lab_cell("fixture-pvh"), RunOptions(run_dir=tmp_path / "b"))
     assert second.outcome == "pass", second.reason
     assert pool.running()["x86_64"] is lab and second.host["lab"]["cells_served"] == 2
+    assert _child_summary(tmp_path / "b", second)["extra"]["imports_in_child"] == [], \
+        "the agent forks its children warm (harness.backends.vmm_warm)"
 
     # Wedge the lab (freeze its QEMU) while the fixture that never ends runs in it.
     monkeypatch.setattr(lab_mod, "WEDGE_S", 3.0)

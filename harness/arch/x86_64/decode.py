@@ -1,6 +1,7 @@
 """The one x86 instruction decoder (capstone), loaded on first use.
 
-A VMM child that never sees an emulation failure never imports capstone (~0.15 s of start-up);
+A VMM child imports capstone only when it decodes (its summary decodes each stopped vCPU's instruction,
+so the VMM's forkers warm it: harness.backends.vmm_warm);
 the run loop, the rescuer and the QEMU log parser all decode through here. The operand type
 numbers are capstone's X86_OP_* (checked against capstone by tests/arch/test_x86_64.py).
 """
