@@ -14,6 +14,7 @@ from harness.arch.x86_64.regs import CR0_ET, CR0_PE, RFLAGS_FIXED
 from harness.boot.entry import EntryState, Segment
 from harness.errors import KernelImageError
 from harness.memory import GuestRam
+from harness.model.builtin_options import RAW_MODES
 
 GUEST_LOAD = layout.RAW_IMAGE_LOAD
 RAW_MAX = layout.RAW_IMAGE_MAX
@@ -65,8 +66,8 @@ def load_raw(ram: GuestRam, image: Path | bytes, mode: str = "real16") -> tuple[
 def _entry_for(ram: GuestRam, mode: str) -> Any:
     if mode == "real16":
         return real_mode_entry()
-    if mode not in ("protected32", "long64"):
-        raise KernelImageError(f"raw guest mode {mode!r} is unknown", "use real16, protected32 or long64")
+    if mode not in RAW_MODES:
+        raise KernelImageError(f"raw guest mode {mode!r} is unknown", f"use {', '.join(RAW_MODES)}")
     # The loaders' GDT and page tables, so raw guests see exactly what real kernels see.
     from harness.boot import entry as boot_entry
     make = boot_entry.protected32_entry if mode == "protected32" else boot_entry.long64_entry

@@ -156,13 +156,19 @@ def builtin_options(pairs: list[str]) -> dict:
     """--option KEY=VALUE pairs -> the guest file's `builtin:` mapping (values parsed as YAML)."""
     import yaml
 
-    from harness.runner.guestfile import BUILTIN_OPTIONS
+    from harness.model.builtin_options import BUILTIN_OPTIONS, option_problem
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or key not in BUILTIN_OPTIONS:
             raise ConfigError(f"bad --option {pair!r}", f"use KEY=VALUE with KEY one of: {', '.join(BUILTIN_OPTIONS)}")
-        options[key] = yaml.safe_load(value)
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"bad --option {pair!r}: the value is not YAML", "quote it, e.g. --option 'acpi_omit=[fadt]'") from None
+        bad = option_problem(key, options[key])
+        if bad:
+            raise ConfigError(f"--option {bad[0]}", bad[1])
     return options
 
 

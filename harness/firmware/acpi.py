@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from harness import layout
 from harness.firmware import aml
 from harness.firmware.machine import EDGE, MachineDescription
+from harness.model.builtin_options import ACPI_TABLES
 
 OEM_ID = b"HARNES"
 OEM_TABLE_ID = b"HARNESS "
@@ -26,7 +27,7 @@ CREATOR_ID = b"HRNS"
 CREATOR_REVISION = 1
 HEADER_SIZE = 36
 RSDP_SIZE = 36
-TABLES = ("xsdt", "fadt", "madt", "dsdt")     # what `omit` may name
+TABLES = ACPI_TABLES     # what `omit` may name (the guest file's acpi_omit)
 
 # FADT (5.2.9)
 FADT_REVISION, FADT_MINOR, FADT_SIZE = 6, 5, 276

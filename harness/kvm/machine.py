@@ -23,6 +23,7 @@ from harness.kvm.vm import Vm
 from harness.memory import GuestRam
 from harness.model import events as ev
 from harness.model import gap as gaps
+from harness.model.builtin_options import SERIAL_MODES
 from harness.model.gap import GapRecord
 from harness.model.gapsink import GapSink
 
@@ -35,9 +36,6 @@ DRAIN_PERIOD_S = 0.02      # coalesced serial output is replayed at least this o
 # and loads XCR0=0x1 on every entry. Work-around: preset KVM's XCR0 to every user component the
 # guest's CPUID offers, the XCR0 an OS that enables all it is offered (Linux does) then writes.
 XSETBV_NOT_SEEN = "xsetbv-not-seen-by-kvm"
-
-
-SERIAL_MODES = {True: "on", False: "off", "on": "on", "off": "off", "polled": "polled"}
 
 
 def serial_coalescing(value: bool | str) -> str:

@@ -13,6 +13,7 @@ from harness.backends.registry import BACKEND_NAMES
 from harness.boot import ALL_METHODS as ALL_BOOT_METHODS
 from harness.console.crashes import WARNING_MODES
 from harness.errors import ConfigError
+from harness.model.builtin_options import BUILTIN_OPTIONS, option_problem
 from harness.model.guest import Dialog, FailurePattern, Milestone
 from harness.runner import yamlfile as y
 from harness.runner.guest_shell import AutoLogin, GuestCommand, parse_auto_login, parse_commands
@@ -20,8 +21,6 @@ from harness.runner.guest_shell import AutoLogin, GuestCommand, parse_auto_login
 FAMILIES = ("linux", "netbsd", "openbsd", "freebsd", "fixture", "xen", "other")
 ARCHES = ("x86_64", "aarch64")
 BOOT_METHODS = ALL_BOOT_METHODS
-BUILTIN_OPTIONS = ("coalesce_serial", "rescue", "raw_mode", "acpi", "mptable", "acpi_omit", "virtio_transport",
-                   "virtio_devices", "disk_format", "virtio_size_max", "virtio_seg_max", "virtio_mmio_cmdline", "acpi_watch", "virtio_msix")
 BACKENDS = BACKEND_NAMES
 DEFAULT_BACKENDS = ("builtin", "qemu-tcg", "qemu-kvm")
 SOURCE_KINDS = ("path", "fixture", "asset", "url")
@@ -207,6 +206,10 @@ def _builtin_options(data: y.YMap, what: str) -> dict[str, Any]:
     options = y.get_typed(data, "builtin", dict, {}, what)
     if options:
         y.check_keys(options, BUILTIN_OPTIONS, f"{what}.builtin")
+        for key, value in options.items():
+            bad = option_problem(key, value)
+            if bad:
+                raise y.fail(options, key, *bad)
     return dict(options)
 
 

@@ -65,6 +65,11 @@ def test_guest_loads_with_defaults(repo: Path):
     (lambda t: t.replace("memory: 64\n", "memory: 64\nmemory: 32\n"), ":7: duplicate key 'memory'"),
     (lambda t: t.replace("milestones:", "milestones: [\n"), "invalid YAML"),
     (lambda t: t.replace("  - {name: login, pattern: 'login: ', timeout: 10}\n", "  - {name: entry, pattern: x}\n"), "duplicate milestone names"),
+
+    (lambda t: t + "builtin: {coalesce_serial: poled}\n", ":14: builtin option coalesce_serial: 'poled' is not true or false or polled"),
+    (lambda t: t + "builtin:\n  acpi: true\n  virtio_devices: [blk, nic]\n", ":16: builtin option virtio_devices: ['blk', 'nic'] is not a list of blk, console, rng"),
+    (lambda t: t + "builtin: {virtio_seg_max: 0}\n", "builtin option virtio_seg_max: 0 is not an integer from 1 to 4294967295"),
+    (lambda t: t + "builtin: {rescue: 'no'}\n", "builtin option rescue: 'no' is not true or false"),
 ])
 def test_guest_errors_name_file_line_and_fix(tmp_path: Path, mutate, expect):
     path = write(tmp_path / "g.yaml", mutate(GUEST))

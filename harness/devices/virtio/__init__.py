@@ -27,8 +27,9 @@ from harness.devices.virtio.mmio import VirtioMmio
 from harness.devices.virtio.pci import PciWindows, VirtioPci
 from harness.devices.virtio.rng import VirtioRng
 from harness.errors import ConfigError
+from harness.model.builtin_options import VIRTIO_TRANSPORTS
 
-TRANSPORTS = ("pci", "mmio")
+TRANSPORTS = VIRTIO_TRANSPORTS
 FIRST_PCI_SLOT = 1                 # 00:00.0 is the host bridge
 
 
