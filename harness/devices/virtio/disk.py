@@ -29,7 +29,7 @@ def prepare_image(path: Path, workdir: Path, fmt: str = "auto") -> Path:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"disk image {path} does not exist", "build or fetch the guest's disk first")
-    fmt = image_format(path) if fmt in ("auto", "") else fmt
+    fmt = image_format(path) if fmt in ("auto", "") else fmt   # DISK_FORMATS (harness.model.builtin_options)
     if fmt == "raw":
         return path
     if fmt != "qcow2":
