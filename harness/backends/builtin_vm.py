@@ -111,9 +111,11 @@ class ChildVm:
         self.devices = build_aarch64_device_set(self, description, virtio)
         from harness.devices.pl011 import DR
         cfg = Aarch64MachineConfig(vcpus=req.vcpus, gap_policy=req.gap_policy, cpu_profile=req.cpu_profile,
-                                   coalesce_serial=bool((req.options or {}).get("coalesce_serial", False)),
+                                   coalesce_serial=(req.options or {}).get("coalesce_serial", False),
                                    serial_data_register=description.uart.base + DR)
         self.machine = Aarch64KvmMachine(self.ram, self.devices.mmio_bus, cfg, emit=self.emit)
+        if self.machine.serial_mode == "polled":   # batching follows the guest's TX interrupt mask
+            self.devices.uart.on_tx_interrupt_enable = lambda enabled: self.machine.batch_serial(not enabled)
         if req.kernel is None:
             raise BackendUnavailable(f"cell {req.cell_id}: the built-in backend needs a kernel",
                                      "give the guest a kernel file")

@@ -110,6 +110,11 @@ class Pl011:
         self._irq_level = 0
         self.overruns = 0
         self.tx_dropped = 0
+        # Called with IMSC's TXIM (the TX interrupt's mask bit) each time the guest changes it:
+        # a VMM that batches DR writes (KVM coalesced MMIO) stops while the guest transmits by
+        # interrupt, where a batch would delay the TX interrupt until its replay (the 16550's
+        # on_tx_interrupt_enable, for coalesce_serial: polled).
+        self.on_tx_interrupt_enable: Callable[[bool], None] | None = None
 
     # --- host side -------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -174,7 +179,10 @@ class Pl011:
         elif reg == IFLS:
             self.ifls = value & 0x3F
         elif reg == IMSC:
+            changed = (value ^ self.imsc) & INT_TX
             self.imsc = value & INT_MASK
+            if changed and self.on_tx_interrupt_enable is not None:
+                self.on_tx_interrupt_enable(bool(value & INT_TX))
         elif reg == ICR:
             self._ris &= ~(value & INT_MASK)
         elif reg == DMACR:

@@ -183,3 +183,14 @@ def test_aarch64_device_set_sits_where_the_device_tree_says(rec):
         assert {r.name for r in devs.mmio_bus.ranges()} == {"pl011", "pl031"}
     finally:
         devs.close()
+
+
+def test_tx_interrupt_mask_changes_are_reported_for_serial_batching(uart):
+    seen: list[bool] = []
+    uart.on_tx_interrupt_enable = seen.append
+    uart.write(IMSC, 4, INT_RX | INT_RT)        # RX interrupts only: TXIM stays clear, no call
+    uart.write(IMSC, 4, INT_RX | INT_RT | INT_TX)
+    uart.write(IMSC, 4, INT_RX | INT_RT | INT_TX)   # unchanged: no second call
+    uart.write(IMSC, 4, INT_RX)
+    assert seen == [True, False]
+    assert uart.read(IMSC, 4) == INT_RX

@@ -35,6 +35,10 @@ def test_fixture_arm64_proves_handoff_psci_timer_and_pl011_on_builtin_in_the_lab
     assert result.host["host"] == "lab" and result.host["lab"]["lab_kernel"].endswith("-arm64")
     summary = json.loads((RunDir(tmp_path).workdir(result.cell_id) / "summary.json").read_text())
     assert summary["extra"]["imports_in_child"] == [], "the agent forks its children warm (harness.backends.vmm_warm)"
+    # coalesce_serial: polled follows the TX interrupt's mask: its interrupt-driven probe unmasks
+    # TXIM (every DR write exits, one interrupt per byte) and masks it again
+    assert summary["extra"]["serial_mode"] == "polled" and summary["extra"]["serial_batch_toggles"] == 2
+    assert b"PROBE pl011-tx-irq: 27 interrupts for 27 bytes" in (tmp_path / result.console_log).read_bytes()
 
 
 def test_linux_arm64_reaches_login_on_builtin_in_the_lab(tmp_path: Path):

@@ -72,13 +72,14 @@ KVM_CREATE_DEVICE = _sized(_IOC_READ | _IOC_WRITE, 0xE0, "struct kvm_create_devi
 KVM_SET_DEVICE_ATTR = _sized(_IOC_WRITE, 0xE1, "struct kvm_device_attr")
 KVM_HAS_DEVICE_ATTR = _sized(_IOC_WRITE, 0xE3, "struct kvm_device_attr")
 KVM_REGISTER_COALESCED_MMIO = _sized(_IOC_WRITE, 0x67, "struct kvm_coalesced_mmio_zone")
+KVM_UNREGISTER_COALESCED_MMIO = _sized(_IOC_WRITE, 0x68, "struct kvm_coalesced_mmio_zone")
 
 IOCTLS = {name: value for name, value in dict(globals()).items()
           if isinstance(value, int) and name in {"KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE", "KVM_CREATE_VCPU",
                        "KVM_SET_USER_MEMORY_REGION", "KVM_IRQ_LINE", "KVM_RUN", "KVM_GET_MP_STATE",
                        "KVM_GET_ONE_REG", "KVM_SET_ONE_REG", "KVM_ARM_VCPU_INIT", "KVM_ARM_PREFERRED_TARGET",
                        "KVM_CREATE_DEVICE", "KVM_SET_DEVICE_ATTR", "KVM_HAS_DEVICE_ATTR",
-                       "KVM_REGISTER_COALESCED_MMIO"}}
+                       "KVM_REGISTER_COALESCED_MMIO", "KVM_UNREGISTER_COALESCED_MMIO"}}
 
 # capabilities
 KVM_CAP_IRQCHIP = 0

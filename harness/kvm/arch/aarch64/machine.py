@@ -15,7 +15,7 @@ from harness.errors import ConfigError
 from harness.kvm.arch.aarch64.runloop import BLIND_SPOTS, Aarch64VcpuLoop, kick_until_powered_on
 from harness.kvm.arch.aarch64.vm import Aarch64Vm
 from harness.kvm.flight import FlightRecorder
-from harness.kvm.machine import Machine
+from harness.kvm.machine import Machine, serial_coalescing
 from harness.kvm.runloop import RunConfig, StopInfo, install_kick_handler
 from harness.kvm.system import KVM_PATH
 from harness.memory import GuestRam
@@ -31,8 +31,10 @@ class Aarch64MachineConfig:
     kvm_path: str = KVM_PATH
     # PL011 DR writes through KVM's coalesced MMIO ring: one exit per console byte (the FR poll)
     # instead of two, but a DR write's effect on the TX interrupt shows only at the next exit or
-    # drain, so it is an option (coalesce_serial, as on x86), off by default.
-    coalesce_serial: bool = False
+    # drain, so it is an option (coalesce_serial, as on x86), off by default. "polled" batches
+    # only while the guest masks the TX interrupt (IMSC.TXIM clear: Linux's console writes), so
+    # interrupt-driven transmission (a tty) sees every DR write.
+    coalesce_serial: bool | str = False
     serial_data_register: int | None = None      # guest-physical address of the UART's DR
 
 
@@ -49,8 +51,7 @@ class Aarch64KvmMachine(Machine):
         self.recorder = FlightRecorder()
         self.masked: list[str] = []
         self.msr_status: dict[str, Any] = {}
-        self.coalesced_serial = bool(cfg.coalesce_serial and cfg.serial_data_register is not None
-                                     and self.vm.coalesce_mmio(cfg.serial_data_register, 4))
+        self._init_serial_batching()
         self.run_cfg = RunConfig(io_bus=None, mmio_bus=mmio_bus, msr=None, gaps=self.gaps,  # type: ignore[arg-type]
                                  recorder=self.recorder, emit=self.emit, rescue=False)
         self.loops = [Aarch64VcpuLoop(self.vm, vcpu, self.run_cfg, self._on_power_on) for vcpu in self.vm.vcpus]
@@ -60,6 +61,16 @@ class Aarch64KvmMachine(Machine):
         self._stop_info: StopInfo | None = None
         self._lock = threading.Lock()
         self.started_at: float | None = None
+
+    def _init_serial_batching(self) -> None:
+        cfg = self.config
+        self.serial_mode = serial_coalescing(cfg.coalesce_serial)
+        if self.serial_mode != "off" and (cfg.serial_data_register is None
+                                          or not self.vm.coalesce_mmio(cfg.serial_data_register, 4)):
+            self.serial_mode = "off"   # no UART to batch, or this KVM has no coalesced MMIO
+        self.coalesced_serial = self.serial_mode != "off"
+        self._serial_batched = self.coalesced_serial   # polled starts batching: IMSC resets to 0
+        self.serial_batch_toggles = 0
 
     def _on_power_on(self, index: int) -> None:
         t = time.monotonic()
@@ -89,12 +100,28 @@ class Aarch64KvmMachine(Machine):
     def drain(self) -> None:
         self.vm.drain_ring(self.mmio_bus.write)
 
+    def batch_serial(self, on: bool) -> None:
+        """"polled" mode: the guest masked the PL011's TX interrupt (batch DR writes) or unmasked
+        it (every write exits again). Called from the vCPU thread handling the IMSC write; the
+        ring was drained before that exit was handled, so no batched byte comes after it."""
+        if self.serial_mode != "polled" or on == self._serial_batched:
+            return
+        dr = self.config.serial_data_register
+        assert dr is not None          # polled mode is on only with a UART to batch
+        if on:
+            self.vm.coalesce_mmio(dr, 4)
+        else:
+            self.vm.uncoalesce_mmio(dr, 4)
+        self._serial_batched = on
+        self.serial_batch_toggles += 1
+
     def summary(self) -> dict[str, Any]:
         info = self._stop_info
         return {"stop": {"reason": info.reason, "vcpu": info.vcpu, "detail": info.detail} if info else None,
                 "exit_counts": self.exit_counts(), "flight_recorder": self.recorder.dump(),
                 "gaps": [g.to_json() for g in self.gaps.records()], "masked_cpuid": [],
                 "cpu_profile": self.config.cpu_profile, "gap_policy": self.config.gap_policy,
-                "msr_routing": {}, "coalesced_serial": self.coalesced_serial, "user_time_s": self.user_time_s(),
+                "msr_routing": {}, "coalesced_serial": self.coalesced_serial, "serial_mode": self.serial_mode,
+                "serial_batch_toggles": self.serial_batch_toggles, "user_time_s": self.user_time_s(),
                 "arch": "aarch64", "ipa_bits": self.vm.ipa_bits or 40, "blind_spots": list(BLIND_SPOTS),
                 "cpu_on": {str(i): t - (self.started_at or t) for i, t in self.powered_on.items()}}

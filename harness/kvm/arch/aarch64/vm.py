@@ -201,6 +201,12 @@ class Aarch64Vm:
             self.ring_max = (mmap.PAGESIZE - header) // entry
         return True
 
+    def uncoalesce_mmio(self, addr: int, size: int) -> None:
+        """Writes to a zone coalesce_mmio() registered exit again (ones already in the ring stay)."""
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *")
+        zone.addr, zone.size, zone.pio = addr, size, 0
+        ioctl(self.fd, a.KVM_UNREGISTER_COALESCED_MMIO, zone, what="KVM_UNREGISTER_COALESCED_MMIO")
+
     def drain_ring(self, mmio_write: Callable[[int, int, int], Any]) -> int:
         """Replay coalesced writes in guest order (the x86 VM's replay: the ring is arch-neutral)."""
         return Vm.drain_ring(self, _no_port_io, mmio_write)   # type: ignore[arg-type]
