@@ -58,7 +58,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         f.write(data)
 
 
-def write_json_atomic(path: Path, data: Any, indent: int = 1) -> None:
+def write_json_atomic(path: Path, data: Any, indent: int | None = 1) -> None:
     write_atomic(path, json.dumps(data, indent=indent, default=str).encode())
 
 
