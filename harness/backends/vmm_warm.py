@@ -24,12 +24,8 @@ import time
 COMMON = ("harness.backends.builtin_vm", "harness.backends.debugopts", "harness.boot", "harness.boot.decompress",
           "harness.devices", "harness.devices.context", "harness.devices.virtio", "harness.kvm.system",
           "harness.memory")
-# Every x86 boot method's loader (harness.boot.LOADERS imports each on first use): a few ms each
-# natively, and one cell's start of emulated CPU in the lab.
-X86_LOADERS = tuple(f"harness.boot.{name}" for name in ("raw", "bzimage", "pvh", "multiboot", "netbsd", "openbsd",
-                                                         "freebsd", "placement"))
 BY_ARCH = {
-    "x86_64": X86_LOADERS + ("harness.firmware", "harness.kvm.machine", "harness.kvm.rescue", "harness.kvm.insn",
+    "x86_64": ("harness.firmware", "harness.kvm.machine", "harness.kvm.rescue", "harness.kvm.insn",
                              "harness.arch.x86_64.decode", "elftools.elf.elffile", "elftools.common.exceptions",
                              "elftools.elf.enums"),
     "aarch64": ("harness.kvm.arch.aarch64.machine", "harness.boot.arm64", "harness.boot.fdt",
@@ -46,7 +42,7 @@ def warm(arch: str | None = None) -> float:
     """Import and prime everything a child of `arch` (default: this machine's) needs; seconds taken."""
     t0 = time.monotonic()
     arch = arch or platform.machine()
-    for name in COMMON + BY_ARCH.get(arch, ()):
+    for name in COMMON + BY_ARCH.get(arch, ()) + loader_modules(arch):
         importlib.import_module(name)
     for name in OPTIONAL:
         try:
@@ -59,6 +55,15 @@ def warm(arch: str | None = None) -> float:
         for bits in (16, 32, 64):   # a Cs handle per mode: what the summary's vCPU state decodes with
             decoder(bits)
     return time.monotonic() - t0
+
+
+def loader_modules(arch: str) -> tuple[str, ...]:
+    """Every boot method's loader of the x86 table (harness.boot.LOADERS imports each on first
+    use: a few ms natively, a cell's start of emulated CPU in the lab); aarch64's is in BY_ARCH."""
+    if arch != "x86_64":
+        return ()
+    from harness.boot import LOADERS
+    return tuple(loader.module for loader in LOADERS.values() if loader.module)
 
 
 def _prime_cffi_types() -> None:

@@ -51,6 +51,7 @@ class Loader:
     description: str
     bios_data_area: bool = True    # write the BDA BIOS-era kernels read (EBDA pointer, base memory)
     read: Callable[[Path, int], bytes] = read_kernel   # (path, size cap) -> the kernel's bytes
+    module: str = ""               # what `load` imports on first use (the VMM's forkers warm it)
 
 
 def _bzimage(i: LoadInput) -> BootPlan:
@@ -105,14 +106,14 @@ def _raw(i: LoadInput) -> BootPlan:
 # The one table of boot methods the built-in VMM loads. The guest-file validator, `harness boot
 # --boot`, the built-in backend's check and `load` all read it; a new protocol is one line here.
 LOADERS: dict[str, Loader] = {
-    "bzimage": Loader(_bzimage, "Linux 64-bit boot protocol (bzImage)"),
-    "pvh": Loader(_pvh, "Xen PVH entry note (a bzImage is unpacked to its vmlinux)"),
-    "multiboot": Loader(_multiboot, "Multiboot v1 (ELF or a.out kludge)"),
-    "netbsd": Loader(_netbsd, "NetBSD's native loader handoff"),
-    "openbsd": Loader(_openbsd, "OpenBSD's native loader handoff"),
-    "freebsd": Loader(_freebsd, "FreeBSD's native loader handoff"),
+    "bzimage": Loader(_bzimage, "Linux 64-bit boot protocol (bzImage)", module="harness.boot.bzimage"),
+    "pvh": Loader(_pvh, "Xen PVH entry note (a bzImage is unpacked to its vmlinux)", module="harness.boot.pvh"),
+    "multiboot": Loader(_multiboot, "Multiboot v1 (ELF or a.out kludge)", module="harness.boot.multiboot"),
+    "netbsd": Loader(_netbsd, "NetBSD's native loader handoff", module="harness.boot.netbsd"),
+    "openbsd": Loader(_openbsd, "OpenBSD's native loader handoff", module="harness.boot.openbsd"),
+    "freebsd": Loader(_freebsd, "FreeBSD's native loader handoff", module="harness.boot.freebsd"),
     "raw": Loader(_raw, "flat binary at 0x10000 in real16/protected32/long64 (tests, benchmarks)",
-                  bios_data_area=False, read=_read_raw),
+                  bios_data_area=False, read=_read_raw, module="harness.boot.raw"),
 }
 METHODS = tuple(m for m in LOADERS if m != "raw")    # what `boot: auto` can detect
 AUTO = "auto"

@@ -49,3 +49,12 @@ def test_warm_lists_name_importable_modules():
     import importlib.util
     for name in vmm_warm.COMMON + vmm_warm.BY_ARCH["x86_64"] + vmm_warm.BY_ARCH["aarch64"]:
         assert importlib.util.find_spec(name) is not None, name
+
+
+def test_every_x86_loader_names_the_module_its_load_function_imports():
+    import inspect
+
+    from harness.boot import LOADERS
+    for method, loader in LOADERS.items():
+        assert f"from {loader.module} import" in inspect.getsource(loader.load), method
+    assert set(vmm_warm.loader_modules("x86_64")) == {loader.module for loader in LOADERS.values()}
