@@ -142,3 +142,9 @@ def test_more_devices_than_described_slots_is_an_error(rec, ram, image, tmp_path
     setup = VirtioSetup.from_guest({"virtio_devices": ["rng", "rng"]}, None, tmp_path, transports=AARCH64)
     with pytest.raises(ValueError, match="slots described"):
         build_aarch64_devices(rec.context(), Aarch64Machine(64 * MiB, virtio_slots=1), lambda d: None, ram, setup)
+
+
+def test_one_device_may_be_named_bare_as_the_option_table_accepts(tmp_path):
+    from harness.model.builtin_options import option_problem
+    assert option_problem("virtio_devices", "rng") is None
+    assert VirtioSetup.from_guest({"virtio_devices": "rng"}, None, tmp_path, transports=AARCH64).devices == ["rng"]

@@ -50,7 +50,9 @@ class VirtioSetup:
                    transports: tuple[str, ...] = TRANSPORTS) -> "VirtioSetup":
         """`transports`: what this machine offers, its default first (an aarch64 VM has mmio only)."""
         opts = options or {}
-        devices = list(opts.get("virtio_devices") or (["blk"] if disk is not None else []))
+        named = opts.get("virtio_devices")
+        named = [named] if isinstance(named, str) else named    # one device may be named bare, as acpi_omit's table
+        devices = list(named or (["blk"] if disk is not None else []))
         unknown = sorted(set(devices) - set(DEVICE_TYPES))
         if unknown:
             raise ConfigError(f"unknown virtio devices {unknown}", f"use some of: {', '.join(DEVICE_TYPES)}")
