@@ -94,17 +94,18 @@ def median(values: list[float]) -> float:
 def measure_lab_and_fixture(rounds: int, scratch: Path, out: dict) -> None:
     """Items 1, 2 and 4."""
     # 1. cold start (each round a fresh lab), with a native QEMU TCG Linux boot as load gauge
-    colds, kvms = [], []
+    colds, kvms, stages = [], [], []
     for _ in range(rounds):
         lab = Lab(lab_params("x86_64")).start()
         colds.append(lab.cold_start_s)
         kvms.append(lab.kvm_ready_s)
         facts = lab.describe()
+        stages.append(facts.get("init_stages") or [])
         lab.close()
     gauge = boot("linux-amd64-pvh", "qemu-tcg", "native", scratch)["last_milestone_s"]
     out["cold_start"] = {"kvm_ready_s": median(kvms), "agent_ready_s": median(colds), "rounds": kvms,
                          "vs_goal_6s": median(kvms) / 6.0, "qemu_tcg_linux_login_s": gauge,
-                         "vs_qemu_tcg_linux_login": median(kvms) / gauge, "lab": facts}
+                         "vs_qemu_tcg_linux_login": median(kvms) / gauge, "lab": facts, "init_stages": stages}
     # 2 + 4. the same fixture cell, native and in a warm lab, alternating
     native, lab_runs = [], []
     boot("fixture-pvh", "builtin", "lab", scratch)            # warms the lab (its cold start is item 1)
@@ -177,6 +178,8 @@ def report_lab_and_fixture(out: dict) -> None:
     if lab.get("kernel_uptime_at_kvm_s") is not None and c["kvm_ready_s"] == c["kvm_ready_s"]:
         print(f"  of which before the lab kernel ran: {c['kvm_ready_s'] - lab['kernel_uptime_at_kvm_s']:.2f} s "
               f"(QEMU, SeaBIOS, loading), kernel + init to /dev/kvm: {lab['kernel_uptime_at_kvm_s']:.2f} s")
+    for kvm_s, stages in zip(c["rounds"], c.get("init_stages", [])):
+        print(f"  round at {kvm_s:.2f} s: {stage_line(stages)}")
     print(f"lab cold start -> agent ready     : {c['agent_ready_s']:.2f} s  (imports under TCG: "
           f"{lab.get('agent_import_s')} s)")
     w = out["warm_cell_overhead"]
@@ -187,6 +190,17 @@ def report_lab_and_fixture(out: dict) -> None:
     f = out["fixture_native_vs_lab"]
     print(f"fixture-pvh to login, native/lab  : {f['native_last_milestone_s']:.2f} s / {f['lab_last_milestone_s']:.2f} s"
           f"  ({f['ratio_lab_native']:.1f}x)")
+
+
+def stage_line(stages: list) -> str:
+    """The lab kernel's boot to init's first line, then each init step's own seconds (lab uptime)."""
+    if not stages:
+        return "no init stages reported"
+    parts, last = [f"kernel to init {stages[0][0]:.2f} s"], stages[0][0]
+    for up, name in stages[1:]:
+        parts.append(f"{name} {up - last:.2f}")
+        last = up
+    return ", ".join(parts)
 
 
 def report_linux(x: dict) -> None:

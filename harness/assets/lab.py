@@ -25,6 +25,7 @@ LAB_STAGE_PREFIX = "harness-lab: "
 BUSYBOX_DIR = "/bb"
 MODULE_DIR = "/modules"
 AGENT_MODULE = "harness.hosts.agent"
+INIT_STAGES = "/run/init-stages"    # "UPTIME STAGE" lines, one per step of the init script
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,9 @@ def init_script(params: LabParams, modules: list[Path]) -> str:
         "fail() { echo \"" + LAB_ERROR_PREFIX + "$1 (fix: $2)\" >/dev/console; poweroff -f; }",
         "mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev",
         "mount -t tmpfs -o mode=0755,size=64m tmpfs /run",
+        # Where the kernel + init time goes (lab facts: init_stages); `read` is a builtin: no fork.
+        "stage() { read up _ </proc/uptime; echo \"$up $1\" >>" + INIT_STAGES + "; }",
+        "stage init",
     ]
     if params.virt_flag:
         lines.append(f"grep -qw {params.virt_flag} /proc/cpuinfo || " +
@@ -126,6 +130,7 @@ def init_script(params: LabParams, modules: list[Path]) -> str:
                            f"use {params.qemu_binary} >= 7.0 with -cpu {params.cpu} ({params.qemu_package})"))
     for ko in modules:
         lines.append(f"insmod {MODULE_DIR}/{ko.name} || " + _module_failure(params, ko))
+        lines.append(f"stage {ko.stem}")
     lines += [
         "shares=$(sed -n 's/.*harness\\.shares=\\([^ ]*\\).*/\\1/p' /proc/cmdline)",
         "for share in $(echo \"$shares\" | tr , ' '); do",
@@ -134,6 +139,7 @@ def init_script(params: LabParams, modules: list[Path]) -> str:
         "  mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=$cache \"$tag\" \"$dir\" || " +
         _fail("cannot mount share $tag at $dir", "start the lab with harness.hosts.lab (it passes the shares)"),
         "done",
+        "stage shares",
         "[ -c /dev/kvm ] || " + _fail(f"/dev/kvm did not appear ({params.kvm_module} did not load)",
                                       f"run the lab with -cpu {params.cpu}: the lab's CPU needs {params.virt_flag or 'EL2'}"),
         "cat /proc/uptime > /run/kvm-ready",   # the agent reports when /dev/kvm became usable

@@ -34,6 +34,8 @@ BEAT_S = 1.0
 STOP_GRACE_S = 5.0
 STDERR_TAIL = 8000
 COLLECT_MAX = 4 << 20
+# The init script's stage log (harness.assets.lab.INIT_STAGES; not imported: ~1 s under TCG).
+INIT_STAGES = "/run/init-stages"
 # The VMM child's exit-count snapshots: every 100 ms natively; each costs ~50 ms of emulated CPU
 # in the lab, so there they come every 500 ms (phase profiles are that much coarser).
 LAB_SNAPSHOT_PERIOD_S = 0.5
@@ -353,7 +355,7 @@ def lab_facts(import_s: float, quirks: list[str], quirk_probe: str) -> dict:
     from harness.kvm.system import host_info
     info = host_info()
     return {"kvm": info, "quirks": quirks, "quirk_probe": quirk_probe, "kernel_release": os.uname().release, "uptime_s": _uptime("/proc/uptime"),
-            "kvm_ready_uptime_s": _uptime("/run/kvm-ready"), "import_s": round(import_s, 3),
+            "kvm_ready_uptime_s": _uptime("/run/kvm-ready"), "init_stages": _init_stages(), "import_s": round(import_s, 3),
             "python": sys.version.split()[0], "nested_paging": _nested_paging()}
 
 
@@ -363,6 +365,19 @@ def _uptime(path: str) -> float | None:
             return float(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _init_stages() -> list[list]:
+    """[uptime, stage] per step of the lab's init (harness.assets.lab: init, each module, shares)."""
+    stages = []
+    try:
+        with open(INIT_STAGES) as f:
+            for line in f:
+                up, _, name = line.strip().partition(" ")
+                stages.append([float(up), name])
+    except (OSError, ValueError):
+        pass
+    return stages
 
 
 def _nested_paging() -> str | None:

@@ -517,6 +517,7 @@ class Lab:
                 "cold_start_s": self.facts.get("cold_start_s"),
                 "kvm_ready_s": self.facts.get("kvm_ready_s"),
                 "kernel_uptime_at_kvm_s": self.facts.get("kvm_ready_uptime_s"), "agent_import_s": self.facts.get("import_s"),
+                "init_stages": self.facts.get("init_stages", []),
                 "quirks": self.facts.get("quirks", []), "quirk_probe": self.facts.get("quirk_probe"),
                 "cells_served": self.cells_served}
 

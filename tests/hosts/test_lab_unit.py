@@ -53,6 +53,24 @@ def test_init_script_loads_modules_in_order_and_every_failure_is_one_error_line(
     assert "ro," in script and "mount -t 9p" in script
 
 
+def test_init_stages_the_script_logs_are_what_the_agent_reports(tmp_path: Path, monkeypatch):
+    import subprocess
+
+    from harness.assets.lab import INIT_STAGES
+    from harness.hosts import agent
+    assert agent.INIT_STAGES == INIT_STAGES
+    modules = [Path(f"/m/{n}.ko") for n in ("kvm", "kvm-amd")]
+    script = init_script(lab_params("x86_64"), modules)
+    assert [l for l in script.splitlines() if l.startswith("stage ")] == ["stage init", "stage kvm", "stage kvm-amd",
+                                                                          "stage shares"]
+    log = tmp_path / "init-stages"
+    define = next(l for l in script.splitlines() if l.startswith("stage()")).replace(INIT_STAGES, str(log))
+    subprocess.run(["sh", "-c", f"{define}\nstage init\nstage kvm-amd"], check=True)
+    monkeypatch.setattr(agent, "INIT_STAGES", str(log))
+    stages = agent._init_stages()
+    assert [name for _, name in stages] == ["init", "kvm-amd"] and 0 < stages[0][0] <= stages[1][0]
+
+
 def test_kvm_ready_time_is_the_ready_time_minus_the_span_since_inits_kvm_check():
     assert _kvm_ready_s(10.0, {"uptime_s": 8.0, "kvm_ready_uptime_s": 5.5}) == 7.5
     assert _kvm_ready_s(10.0, {"uptime_s": 8.0}) is None
