@@ -74,7 +74,10 @@ case "$MODE" in
         log "building the default matrix's assets (Debian packages -> cache)"
         "$VENV/bin/harness" assets build --tier quick
         log "running the default matrix offline"
-        exec "$VENV/bin/harness" run --matrix matrix.yaml --tier quick -j "$(nproc)" "$@" ;;
+        # A cell that did not end as expected is booted once more, as `harness ci` pipelines do: a
+        # pass then is reported flaky (seen once in the lab: a triple fault mid-boot of Debian's
+        # bzImage on the nested kvm_amd, not reproduced in 6 reruns), a second failure stands.
+        exec "$VENV/bin/harness" run --matrix matrix.yaml --tier quick -j "$(nproc)" --retry-failures 1 "$@" ;;
     test)
         log "running the test suite"
         exec "$VENV/bin/python" -m pytest -n "$(nproc)" "$@" ;;
