@@ -19,15 +19,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import time
 
 COMMON = ("harness.backends.builtin_vm", "harness.backends.debugopts", "harness.boot", "harness.boot.decompress",
           "harness.devices", "harness.devices.context", "harness.devices.virtio", "harness.kvm.system",
           "harness.memory")
 BY_ARCH = {
     "x86_64": ("harness.firmware", "harness.kvm.machine", "harness.kvm.rescue", "harness.kvm.insn",
-                             "harness.arch.x86_64.decode", "elftools.elf.elffile", "elftools.common.exceptions",
-                             "elftools.elf.enums"),
+               "harness.arch.x86_64.decode", "elftools.elf.elffile", "elftools.common.exceptions",
+               "elftools.elf.enums"),
     "aarch64": ("harness.kvm.arch.aarch64.machine", "harness.boot.arm64", "harness.boot.fdt",
                 "harness.devices.aarch64", "fdt"),
 }
@@ -38,9 +37,8 @@ OPTIONAL = ("lz4.block", "zstandard", "capstone")
 _at_child_start: frozenset[str] = frozenset()
 
 
-def warm(arch: str | None = None) -> float:
-    """Import and prime everything a child of `arch` (default: this machine's) needs; seconds taken."""
-    t0 = time.monotonic()
+def warm(arch: str | None = None) -> None:
+    """Import and prime everything a child of `arch` (default: this machine's) needs."""
     arch = arch or os.uname().machine    # not platform: the VMM child never imports it (0.3 s under TCG)
     for name in COMMON + BY_ARCH.get(arch, ()) + loader_modules(arch):
         importlib.import_module(name)
@@ -54,7 +52,6 @@ def warm(arch: str | None = None) -> float:
         from harness.arch.x86_64.decode import decoder
         for bits in (16, 32, 64):   # a Cs handle per mode: what the summary's vCPU state decodes with
             decoder(bits)
-    return time.monotonic() - t0
 
 
 def loader_modules(arch: str) -> tuple[str, ...]:

@@ -3,9 +3,10 @@
 One table says what each option accepts, so a bad value is one line when the guest file is
 loaded (with its line number) or when `--option` is parsed, not a VMM child's failure minutes
 into a run. The value sets that name things are owned here and imported by the code that acts
-on them (the x86 Machine's serial modes, the raw loader's modes, the virtio transports and disk
-formats, the ACPI tables that may be left out); the virtio device names are the virtio
-registry's keys, which tests/model/test_builtin_options.py holds to this table.
+on them (the x86 Machine's serial modes, the raw loader's modes, the virtio transports, the ACPI
+tables that may be left out); the virtio device names are the virtio registry's keys, which
+tests/model/test_builtin_options.py holds to this table; the disk formats are the disk code's
+own (harness.devices.virtio.disk, which also detects them).
 docs/guest-files.md explains each option.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ U32_MAX = 0xFFFF_FFFF
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """What one option accepts: `kind` bool | choice | choices (a list of choices) | int | map."""
+    """What one option accepts: `kind` bool | choice | choices (a list of choices) | int."""
     kind: str
     choices: tuple[Any, ...] = ()
     low: int = 0
@@ -39,10 +40,8 @@ class OptionSpec:
             ok = any(value == c and type(value) is type(c) for c in self.choices)
         elif self.kind == "choices":
             ok = isinstance(value, (list, str)) and all(v in self.choices for v in _as_list(value))
-        elif self.kind == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
         else:
-            ok = isinstance(value, dict)
+            ok = isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
         if ok:
             return None
         return f"builtin option {name}: {value!r} is not {self.describe()}", f"set {name} to {self.describe()}"
@@ -54,9 +53,7 @@ class OptionSpec:
             return " or ".join(_yaml(c) for c in self.choices)
         if self.kind == "choices":
             return f"a list of {', '.join(map(str, self.choices))}"
-        if self.kind == "int":
-            return f"an integer from {self.low} to {self.high}"
-        return "a mapping"
+        return f"an integer from {self.low} to {self.high}"
 
 
 def _as_list(value: Any) -> list[Any]:
